@@ -1,0 +1,1 @@
+"""bhive: a virtual-machine monitor built as a hive of processes."""
