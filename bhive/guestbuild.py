@@ -1,0 +1,62 @@
+"""Builds our own test guests (nasm or freestanding C) at test time.
+
+Binaries are never committed: they are built into a cache directory keyed
+by the source's content, so a rebuild happens only when the source changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GUESTS = REPO / "guests"
+
+
+class GuestBuildError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("BHIVE_CACHE", REPO / ".cache")) / "guests"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_nasm(source: str | os.PathLike, fmt: str = "bin", defines: dict[str, object] | None = None) -> Path:
+    """Assemble `source` (a path, absolute or relative to guests/) with nasm.
+
+    Returns the path of the output, cached by the hash of the source, the
+    format and the defines.
+    """
+    src = Path(source)
+    if not src.is_absolute():
+        src = GUESTS / src
+    if shutil.which("nasm") is None:
+        raise GuestBuildError("nasm is not installed (make deps installs it)")
+    args = [f"-D{k}={v}" for k, v in sorted((defines or {}).items())]
+    key = hashlib.sha256(src.read_bytes() + fmt.encode() + " ".join(args).encode()).hexdigest()[:16]
+    out = cache_dir() / f"{src.stem}-{key}.{fmt}"
+    if not out.exists():
+        tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
+        proc = subprocess.run(["nasm", "-f", fmt, *args, "-I", f"{src.parent}/", "-o", str(tmp), str(src)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise GuestBuildError(f"nasm {src}: {proc.stderr.strip()}")
+        os.replace(tmp, out)
+    return out
+
+
+def assemble(text: str, bits: int = 64, org: int = 0) -> bytes:
+    """Assemble a snippet of nasm text to flat bytes (for CPU unit tests)."""
+    d = cache_dir() / "snippets"
+    d.mkdir(exist_ok=True)
+    body = f"bits {bits}\norg {org:#x}\n{text}\n"
+    key = hashlib.sha256(body.encode()).hexdigest()[:20]
+    src = d / f"{key}.asm"
+    if not src.exists():
+        src.write_text(body)
+    return build_nasm(src).read_bytes()
