@@ -1,0 +1,44 @@
+# bhive: `make run` boots the hello guest, `make test` runs the tests.
+# Both install what they need on a fresh Debian machine.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CSRC   := $(wildcard bhive/accel/softvmm/csrc/*.c bhive/accel/softvmm/csrc/*.h) bhive/accel/softvmm/_build.py
+
+.PHONY: all deps run test test-all bench difftest softvmm clean
+
+all: deps
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(CSRC) scripts/install-deps.sh
+	scripts/install-deps.sh
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel cffi
+	$(VPY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+# Rebuild only the C core in place (development).
+softvmm: deps
+	$(VPY) bhive/accel/softvmm/_build.py
+
+run: deps
+	@$(VENV)/bin/bhive run configs/hello.toml; status=$$?; \
+	  if [ $$status -eq 1 ]; then echo "(status 1 is the hello guest's success: it wrote 0 to isa-debug-exit)"; \
+	  else exit $$status; fi
+
+test: deps
+	$(VPY) -m pytest -q -ra
+
+bench: deps
+	scripts/install-deps.sh --bench
+	$(VPY) benchmarks/run.py
+
+difftest: deps
+	$(VPY) -m bhive.difftest --cases 1000000
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -f bhive/accel/softvmm/_softvmm*.so

@@ -1,0 +1,218 @@
+"""The one runtime every device actor process runs on.
+
+Start-up: map the actor's state store, rebuild the device from the last
+committed snapshot if there is one (a restart) or reset it, bind the
+request socket, then say HELLO to the supervisor.  Loop: answer requests,
+send a heartbeat every second, run device timers, stop on command.
+
+Exactly-once: each request carries (source, req_id).  The actor applies a
+request, then commits the device state *together with* the id and the
+answer, then replies.  A retry of a request that was committed gets the
+saved answer without being applied again; one that was not committed is
+applied for the first time.  SIGKILL at any point loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import msgpack
+import zmq
+
+from ..bus import schema
+from ..bus.schema import (Ack, ConsoleInput, Control, Heartbeat, Hello, IrqLineLevel,
+                          MmioRequest, MmioResponse, PioRequest, PioResponse)
+from ..bus.shm import StateStore
+from ..log import EventLog
+from ..rundir import RunDir
+
+HEARTBEAT_INTERVAL = 1.0
+
+
+class HostedDevice:
+    """Glue between one device model and the actor runtime.
+
+    Subclasses (in `bhive.devices_worker`) build the model, translate
+    requests into `read`/`write` calls, and may keep extra durable state
+    (e.g. the console position) next to the model's own.
+    """
+
+    def __init__(self, runtime: "ActorRuntime"):
+        self.runtime = runtime
+        self.log = runtime.log
+
+    # Requests ----------------------------------------------------------
+    def pio(self, port: int, size: int, is_write: bool, data: int) -> int:
+        raise NotImplementedError
+
+    def mmio(self, gpa: int, size: int, is_write: bool, data: int) -> int:
+        self.log("unexpected-mmio", gpa=gpa, size=size, write=is_write)
+        return (1 << (8 * size)) - 1 if not is_write else 0
+
+    def console_input(self, data: bytes) -> int:
+        self.log("unexpected-console-input", bytes=len(data))
+        return 0
+
+    def irq_line(self, source: str, line: int, level: bool) -> None:
+        self.log("unexpected-irq-line", source=source, line=line)
+
+    # State ---------------------------------------------------------------
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    def restore(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def after_commit(self) -> None:
+        """Runs once the state that covers the last request is durable."""
+
+    # Time ----------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        return None
+
+    def on_timer(self, now: float) -> None:
+        pass
+
+    def counters(self) -> dict:
+        return {}
+
+
+class ActorRuntime:
+    def __init__(self, rundir: RunDir, role: str):
+        self.rundir = rundir
+        self.role = role
+        self.log = EventLog(rundir.log_path(role), role)
+        self.store = StateStore(rundir.shm / f"{role}.state")
+        self.ctx = zmq.Context.instance()
+        self.answered: dict[str, list] = {}   # source -> [req_id, answer]
+        self.requests = 0
+        self.stopping = False
+        self.device: HostedDevice | None = None
+
+    # -- state ------------------------------------------------------------
+    def commit(self) -> None:
+        blob = msgpack.packb({"device": self.device.state(), "answered": self.answered},
+                             use_bin_type=True)
+        self.store.commit(blob)
+        self.device.after_commit()
+
+    def _restore(self) -> bool:
+        blob = self.store.load()
+        if blob is None:
+            return False
+        saved = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        self.answered = saved["answered"]
+        self.device.restore(saved["device"])
+        return True
+
+    # -- requests ---------------------------------------------------------
+    def _apply_once(self, source: str, req_id: int, apply) -> int:
+        """Apply a request unless this exact request was already committed."""
+        last = self.answered.get(source)
+        if last is not None and req_id <= last[0]:
+            if req_id == last[0]:
+                return last[1]
+            self.log("stale-request", source=source, req_id=req_id, last=last[0])
+            return None
+        answer = apply()
+        self.answered[source] = [req_id, answer]
+        self.requests += 1
+        self.commit()
+        return answer
+
+    def handle(self, msg):
+        dev = self.device
+        if isinstance(msg, PioRequest):
+            data = self._apply_once(msg.source, msg.req_id,
+                                    lambda: dev.pio(msg.port, msg.size, msg.is_write, msg.data))
+            return None if data is None else PioResponse(msg.req_id, data)
+        if isinstance(msg, MmioRequest):
+            data = self._apply_once(msg.source, msg.req_id,
+                                    lambda: dev.mmio(msg.gpa, msg.size, msg.is_write, msg.data))
+            return None if data is None else MmioResponse(msg.req_id, data)
+        if isinstance(msg, ConsoleInput):
+            taken = self._apply_once(msg.source, msg.req_id, lambda: dev.console_input(msg.data))
+            return None if taken is None else Ack(msg.req_id, taken)
+        if isinstance(msg, IrqLineLevel):
+            dev.irq_line(msg.source, msg.line, msg.level)
+            self.commit()
+            return None
+        self.log("unexpected-message", type=type(msg).__name__)
+        return None
+
+    def event(self, msg) -> None:
+        """Tell the supervisor something that changes the VM (a VmEvent)."""
+        self.ctl.send(schema.encode(msg))
+
+    # -- main loop --------------------------------------------------------
+    def run(self, device_factory) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        ctl = self.ctl = self.ctx.socket(zmq.DEALER)
+        ctl.setsockopt(zmq.LINGER, 200)
+        ctl.setsockopt_string(zmq.IDENTITY, self.role)
+        ctl.connect(self.rundir.endpoint("supervisor"))
+        self.device = device_factory(self)
+        restored = self._restore()
+        if restored:
+            self.log("restored", commits=self.store.commits)
+        else:
+            self.commit()
+            self.log("reset")
+        server = self.ctx.socket(zmq.ROUTER)
+        server.setsockopt(zmq.LINGER, 0)
+        server.bind(self.rundir.endpoint(self.role))
+        ctl.send(schema.encode(Hello(self.role, os.getpid(), restored)))
+        self.log("ready", pid=os.getpid())
+
+        poller = zmq.Poller()
+        poller.register(server, zmq.POLLIN)
+        poller.register(ctl, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= next_beat:
+                ctl.send(schema.encode(Heartbeat(self.role, os.getpid(),
+                                                 {"requests": self.requests, **self.device.counters()})))
+                next_beat = now + HEARTBEAT_INTERVAL
+            deadline = self.device.next_deadline()
+            if deadline is not None and deadline <= now:
+                self.device.on_timer(now)
+                continue
+            wait = next_beat - now if deadline is None else min(next_beat, deadline) - now
+            for sock, _ in poller.poll(max(0, int(wait * 1000)) + 1):
+                if sock is server:
+                    self._serve(server)
+                else:
+                    msg = self._decode(ctl.recv())
+                    if isinstance(msg, Control) and msg.command == "stop":
+                        self.stopping = True
+        self.log("stopped", requests=self.requests)
+        server.close()
+        ctl.close()
+        return 0
+
+    def _decode(self, raw: bytes):
+        try:
+            return schema.decode(raw)
+        except schema.SchemaError as exc:
+            self.log("bad-message", error=str(exc))
+            return None
+
+    def _serve(self, server) -> None:
+        # Drain everything queued so a burst costs one poll.
+        while True:
+            try:
+                ident, raw = server.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                self.log("bad-frame")
+                continue
+            msg = self._decode(raw)
+            if msg is None:
+                continue
+            reply = self.handle(msg)
+            if reply is not None:
+                server.send_multipart([ident, schema.encode(reply)])

@@ -1,0 +1,221 @@
+"""Every message that crosses a process boundary in bhive, in one place.
+
+Wire format: a msgpack array ``[type, version, field1, field2, ...]`` with
+the fields in the order the dataclass declares them.  `encode()` and
+`decode()` are the only ways in and out; actors never build dict literals.
+
+Requests that a vCPU sends to an actor carry ``(source, req_id)``: the
+actor answers with the same id, so that the vCPU can match the response
+and an actor can recognise a retried request it already applied (the vCPU
+retries when an actor dies mid-request and is restarted).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import msgpack
+
+
+class MsgType(enum.IntEnum):
+    PIO_REQUEST = 1
+    PIO_RESPONSE = 2
+    MMIO_REQUEST = 3
+    MMIO_RESPONSE = 4
+    MSI = 5
+    IRQ_LINE = 6
+    EOI = 7
+    INIT_SIPI = 8
+    CONTROL = 9
+    HELLO = 10
+    HEARTBEAT = 11
+    CONSOLE_INPUT = 12
+    VM_EVENT = 13
+    ACK = 14
+
+
+class SchemaError(ValueError):
+    """A message that does not decode: unknown type, version or shape."""
+
+
+_REGISTRY: dict[int, type] = {}
+
+
+def message(kind: MsgType, version: int = 1):
+    """Class decorator: registers a dataclass as the message `kind`."""
+
+    def register(cls):
+        cls = dataclass(slots=True)(cls)
+        cls.TYPE = kind
+        cls.VERSION = version
+        cls._FIELDS = tuple(f.name for f in fields(cls))
+        if int(kind) in _REGISTRY:
+            raise RuntimeError(f"message type {kind!r} registered twice")
+        _REGISTRY[int(kind)] = cls
+        return cls
+
+    return register
+
+
+def encode(msg) -> bytes:
+    cls = type(msg)
+    return msgpack.packb([cls.TYPE, cls.VERSION, *(getattr(msg, f) for f in cls._FIELDS)],
+                         use_bin_type=True)
+
+
+def decode(raw: bytes):
+    try:
+        items = msgpack.unpackb(raw, raw=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise SchemaError(f"undecodable message: {exc}") from None
+    if not isinstance(items, list) or len(items) < 2:
+        raise SchemaError("message is not [type, version, ...]")
+    cls = _REGISTRY.get(items[0])
+    if cls is None:
+        raise SchemaError(f"unknown message type {items[0]!r}")
+    if items[1] != cls.VERSION:
+        raise SchemaError(f"{cls.__name__} version {items[1]} (this build speaks {cls.VERSION})")
+    if len(items) - 2 != len(cls._FIELDS):
+        raise SchemaError(f"{cls.__name__} has {len(items) - 2} fields, expected {len(cls._FIELDS)}")
+    return cls(*items[2:])
+
+
+# --- Exits: vCPU -> owning actor, and the answers -------------------------
+
+@message(MsgType.PIO_REQUEST)
+class PioRequest:
+    TYPE: ClassVar[MsgType]
+    source: str        # who asks, e.g. "vcpu3"; with req_id, identifies a retry
+    req_id: int        # increases by one per request from `source`
+    port: int
+    size: int          # 1, 2 or 4
+    is_write: bool
+    data: int          # value written (OUT); 0 for IN
+
+
+@message(MsgType.PIO_RESPONSE)
+class PioResponse:
+    TYPE: ClassVar[MsgType]
+    req_id: int
+    data: int          # value read (IN); 0 for OUT
+
+
+@message(MsgType.MMIO_REQUEST)
+class MmioRequest:
+    TYPE: ClassVar[MsgType]
+    source: str
+    req_id: int
+    gpa: int
+    size: int          # 1, 2, 4 or 8
+    is_write: bool
+    data: int
+
+
+@message(MsgType.MMIO_RESPONSE)
+class MmioResponse:
+    TYPE: ClassVar[MsgType]
+    req_id: int
+    data: int
+
+
+# --- Interrupts ----------------------------------------------------------
+
+@message(MsgType.MSI)
+class Msi:
+    """An MSI towards a vCPU process, injected there with vm_lapic_msi."""
+
+    TYPE: ClassVar[MsgType]
+    addr: int          # 0xFEE00000 | dest_id << 12 | dest_mode << 2
+    data: int          # vector | delivery_mode << 8 | level << 14 | trigger << 15
+    source: str        # the actor that sent it (for stats and logs)
+
+
+@message(MsgType.IRQ_LINE)
+class IrqLineLevel:
+    """A device drives one of its lines (ISA IRQ / GSI) to a level."""
+
+    TYPE: ClassVar[MsgType]
+    source: str
+    line: int
+    level: bool
+
+
+@message(MsgType.EOI)
+class Eoi:
+    """A vCPU's local APIC EOId a level-triggered vector (to the IOAPIC)."""
+
+    TYPE: ClassVar[MsgType]
+    source: str
+    vector: int
+
+
+@message(MsgType.INIT_SIPI)
+class InitSipi:
+    TYPE: ClassVar[MsgType]
+    target: int        # APIC id
+    kind: str          # "init" or "sipi"
+    vector: int        # SIPI start page
+
+
+# --- Control plane: every process <-> supervisor -------------------------
+
+@message(MsgType.HELLO)
+class Hello:
+    """First message of every process: it is up and its sockets are bound."""
+
+    TYPE: ClassVar[MsgType]
+    role: str          # actor name ("uart") or "vcpu0"
+    pid: int
+    restored: bool     # rebuilt from saved state rather than reset
+
+
+@message(MsgType.HEARTBEAT)
+class Heartbeat:
+    TYPE: ClassVar[MsgType]
+    role: str
+    pid: int
+    counters: dict     # e.g. {"requests": n} or {"instructions": n, "exits": n}
+
+
+@message(MsgType.CONTROL)
+class Control:
+    """Supervisor -> process."""
+
+    TYPE: ClassVar[MsgType]
+    command: str       # "stop"
+
+
+@message(MsgType.VM_EVENT)
+class VmEvent:
+    """Process -> supervisor: something that ends or changes the VM."""
+
+    TYPE: ClassVar[MsgType]
+    source: str
+    kind: str          # "exit" | "triple-fault" | "fatal" | "halted"
+    status: int        # exit status for "exit"
+    detail: str
+
+
+@message(MsgType.CONSOLE_INPUT)
+class ConsoleInput:
+    """Supervisor -> console device: bytes typed at the terminal."""
+
+    TYPE: ClassVar[MsgType]
+    source: str
+    req_id: int
+    data: bytes
+
+
+@message(MsgType.ACK)
+class Ack:
+    """Reply to a request that returns nothing but must be confirmed."""
+
+    TYPE: ClassVar[MsgType]
+    req_id: int
+    accepted: int      # e.g. console bytes taken
+
+
+def message_types() -> dict[int, type]:
+    return dict(_REGISTRY)

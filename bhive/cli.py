@@ -1,0 +1,221 @@
+"""`bhive`: a thin command line over `bhive.supervisor` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import tty
+from pathlib import Path
+
+from . import config as config_mod
+from . import supervisor as sup_mod
+from .rundir import RunDir, all_vms, pid_alive
+
+
+def error(msg: str, status: int = 2) -> int:
+    print(f"bhive: error: {msg}", file=sys.stderr)
+    return status
+
+
+# -- run ----------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory}
+    try:
+        cfg = config_mod.load(args.config, overrides)
+        if RunDir(cfg.name).is_live():
+            raise config_mod.ConfigError(f"a VM named {cfg.name!r} is already running "
+                                         f"(bhive stop {cfg.name}, or pick --name)")
+    except config_mod.ConfigError as exc:
+        return error(str(exc))
+    if args.detach:
+        return run_detached(cfg)
+    return run_foreground(cfg)
+
+
+def run_foreground(cfg: config_mod.VmConfig) -> int:
+    stdin_fd = sys.stdin.fileno() if sys.stdin and not sys.stdin.closed else None
+    interactive = stdin_fd is not None and os.isatty(stdin_fd)
+    sup = sup_mod.Supervisor(cfg, console_out=sys.stdout.buffer,
+                             console_in_fd=stdin_fd if interactive else None)
+    try:
+        sup.prepare()
+    except config_mod.ConfigError as exc:
+        return error(str(exc))
+    if interactive:
+        print(f"bhive: VM {cfg.name!r}: {cfg.cpus} vCPU(s), {cfg.memory >> 20} MiB, {cfg.accel}; "
+              f"Ctrl-A x quits", file=sys.stderr)
+        saved = termios.tcgetattr(stdin_fd)
+        tty.setraw(stdin_fd)
+    try:
+        status = sup.run()
+    finally:
+        if interactive:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+    print(f"\nbhive: {cfg.name}: {sup.reason} (exit status {status})", file=sys.stderr)
+    return status
+
+
+def run_detached(cfg: config_mod.VmConfig) -> int:
+    fd, path = tempfile.mkstemp(prefix="bhive-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config_mod.to_json(cfg), f)
+    log = open(os.devnull, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "bhive.supervisor", path], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.PIPE, start_new_session=True)
+    rd = RunDir(cfg.name)
+    info = sup_mod.wait_running(rd, proc.pid)
+    os.unlink(path)
+    if info.get("pid") != proc.pid or info.get("state") not in ("running", "stopped"):
+        proc.wait(5)
+        err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+        return error(err[-1].removeprefix("bhive: error: ") if err else "the VM did not start", 
+                     proc.returncode if proc.returncode else 4)
+    print(cfg.name)
+    return 0
+
+
+# -- ps -------------------------------------------------------------------------
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def cmd_ps(args) -> int:
+    vms = [RunDir(args.vm)] if args.vm else all_vms()
+    rows = []
+    for rd in vms:
+        if not args.all and not rd.is_live():
+            continue
+        for row in sup_mod.process_table(rd):
+            rows.append((rd.name, row))
+    if args.json:
+        print(json.dumps([{"vm": vm, **row} for vm, row in rows], indent=1))
+        return 0
+    print(f"{'VM':<14} {'ROLE':<12} {'KIND':<10} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}")
+    for vm, row in rows:
+        print(f"{vm:<14} {row['role']:<12} {row['kind']:<10} {row['pid'] or '-':>8} {row['state']:<10} "
+              f"{row['restarts']:>8} {_uptime(row['uptime']):>9}")
+    return 0
+
+
+# -- logs -------------------------------------------------------------------------
+
+def _log_files(rd: RunDir, actor: str | None) -> list[Path]:
+    if actor:
+        path = rd.log_path(actor)
+        if not path.exists():
+            known = sorted(p.stem for p in rd.logs.glob("*.log"))
+            raise LookupError(f"VM {rd.name!r} has no log for {actor!r} (have: {', '.join(known)})")
+        return [path]
+    return sorted(p for p in rd.logs.glob("*.log") if p.stem != "console")
+
+
+def cmd_logs(args) -> int:
+    try:
+        rd = sup_mod.find_vm(args.vm)
+        files = _log_files(rd, args.actor)
+    except LookupError as exc:
+        return error(str(exc), 1)
+    raw = args.actor == "console"
+    out = sys.stdout.buffer
+    handles = [open(p, "rb") for p in files]
+    # Interleave what is there by timestamp (each line starts with one).
+    lines = heapq.merge(*[iter(h.readline, b"") for h in handles])
+    for line in lines:
+        out.write(line)
+    out.flush()
+    if not args.follow:
+        return 0
+    try:
+        while True:
+            live = rd.is_live()
+            got = False
+            for h in handles:
+                chunk = h.read() if raw else h.readline()
+                while chunk:
+                    got = True
+                    out.write(chunk)
+                    chunk = b"" if raw else h.readline()
+            out.flush()
+            if not live and not got:
+                # Pick up files of actors that started after we did.
+                if not args.actor:
+                    for p in _log_files(rd, None):
+                        if p not in files:
+                            files.append(p)
+                            handles.append(open(p, "rb"))
+                            got = True
+                if not got:
+                    return 0
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+
+
+# -- kill / stop --------------------------------------------------------------------
+
+def cmd_kill(args) -> int:
+    try:
+        pid = sup_mod.kill_actor(args.vm, args.actor)
+    except LookupError as exc:
+        return error(str(exc), 1)
+    print(f"killed {args.actor} (pid {pid}) of {args.vm}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    try:
+        sup_mod.stop_vm(args.vm)
+    except LookupError as exc:
+        return error(str(exc), 1)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bhive", description="A virtual-machine monitor built as a hive of processes.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a VM (console on this terminal; Ctrl-A x quits)")
+    r.add_argument("config", help="VM config (TOML)")
+    r.add_argument("--name", help="VM name (default: from the config)")
+    r.add_argument("--detach", "-d", action="store_true", help="run in the background")
+    r.add_argument("--smp", type=int, help="number of vCPUs")
+    r.add_argument("-m", "--memory", help="guest RAM, e.g. 512M")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("ps", help="list VMs and their processes")
+    s.add_argument("vm", nargs="?")
+    s.add_argument("-a", "--all", action="store_true", help="include VMs that have ended")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ps)
+    lg = sub.add_parser("logs", help="show an actor's log, or all interleaved by time")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("vm")
+    lg.add_argument("actor", nargs="?", help="e.g. uart, vcpu0, supervisor, console")
+    lg.set_defaults(func=cmd_logs)
+    k = sub.add_parser("kill", help="SIGKILL one actor (the chaos primitive)")
+    k.add_argument("vm")
+    k.add_argument("actor")
+    k.set_defaults(func=cmd_kill)
+    st = sub.add_parser("stop", help="stop a VM")
+    st.add_argument("vm")
+    st.set_defaults(func=cmd_stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

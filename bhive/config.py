@@ -1,0 +1,215 @@
+"""VM configuration: TOML, validated up front into a `VmConfig`.
+
+Every mistake becomes one `ConfigError` whose message is a single line
+naming the key at fault; the CLI prints it and exits with status 2 before
+any process starts.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import accel
+from .devices import COMMON_OPTIONS, DEVICE_TYPES, port_range
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; str() is one line."""
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+MIN_MEMORY = 1 << 20
+MAX_MEMORY = 64 << 30
+MAX_CPUS = 64
+BOOT_KINDS = ("flat",)
+MSR_POLICIES = ("gp", "ignore")
+
+
+def parse_size(value, what: str) -> int:
+    """'512M', '1G', '65536' or an int -> bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: bad size {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ConfigError(f"{what}: bad size {value!r} (use e.g. 512M or 1G)")
+        n = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if n < MIN_MEMORY or n > MAX_MEMORY or n % 4096:
+        raise ConfigError(f"{what}: size {value!r} must be a multiple of 4K between 1M and 64G")
+    return n
+
+
+@dataclass
+class DeviceConfig:
+    name: str
+    type: str
+    options: dict
+    ports: range
+
+
+@dataclass
+class VmConfig:
+    name: str
+    cpus: int
+    memory: int
+    accel: str
+    boot_kind: str
+    image: Path
+    load_address: int
+    entry: int
+    unknown_msr: str
+    devices: dict[str, DeviceConfig] = field(default_factory=dict)
+    source: Path | None = None
+
+    def port_owners(self) -> dict[int, str]:
+        return {p: d.name for d in self.devices.values() for p in d.ports}
+
+
+_TOP = {"vm", "boot", "msr", "devices"}
+_VM_KEYS = {"name", "cpus", "memory", "accel"}
+_BOOT_KEYS = {"kind", "image", "load_address", "entry"}
+_MSR_KEYS = {"unknown"}
+
+
+def _reject_unknown(table: dict, allowed: set, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _typed(value, opt_kind: type, where: str):
+    if opt_kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if opt_kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if opt_kind is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def load(path: str | Path, overrides: dict | None = None) -> VmConfig:
+    """Read and validate a config file.  `overrides` are CLI settings
+    (``{"name": ..., "cpus": ..., "memory": ...}``) that win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    return from_dict(raw, base_dir=path.parent, default_name=path.stem, overrides=overrides, source=path)
+
+
+def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
+              overrides: dict | None = None, source: Path | None = None) -> VmConfig:
+    _reject_unknown(raw, _TOP, "config")
+    vm = raw.get("vm", {})
+    boot = raw.get("boot", {})
+    msr = raw.get("msr", {})
+    devices = raw.get("devices", {})
+    for name, table in (("vm", vm), ("boot", boot), ("msr", msr), ("devices", devices)):
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+    _reject_unknown(vm, _VM_KEYS, "[vm]")
+    _reject_unknown(boot, _BOOT_KEYS, "[boot]")
+    _reject_unknown(msr, _MSR_KEYS, "[msr]")
+    vm = {**vm, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+
+    name = vm.get("name", default_name)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", name):
+        raise ConfigError(f"[vm] name: {name!r} must be 1-32 characters of letters, digits, '.', '_' or '-'")
+    cpus = _typed(vm.get("cpus", 1), int, "[vm] cpus")
+    if not 1 <= cpus <= MAX_CPUS:
+        raise ConfigError(f"[vm] cpus: {cpus} is outside 1..{MAX_CPUS}")
+    memory = parse_size(vm.get("memory", "128M"), "[vm] memory")
+    accel_name = _typed(vm.get("accel", "softvmm"), str, "[vm] accel")
+    if accel_name not in accel.NAMES:
+        raise ConfigError(f"[vm] accel: unknown accelerator {accel_name!r} (known: {', '.join(accel.NAMES)})")
+
+    kind = _typed(boot.get("kind", "flat"), str, "[boot] kind")
+    if kind not in BOOT_KINDS:
+        raise ConfigError(f"[boot] kind: {kind!r} is not one of {', '.join(BOOT_KINDS)}")
+    if "image" not in boot:
+        raise ConfigError("[boot] image: missing (the guest image to load)")
+    image = Path(_typed(boot["image"], str, "[boot] image"))
+    if not image.is_absolute():
+        image = (base_dir / image).resolve()
+    if not image.is_file():
+        raise ConfigError(f"[boot] image: {image}: no such file")
+    load_address = _typed(boot.get("load_address", 0x8000), int, "[boot] load_address")
+    entry = _typed(boot.get("entry", load_address), int, "[boot] entry")
+    if not 0 <= load_address < memory:
+        raise ConfigError(f"[boot] load_address: {load_address:#x} is outside guest RAM")
+    if not 0 <= entry < 0x100000:
+        raise ConfigError(f"[boot] entry: {entry:#x} is not reachable in real mode (below 1M)")
+
+    unknown_msr = _typed(msr.get("unknown", "gp"), str, "[msr] unknown")
+    if unknown_msr not in MSR_POLICIES:
+        raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
+
+    cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind,
+                   image=image, load_address=load_address, entry=entry,
+                   unknown_msr=unknown_msr, source=source)
+    owners: dict[int, str] = {}
+    for dev_name, table in devices.items():
+        where = f"[devices.{dev_name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,23}", dev_name) or dev_name.startswith("vcpu"):
+            raise ConfigError(f"{where}: bad device name (lower-case letters, digits, '_'; not vcpuN)")
+        dtype_name = table.get("type", dev_name)
+        dtype = DEVICE_TYPES.get(dtype_name)
+        if dtype is None:
+            raise ConfigError(f"{where} type: unknown device type {dtype_name!r} "
+                              f"(known: {', '.join(sorted(DEVICE_TYPES))})")
+        allowed = {**COMMON_OPTIONS, **dtype.options}
+        _reject_unknown(table, set(allowed), where)
+        opts = {}
+        for key, opt in allowed.items():
+            if key == "type":
+                continue
+            value = _typed(table.get(key, opt.default), opt.kind, f"{where} {key}")
+            if opt.choices and value not in opt.choices:
+                raise ConfigError(f"{where} {key}: {value!r} is not one of {', '.join(map(str, opt.choices))}")
+            if opt.minimum is not None and value < opt.minimum or opt.maximum is not None and value > opt.maximum:
+                raise ConfigError(f"{where} {key}: {value!r} is outside {opt.minimum}..{opt.maximum}")
+            opts[key] = value
+        ports = port_range(dtype, opts)
+        for port in ports:
+            if port in owners:
+                raise ConfigError(f"{where} port: {port:#x} is already claimed by [devices.{owners[port]}]")
+            owners[port] = dev_name
+        cfg.devices[dev_name] = DeviceConfig(dev_name, dtype_name, opts, ports)
+    return cfg
+
+
+def to_json(cfg: VmConfig) -> dict:
+    """The validated config as plain JSON, for the run directory: every
+    process of the VM reads this instead of re-parsing the TOML."""
+    return {
+        "name": cfg.name, "cpus": cfg.cpus, "memory": cfg.memory, "accel": cfg.accel,
+        "boot_kind": cfg.boot_kind, "image": str(cfg.image), "load_address": cfg.load_address,
+        "entry": cfg.entry, "unknown_msr": cfg.unknown_msr,
+        "source": str(cfg.source) if cfg.source else None,
+        "devices": {n: {"type": d.type, "options": d.options, "ports": [d.ports.start, d.ports.stop]}
+                    for n, d in cfg.devices.items()},
+    }
+
+
+def from_json(data: dict) -> VmConfig:
+    devices = {n: DeviceConfig(n, d["type"], d["options"], range(*d["ports"]))
+               for n, d in data["devices"].items()}
+    return VmConfig(name=data["name"], cpus=data["cpus"], memory=data["memory"], accel=data["accel"],
+                    boot_kind=data["boot_kind"], image=Path(data["image"]),
+                    load_address=data["load_address"], entry=data["entry"],
+                    unknown_msr=data["unknown_msr"], devices=devices,
+                    source=Path(data["source"]) if data["source"] else None)

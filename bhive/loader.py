@@ -1,0 +1,82 @@
+"""Puts a guest image into RAM and says where the boot CPU starts.
+
+The supervisor calls `load()` once, before any vCPU runs; the boot vCPU's
+process applies the returned `BootState` with vm_set_register/vm_set_desc.
+APs start in wait-for-SIPI, as on real hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .accel.base import SegDesc, VmReg
+from .config import ConfigError, VmConfig
+from .guestbuild import GuestBuildError, build_nasm
+
+# VMX access rights of a real-mode segment: present, accessed, read/write
+# data (0x93) or execute/read code (0x9B); SDM Vol. 3 §24.4.1.
+REAL_MODE_DATA = 0x93
+REAL_MODE_CODE = 0x9B
+
+LOW_MEMORY_TOP = 0xC000_0000     # RAM above this is remapped above 4 GiB
+HIGH_MEMORY_BASE = 0x1_0000_0000
+
+
+@dataclass
+class BootState:
+    registers: dict[int, int] = field(default_factory=dict)
+    descriptors: dict[int, SegDesc] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"registers": {str(k): v for k, v in self.registers.items()},
+                "descriptors": {str(k): [d.base, d.limit, d.access, d.selector]
+                                for k, d in self.descriptors.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BootState":
+        return cls({int(k): v for k, v in data["registers"].items()},
+                   {int(k): SegDesc(*v) for k, v in data["descriptors"].items()})
+
+
+def ram_slots(memory: int) -> list[tuple[int, int, int]]:
+    """Guest-physical slots (gpa, size, offset) of `memory` bytes of RAM,
+    leaving 3-4 GiB free for MMIO (local APIC, IOAPIC, PCI) like a PC."""
+    low = min(memory, LOW_MEMORY_TOP)
+    slots = [(0, low, 0)]
+    if memory > low:
+        slots.append((HIGH_MEMORY_BASE, memory - low, low))
+    return slots
+
+
+def image_bytes(cfg: VmConfig) -> bytes:
+    """The image, assembled first if the config names a nasm source."""
+    if cfg.image.suffix == ".asm":
+        try:
+            return build_nasm(cfg.image).read_bytes()
+        except GuestBuildError as exc:
+            raise ConfigError(f"[boot] image: {exc}") from None
+    return cfg.image.read_bytes()
+
+
+def real_mode_state(entry: int) -> BootState:
+    segment, offset = (entry >> 4) & 0xF000, entry & 0xFFFF
+    state = BootState()
+    for reg in (VmReg.DS, VmReg.ES, VmReg.SS, VmReg.FS, VmReg.GS):
+        state.descriptors[reg] = SegDesc(0, 0xFFFF, REAL_MODE_DATA, 0)
+    state.descriptors[VmReg.CS] = SegDesc(segment << 4, 0xFFFF, REAL_MODE_CODE, segment)
+    state.registers[VmReg.RIP] = offset
+    state.registers[VmReg.RFLAGS] = 0x2
+    state.registers[VmReg.RSP] = 0x7000
+    return state
+
+
+def load(cfg: VmConfig, ram: memoryview) -> BootState:
+    """Copy the image into `ram` (the whole shared RAM mapping)."""
+    data = image_bytes(cfg)
+    if cfg.boot_kind == "flat":
+        end = cfg.load_address + len(data)
+        if end > min(cfg.memory, LOW_MEMORY_TOP):
+            raise ConfigError(f"[boot] image: {len(data)} bytes at {cfg.load_address:#x} do not fit in RAM")
+        ram[cfg.load_address:end] = data
+        return real_mode_state(cfg.entry)
+    raise ConfigError(f"[boot] kind: {cfg.boot_kind!r} is not supported")

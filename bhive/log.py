@@ -1,0 +1,47 @@
+"""Structured per-actor logs: one line per event, timestamped.
+
+    2026-11-25T15:31:02.123456Z uart[4242] restored commits=17
+
+`bhive logs` reads these files; lines sort by time because the timestamp
+leads and has a fixed width.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+
+
+def timestamp(t: float | None = None) -> str:
+    t = time.time() if t is None else t
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 9:
+        return hex(value) if value > 0xFFFF else str(value)
+    text = str(value)
+    if not text or any(c in text for c in " \t\n\"="):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class EventLog:
+    """Appends event lines to one actor's log file."""
+
+    def __init__(self, path: str | os.PathLike, role: str):
+        self.role = role
+        self.pid = os.getpid()
+        self._file = open(path, "a", buffering=1)
+
+    def __call__(self, event: str, **fields) -> None:
+        self.event(event, **fields)
+
+    def event(self, event: str, **fields) -> None:
+        parts = [timestamp(), f"{self.role}[{self.pid}]", event]
+        parts += [f"{k}={_fmt(v)}" for k, v in fields.items()]
+        self._file.write(" ".join(parts) + "\n")
+
+    def close(self) -> None:
+        self._file.close()

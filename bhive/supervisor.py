@@ -1,0 +1,458 @@
+"""The supervisor: launches a VM's processes, watches them, ends the VM.
+
+One supervisor per VM.  It owns the run directory, creates the shared
+memory (guest RAM, accelerator platform state, console rings), loads the
+guest image, starts one process per device actor and then one per vCPU,
+and from then on:
+
+* relays the console rings to the terminal and to logs/console.log;
+* restarts a device actor that dies, as its restart policy says;
+* ends the VM on a guest event (isa-debug-exit, triple fault, ...) or
+  on SIGTERM/SIGINT, and leaves no process behind.
+
+Exit statuses of `bhive run`:
+    0           the guest halted or was stopped
+    (V<<1)|1    the guest wrote V to isa-debug-exit (QEMU's convention)
+    2           bad config or image (nothing was started)
+    3           the guest crashed (triple fault, unhandled instruction)
+    4           bhive itself failed (a process died, an actor gave up)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from . import accel as accel_mod
+from . import config as config_mod
+from . import loader
+from .bus import schema
+from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VmEvent
+from .bus.shm import ConsoleRing, SharedRegion
+from .log import EventLog
+from .rundir import RunDir, pid_alive
+
+STATUS_STOPPED = 0
+STATUS_CONFIG = 2
+STATUS_GUEST_CRASH = 3
+STATUS_INTERNAL = 4
+
+STARTUP_TIMEOUT = 20.0
+HEARTBEAT_TIMEOUT = 10.0
+STOP_GRACE = 2.0
+RESTART_BACKOFF = 0.05
+ESCAPE = 0x01  # Ctrl-A, then 'x' quits (like QEMU's -nographic)
+
+
+class VmStartError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the supervisor dies, so nothing leaks."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Proc:
+    role: str
+    kind: str                      # "actor" or "vcpu"
+    argv: list[str]
+    popen: subprocess.Popen | None = None
+    state: str = "starting"        # starting, running, restarting, exited, failed
+    restarts: int = 0
+    started: float = 0.0
+    heartbeat: float = 0.0
+    counters: dict = field(default_factory=dict)
+    policy: str = "always"
+    max_restarts: int = 10
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+
+class Supervisor:
+    def __init__(self, cfg: config_mod.VmConfig, console_out=None, console_in_fd: int | None = None):
+        self.cfg = cfg
+        self.rundir = RunDir(cfg.name)
+        self.console_out = console_out          # binary stream or None
+        self.console_in_fd = console_in_fd
+        self.procs: dict[str, Proc] = {}
+        self.status: int | None = None
+        self.reason = ""
+        self.stop_requested = False
+        self.halted: set[str] = set()
+        self.rings: list[tuple[str, ConsoleRing, list[int]]] = []
+        self.escape_pending = False
+        self.console_req = 0
+        self.pending_input = b""
+
+    # -- start ------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything that can fail on bad input, before any process starts."""
+        if self.rundir.is_live():
+            raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
+                                         f"(bhive stop {self.cfg.name}, or pick --name)")
+        accel = accel_mod.get(self.cfg.accel)
+        ok, why = accel.available()
+        if not ok:
+            raise config_mod.ConfigError(f"[vm] accel: {self.cfg.accel} is not available here: {why}")
+        image = loader.image_bytes(self.cfg)  # assembles .asm sources; fails early
+        del image
+        self.rundir.create()
+        self.log = EventLog(self.rundir.log_path("supervisor"), "supervisor")
+        ram = SharedRegion(self.rundir.shm / "ram", self.cfg.memory, create=True)
+        boot = loader.load(self.cfg, ram.view)
+        ram.close()
+        SharedRegion(self.rundir.shm / "platform",
+                     max(4096, accel.platform_shm_size(self.cfg.cpus, self.cfg.memory)),
+                     create=True).close()
+        for dev in self.cfg.devices.values():
+            if dev.type == "uart" and dev.options["console"]:
+                ring = ConsoleRing(self.rundir.shm / f"{dev.name}.console", create=True)
+                self.rings.append((dev.name, ring, [0]))
+        self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
+        self.rundir.write_json("supervisor.json", {
+            "pid": os.getpid(), "name": self.cfg.name, "state": "starting", "started": time.time(),
+            "config": config_mod.to_json(self.cfg), "boot": boot.to_json(),
+        })
+        python = sys.executable
+        for dev in self.cfg.devices.values():
+            self.procs[dev.name] = Proc(dev.name, "actor",
+                                        [python, "-m", "bhive.devices_worker", str(self.rundir.path), dev.name],
+                                        policy=dev.options["restart"], max_restarts=dev.options["max_restarts"])
+        for i in range(self.cfg.cpus):
+            self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
+                                          [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
+
+    def spawn(self, proc: Proc) -> None:
+        err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc.popen = subprocess.Popen(proc.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                      preexec_fn=_die_with_parent, env=env, close_fds=True)
+        err.close()
+        proc.state = "starting"
+        proc.started = proc.heartbeat = time.monotonic()
+        self.log("spawn", role=proc.role, pid=proc.pid, restarts=proc.restarts)
+
+    def _wait_ready(self, roles: list[str]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while any(self.procs[r].state != "running" for r in roles):
+            if self.status is not None:
+                raise VmStartError(self.reason)
+            for r in roles:
+                p = self.procs[r]
+                if p.popen.poll() is not None:
+                    raise VmStartError(f"{r} exited with status {p.popen.returncode} while starting "
+                                       f"(see {self.rundir.logs / (r + '.stderr')})")
+            if time.monotonic() > deadline:
+                late = [r for r in roles if self.procs[r].state != "running"]
+                raise VmStartError(f"{', '.join(late)} did not start within {STARTUP_TIMEOUT:.0f}s")
+            self._poll_ctl(50)
+
+    def start(self) -> None:
+        self.ctx = zmq.Context.instance()
+        self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted actor reuses its identity
+        self.ctl.bind(self.rundir.endpoint("supervisor"))
+        self.console_sock = None
+        actors = [p.role for p in self.procs.values() if p.kind == "actor"]
+        vcpus = [p.role for p in self.procs.values() if p.kind == "vcpu"]
+        for role in actors:
+            self.spawn(self.procs[role])
+        self._wait_ready(actors)
+        for role in vcpus:
+            self.spawn(self.procs[role])
+        self._wait_ready(vcpus)
+        if self.rings:
+            self.console_sock = self.ctx.socket(zmq.DEALER)
+            self.console_sock.setsockopt(zmq.LINGER, 0)
+            self.console_sock.connect(self.rundir.endpoint(self.rings[0][0]))
+        info = self.rundir.read_json("supervisor.json")
+        info["state"] = "running"
+        self.rundir.write_json("supervisor.json", info)
+        self.write_procs()
+        self.log("running", cpus=self.cfg.cpus, actors=len(actors))
+
+    # -- the loop ---------------------------------------------------------
+    def _poll_ctl(self, timeout_ms: int) -> None:
+        if not self.ctl.poll(timeout_ms):
+            return
+        while True:
+            try:
+                ident, raw = self.ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                msg = schema.decode(raw)
+            except schema.SchemaError as exc:
+                self.log("bad-message", error=str(exc))
+                continue
+            proc = self.procs.get(ident.decode(errors="replace"))
+            if isinstance(msg, Hello) and proc is not None:
+                proc.state = "running"
+                proc.heartbeat = time.monotonic()
+                self.log("hello", role=proc.role, pid=msg.pid, restored=msg.restored)
+                self.write_procs()
+            elif isinstance(msg, Heartbeat) and proc is not None:
+                proc.heartbeat = time.monotonic()
+                proc.counters = msg.counters
+            elif isinstance(msg, VmEvent):
+                self.on_event(msg)
+
+    def on_event(self, ev: VmEvent) -> None:
+        self.log("event", source=ev.source, kind=ev.kind, status=ev.status, detail=ev.detail)
+        if ev.kind == "exit":
+            self.finish(ev.status, f"guest wrote to isa-debug-exit: status {ev.status}")
+        elif ev.kind in ("triple-fault", "unhandled-instruction", "unexpected-exit"):
+            self.finish(STATUS_GUEST_CRASH, f"{ev.source}: {ev.kind}: {ev.detail}")
+        elif ev.kind == "fatal":
+            self.finish(ev.status or STATUS_INTERNAL, f"{ev.source}: {ev.detail}")
+        elif ev.kind == "suspended":
+            self.finish(STATUS_STOPPED, f"guest {ev.detail}")
+        elif ev.kind == "halted":
+            self.halted.add(ev.source)
+            if len(self.halted) == self.cfg.cpus:
+                self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
+
+    def finish(self, status: int, reason: str) -> None:
+        if self.status is None:
+            self.status, self.reason = status, reason
+
+    def check_children(self) -> None:
+        now = time.monotonic()
+        for proc in self.procs.values():
+            if proc.popen is None or proc.state in ("exited", "failed"):
+                continue
+            code = proc.popen.poll()
+            if code is None:
+                if proc.state == "running" and now - proc.heartbeat > HEARTBEAT_TIMEOUT:
+                    self.log("unresponsive", role=proc.role, pid=proc.pid)
+                    proc.popen.kill()
+                continue
+            self.log("died", role=proc.role, pid=proc.pid, status=code)
+            if proc.kind == "vcpu":
+                proc.state = "exited" if code == 0 else "failed"
+                if self.status is None:
+                    self.finish(STATUS_INTERNAL if code not in (STATUS_GUEST_CRASH,) else code,
+                                f"{proc.role} exited with status {code}")
+            elif proc.policy == "always" and proc.restarts < proc.max_restarts:
+                proc.restarts += 1
+                proc.state = "restarting"
+                time.sleep(RESTART_BACKOFF)
+                self.log("restart", role=proc.role, count=proc.restarts)
+                self.spawn(proc)
+            else:
+                proc.state = "failed"
+                self.finish(STATUS_INTERNAL, f"device {proc.role} died (status {code}) "
+                                             f"and its restart policy is exhausted")
+            self.write_procs()
+
+    def pump_console(self) -> None:
+        for _, ring, pos in self.rings:
+            end = ring.published
+            if end == pos[0]:
+                continue
+            data = ring.read(pos[0], end)
+            pos[0] = end
+            ring.consume(end)
+            self.console_log.write(data)
+            if self.console_out is not None:
+                self.console_out.write(data)
+                self.console_out.flush()
+
+    def pump_input(self) -> None:
+        if self.console_in_fd is None:
+            return
+        r, _, _ = select.select([self.console_in_fd], [], [], 0)
+        if not r:
+            return
+        data = os.read(self.console_in_fd, 1024)
+        if not data:
+            self.console_in_fd = None
+            return
+        out = bytearray()
+        for b in data:
+            if self.escape_pending:
+                self.escape_pending = False
+                if b in (ord("x"), ord("X")):
+                    self.finish(STATUS_STOPPED, "quit from the console (Ctrl-A x)")
+                    return
+                out.append(b)
+            elif b == ESCAPE:
+                self.escape_pending = True
+            else:
+                out.append(b)
+        self.pending_input += bytes(out)
+
+    def flush_input(self) -> None:
+        """Hands typed bytes to the console UART, keeping what it cannot take."""
+        if not self.pending_input or self.console_sock is None:
+            return
+        self.console_req += 1
+        self.console_sock.send(schema.encode(ConsoleInput("supervisor", self.console_req,
+                                                          self.pending_input[:256])))
+        if self.console_sock.poll(200):
+            reply = schema.decode(self.console_sock.recv())
+            if reply.req_id == self.console_req:
+                self.pending_input = self.pending_input[reply.accepted:]
+
+    def loop(self) -> None:
+        next_table = time.monotonic() + 1.0
+        while self.status is None and not self.stop_requested:
+            self._poll_ctl(5)
+            self.pump_console()
+            self.pump_input()
+            self.flush_input()
+            self.check_children()
+            if time.monotonic() > next_table:
+                self.write_procs()
+                next_table = time.monotonic() + 1.0
+
+    # -- stop -------------------------------------------------------------
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.popen is not None and proc.popen.poll() is None:
+                try:
+                    self.ctl.send_multipart([proc.role.encode(), schema.encode(Control("stop"))], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                proc.popen.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in self.procs.values():
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+            proc.state = "exited"
+        self.pump_console()
+        self.write_procs()
+        info = self.rundir.read_json("supervisor.json") or {}
+        info.update(state="stopped", status=self.status, reason=self.reason, ended=time.time())
+        self.rundir.write_json("supervisor.json", info)
+        self.log("stopped", status=self.status, reason=self.reason)
+        self.rundir.drop_shared_memory()
+
+    def write_procs(self) -> None:
+        now = time.monotonic()
+        table = [{"role": "supervisor", "kind": "supervisor", "pid": os.getpid(), "state": "running",
+                  "restarts": 0, "uptime": now - self.t0, "counters": {}}]
+        for p in self.procs.values():
+            table.append({"role": p.role, "kind": p.kind, "pid": p.pid, "state": p.state,
+                          "restarts": p.restarts, "uptime": (now - p.started) if p.started else 0,
+                          "counters": p.counters})
+        self.rundir.write_json("procs.json", table)
+
+    def run(self) -> int:
+        """Start, supervise until the VM ends, stop.  Returns the exit status."""
+        self.t0 = time.monotonic()
+        handler = lambda signum, _frame: setattr(self, "stop_requested", True)  # noqa: E731
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            try:
+                self.start()
+                self.loop()
+            except VmStartError as exc:
+                self.finish(STATUS_INTERNAL, f"VM failed to start: {exc}")
+            if self.status is None:
+                self.finish(STATUS_STOPPED, "stopped by signal")
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.status
+
+
+# -- library calls behind the CLI -------------------------------------------
+
+def find_vm(name: str) -> RunDir:
+    rd = RunDir(name)
+    if not (rd.path / "supervisor.json").exists():
+        raise LookupError(f"no VM named {name!r}")
+    return rd
+
+
+def process_table(rd: RunDir) -> list[dict]:
+    table = rd.read_json("procs.json") or []
+    live = rd.is_live()
+    for row in table:
+        if not live or not row.get("pid") or not pid_alive(row["pid"]):
+            row["state"] = "exited" if row["state"] != "failed" else "failed"
+    return table
+
+
+def kill_actor(name: str, role: str) -> int:
+    rd = find_vm(name)
+    if not rd.is_live():
+        raise LookupError(f"VM {name!r} is not running")
+    for row in rd.read_json("procs.json") or []:
+        if row["role"] == role:
+            if row["kind"] == "supervisor":
+                raise LookupError("use `bhive stop` to stop the supervisor")
+            os.kill(row["pid"], signal.SIGKILL)
+            return row["pid"]
+    raise LookupError(f"VM {name!r} has no actor {role!r}")
+
+
+def stop_vm(name: str, timeout: float = 10.0) -> None:
+    rd = find_vm(name)
+    pid = rd.supervisor_pid()
+    if not pid or not pid_alive(pid):
+        raise LookupError(f"VM {name!r} is not running")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def wait_running(rd: RunDir, pid: int, timeout: float = STARTUP_TIMEOUT + 5) -> dict:
+    """For --detach: wait until the supervisor reports the VM running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = rd.read_json("supervisor.json")
+        if info and info.get("pid") == pid and info.get("state") in ("running", "stopped"):
+            return info
+        if not pid_alive(pid):
+            break
+        time.sleep(0.02)
+    return rd.read_json("supervisor.json") or {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bhive.supervisor CONFIG_JSON`: a detached supervisor."""
+    import json
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = config_mod.from_json(json.loads(Path(argv[0]).read_text()))
+    sup = Supervisor(cfg)
+    try:
+        sup.prepare()
+    except config_mod.ConfigError as exc:
+        print(f"bhive: error: {exc}", file=sys.stderr)
+        return STATUS_CONFIG
+    return sup.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Entry point of every vCPU process: one OS process per virtual CPU.
+
+    python -m bhive.vcpu_worker RUN_DIR VCPUID
+
+The main thread runs the vCPU (`vm_run`) and completes each exit exactly
+once: a port or MMIO access goes to the actor that owns the address and
+the answer comes back through `vm_complete_inout`/`vm_complete_mmio`, so
+the accelerator, which owns RIP and RAX, moves past the instruction.  No
+lock is shared with any other vCPU: there is nothing to starve.
+
+A control thread owns the supervisor socket (hello, heartbeats, stop) and
+the MSI socket; it injects each incoming MSI with `vm_lapic_msi`, which
+never blocks, whatever the destination vCPU is doing.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from . import accel as accel_mod
+from . import config as config_mod
+from .accel.base import ExitCode, GuestMemory, SuspendHow, VmExit, VmReg
+from .bus import schema
+from .bus.schema import Control, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VmEvent
+from .bus.shm import SharedRegion
+from .loader import BootState, ram_slots
+from .log import EventLog
+from .rundir import RunDir
+
+RETRY_INTERVAL_MS = 200        # an actor that does not answer by then is asked again
+GIVE_UP_AFTER_S = 30.0         # ... and after this long the VM is failed
+HEARTBEAT_INTERVAL = 1.0
+
+# Exit status conventions shared with the supervisor.
+STATUS_GUEST_CRASH = 3
+STATUS_INTERNAL = 4
+
+
+class ActorUnavailable(RuntimeError):
+    pass
+
+
+class ActorClient:
+    """Requests from this vCPU to one device actor, with retries.
+
+    Each request has an id; a retry reuses it, so an actor that was killed
+    and restarted answers a request it already applied from its committed
+    state instead of applying it twice.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, role: str, source: str):
+        self.role = role
+        self.source = source
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        self.sock.connect(endpoint)
+        self.next_id = 1
+        self.retries = 0
+
+    def call(self, msg):
+        raw = schema.encode(msg)
+        self.sock.send(raw)
+        started = time.monotonic()
+        while True:
+            if self.sock.poll(RETRY_INTERVAL_MS):
+                reply = schema.decode(self.sock.recv())
+                if reply.req_id == msg.req_id:
+                    return reply
+                continue  # a late answer to an earlier attempt
+            if time.monotonic() - started > GIVE_UP_AFTER_S:
+                raise ActorUnavailable(f"actor {self.role} did not answer for {GIVE_UP_AFTER_S:.0f}s")
+            self.retries += 1
+            self.sock.send(raw)
+
+    def pio(self, port: int, size: int, is_write: bool, data: int) -> int:
+        req_id, self.next_id = self.next_id, self.next_id + 1
+        return self.call(PioRequest(self.source, req_id, port, size, is_write, data)).data
+
+    def mmio(self, gpa: int, size: int, is_write: bool, data: int) -> int:
+        req_id, self.next_id = self.next_id, self.next_id + 1
+        return self.call(MmioRequest(self.source, req_id, gpa, size, is_write, data)).data
+
+
+class ControlThread(threading.Thread):
+    """Supervisor link and MSI receiver of one vCPU process."""
+
+    def __init__(self, worker: "VcpuWorker"):
+        super().__init__(name="control", daemon=True)
+        self.worker = worker
+        ctx = worker.ctx
+        self.ctl = ctx.socket(zmq.DEALER)
+        self.ctl.setsockopt(zmq.LINGER, 500)
+        self.ctl.setsockopt_string(zmq.IDENTITY, worker.role)
+        self.ctl.connect(worker.rundir.endpoint("supervisor"))
+        self.msi = ctx.socket(zmq.PULL)
+        self.msi.setsockopt(zmq.LINGER, 0)
+        self.msi.bind(worker.rundir.endpoint(worker.role))
+        self.events = ctx.socket(zmq.PAIR)
+        self.events.bind(f"inproc://events-{worker.role}")
+        self.msis = 0
+
+    def run(self) -> None:
+        w = self.worker
+        self.ctl.send(schema.encode(Hello(w.role, os.getpid(), False)))
+        poller = zmq.Poller()
+        for s in (self.ctl, self.msi, self.events):
+            poller.register(s, zmq.POLLIN)
+        next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                self.ctl.send(schema.encode(Heartbeat(w.role, os.getpid(),
+                                                      {**w.vcpu.stats(), "msis": self.msis})))
+                next_beat = now + HEARTBEAT_INTERVAL
+            for sock, _ in poller.poll(int((next_beat - now) * 1000) + 1):
+                raw = sock.recv()
+                if sock is self.events:
+                    if raw == b"":
+                        return
+                    self.ctl.send(raw)
+                    continue
+                try:
+                    msg = schema.decode(raw)
+                except schema.SchemaError as exc:
+                    w.log("bad-message", error=str(exc))
+                    continue
+                if isinstance(msg, Msi):
+                    self.msis += 1
+                    w.vm.vm_lapic_msi(msg.addr, msg.data)
+                elif isinstance(msg, Control) and msg.command == "stop":
+                    w.request_stop()
+
+
+class VcpuWorker:
+    def __init__(self, rundir: RunDir, vcpuid: int):
+        self.rundir = rundir
+        self.vcpuid = vcpuid
+        self.role = f"vcpu{vcpuid}"
+        self.log = EventLog(rundir.log_path(self.role), self.role)
+        info = rundir.read_json("supervisor.json")
+        self.cfg = config_mod.from_json(info["config"])
+        self.boot = BootState.from_json(info["boot"])
+        self.ctx = zmq.Context.instance()
+        self.stopping = False
+
+        accel = accel_mod.get(self.cfg.accel)
+        self.ram = SharedRegion(rundir.shm / "ram")
+        self.platform = SharedRegion(rundir.shm / "platform")
+        memory = GuestMemory(self.ram.address, self.ram.size, ram_slots(self.cfg.memory))
+        self.vm = accel.vm_open(memory, self.cfg.cpus, self.platform.address, {})
+        self.vcpu = self.vm.vcpu_open(vcpuid)
+
+        # Port map: one slot per I/O port, each the client of the owning actor.
+        self.clients: dict[str, ActorClient] = {}
+        self.port_owner: list[ActorClient | None] = [None] * 0x10000
+        for dev in self.cfg.devices.values():
+            client = self.clients.get(dev.name)
+            if client is None:
+                client = self.clients[dev.name] = ActorClient(
+                    self.ctx, rundir.endpoint(dev.name), dev.name, self.role)
+            for port in dev.ports:
+                self.port_owner[port] = client
+        self.unclaimed_seen: set[int] = set()
+        self.latency = self._latency_log()
+
+    def _latency_log(self):
+        """Optional exit round-trip samples (ns), for `make bench`."""
+        if not os.environ.get("BHIVE_EXIT_LATENCY"):
+            return None
+        return array.array("q")
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        kick = getattr(self.vm, "kick", None)
+        if kick is not None:
+            kick(self.vcpuid)
+
+    def event(self, kind: str, status: int = 0, detail: str = "") -> None:
+        self.control_events.send(schema.encode(VmEvent(self.role, kind, status, detail)))
+
+    # -- exits --------------------------------------------------------------
+    def handle_inout(self, ex: VmExit) -> None:
+        client = self.port_owner[ex.port]
+        if client is None:
+            # Nothing decodes this port: reads float high, writes vanish,
+            # exactly what an ISA bus does.
+            if ex.port not in self.unclaimed_seen:
+                self.unclaimed_seen.add(ex.port)
+                self.log("unclaimed-port", port=ex.port, size=ex.size, write=not ex.is_in)
+            value = (1 << (8 * ex.size)) - 1 if ex.is_in else 0
+        else:
+            value = client.pio(ex.port, ex.size, not ex.is_in, 0 if ex.is_in else ex.data)
+        self.vcpu.vm_complete_inout(ex, value)
+
+    def handle_mmio(self, ex: VmExit) -> None:
+        if ex.gpa not in self.unclaimed_seen:
+            self.unclaimed_seen.add(ex.gpa)
+            self.log("unclaimed-mmio", gpa=ex.gpa, size=ex.size, write=ex.is_write)
+        value = 0 if ex.is_write else (1 << (8 * ex.size)) - 1
+        self.vcpu.vm_complete_mmio(ex, value)
+
+    def handle_msr(self, ex: VmExit) -> None:
+        # Policy for MSRs the accelerator does not implement (seed bug #1:
+        # a #GP on a benign MSR killed AP bring-up; here it is a choice).
+        write = ex.code == ExitCode.WRMSR
+        if self.cfg.unknown_msr == "ignore":
+            self.log("unknown-msr", msr=ex.msr, write=write, value=ex.data, action="ignored")
+            self.vcpu.vm_complete_msr(ex, 0, gp=False)
+        else:
+            self.log("unknown-msr", msr=ex.msr, write=write, value=ex.data, action="#GP")
+            self.vcpu.vm_complete_msr(ex, 0, gp=True)
+
+    def dump_registers(self) -> dict:
+        regs = {}
+        for reg in (VmReg.RAX, VmReg.RBX, VmReg.RCX, VmReg.RDX, VmReg.RSI, VmReg.RDI, VmReg.RBP,
+                    VmReg.RSP, VmReg.RIP, VmReg.RFLAGS, VmReg.CR0, VmReg.CR3, VmReg.CR4, VmReg.EFER):
+            try:
+                regs[reg.name.lower()] = self.vcpu.vm_get_register(reg)
+            except Exception:  # an accelerator may not expose every register
+                pass
+        return regs
+
+    def fatal(self, kind: str, detail: str) -> int:
+        self.log(kind, detail=detail, **self.dump_registers())
+        self.event(kind, STATUS_GUEST_CRASH, detail)
+        return STATUS_GUEST_CRASH
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        control = ControlThread(self)
+        self.control_events = self.ctx.socket(zmq.PAIR)
+        self.control_events.connect(f"inproc://events-{self.role}")
+        if self.vcpuid == 0:
+            for reg, desc in self.boot.descriptors.items():
+                self.vcpu.vm_set_desc(VmReg(reg), desc)
+            for reg, value in self.boot.registers.items():
+                self.vcpu.vm_set_register(VmReg(reg), value)
+        self.vcpu.vm_activate_cpu()
+        control.start()
+        self.log("started", accel=self.cfg.accel, bsp=self.vcpuid == 0)
+        try:
+            status = self.loop()
+        except ActorUnavailable as exc:
+            status = STATUS_INTERNAL
+            self.log("actor-unavailable", detail=str(exc))
+            self.event("fatal", status, str(exc))
+        self.log("stopped", **self.vcpu.stats())
+        if self.latency is not None:
+            Path(os.environ["BHIVE_EXIT_LATENCY"] + f".{self.role}").write_bytes(self.latency.tobytes())
+        self.control_events.send(b"")
+        control.join(timeout=2)
+        return status
+
+    def loop(self) -> int:
+        vcpu = self.vcpu
+        latency = self.latency
+        halted_reported = False
+        while not self.stopping:
+            ex = vcpu.vm_run()
+            code = ex.code
+            t0 = time.perf_counter_ns() if latency is not None else 0
+            if code == ExitCode.INOUT or code == ExitCode.INOUT_STR:
+                self.handle_inout(ex)
+            elif code == ExitCode.INST_EMUL:
+                self.handle_mmio(ex)
+            elif code == ExitCode.BOGUS:
+                continue
+            elif code in (ExitCode.RDMSR, ExitCode.WRMSR):
+                self.handle_msr(ex)
+            elif code == ExitCode.HLT:
+                if not halted_reported:
+                    halted_reported = True
+                    self.log("halted", rip=ex.rip, detail="HLT with interrupts disabled")
+                    self.event("halted", 0, f"HLT with interrupts disabled at {ex.rip:#x}")
+                continue
+            elif code == ExitCode.SUSPENDED:
+                how = SuspendHow(ex.how)
+                if how == SuspendHow.TRIPLEFAULT:
+                    return self.fatal("triple-fault", f"triple fault at rip={ex.rip:#x}")
+                self.event("suspended", 0, how.name.lower())
+                return 0
+            elif code == ExitCode.UNHANDLED:
+                return self.fatal("unhandled-instruction",
+                                  f"rip={ex.rip:#x} bytes={ex.insn.hex(' ')}")
+            else:
+                return self.fatal("unexpected-exit", f"{code!r} at rip={ex.rip:#x}")
+            if latency is not None:
+                latency.append(time.perf_counter_ns() - t0)
+            halted_reported = False
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m bhive.vcpu_worker RUN_DIR VCPUID", file=sys.stderr)
+        return 2
+    run_path = Path(argv[0])
+    sys.setswitchinterval(0.0005)  # the MSI thread must not wait on a busy main thread
+    worker = VcpuWorker(RunDir(run_path.name, run_path.parent), int(argv[1]))
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
