@@ -18,9 +18,14 @@ def timestamp(t: float | None = None) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fmt(value) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 9:
-        return hex(value) if value > 0xFFFF else str(value)
+# Fields that hypervisor developers read in hex: addresses, ports, MSRs, registers.
+HEX_FIELDS = {"rip", "rsp", "gpa", "addr", "port", "msr", "vector", "value", "data",
+              "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rflags", "cr0", "cr2", "cr3", "cr4", "efer"}
+
+
+def _fmt(key: str, value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return hex(value) if key in HEX_FIELDS else str(value)
     text = str(value)
     if not text or any(c in text for c in " \t\n\"="):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
@@ -40,7 +45,7 @@ class EventLog:
 
     def event(self, event: str, **fields) -> None:
         parts = [timestamp(), f"{self.role}[{self.pid}]", event]
-        parts += [f"{k}={_fmt(v)}" for k, v in fields.items()]
+        parts += [f"{k}={_fmt(k, v)}" for k, v in fields.items()]
         self._file.write(" ".join(parts) + "\n")
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bhive needs, only those that are missing.
-# Usage: scripts/install-deps.sh [--bench]   (--bench adds QEMU, the peer)
+# Usage: scripts/install-deps.sh [--bench] [--guests]   (--bench adds QEMU, the peer;
+#   --guests what `python -m bhive.guestkit` needs: dpkg-deb, zstd, a keyring with trixie's key)
 set -euo pipefail
 
 need=()
@@ -15,6 +16,15 @@ PY
 if [ "${1:-}" = "--bench" ]; then
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 fi
+
+for arg in "$@"; do
+  if [ "$arg" = "--guests" ]; then
+    command -v dpkg-deb >/dev/null || need+=(dpkg)
+    command -v zstd >/dev/null || need+=(zstd)
+    # bookworm's debian-archive-keyring >= 2023.3+deb12u2 carries trixie's key
+    [ -e /usr/share/keyrings/debian-archive-trixie-automatic.gpg ] || need+=(debian-archive-keyring)
+  fi
+done
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"

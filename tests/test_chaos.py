@@ -58,7 +58,7 @@ def test_ps_and_logs_while_running_and_uart_killed(bhive):
 
     out = console.read_bytes()
     for cpu in range(cpus):
-        line = f"Hello from bhive vCPU {cpu} of {cpus}\r\n".encode()
+        line = f"Hello from bhive vCPU {cpu} of {cpus}\n".encode()
         assert out.count(line) == REPEAT, (cpu, out.count(line))
     assert out.count(b"\n") == cpus * REPEAT + 1, out[-400:]
     assert f"hello: all {cpus} vCPUs reported".encode() in out

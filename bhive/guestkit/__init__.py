@@ -1,0 +1,202 @@
+"""The guest kit: stock Debian kernels and a busybox initramfs.
+
+    fetch_kernel("bookworm-cloud")  -> Kernel (vmlinuz, config, version)
+    fetch_busybox()                 -> path of a static busybox
+    build_initramfs()               -> path of a gzip newc cpio with /init
+
+Everything is cached under $BHIVE_CACHE/guestkit (default
+<repo>/.cache/guestkit); a second call costs nothing.  See `debian.py` for
+how packages are fetched without touching the host's apt state.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import exithelper
+from .cpio import CpioWriter
+from .debian import AptSuite, FetchError, extract_members, mirror_reachable
+
+REPO = Path(__file__).resolve().parent.parent.parent
+INIT_SOURCE = REPO / "guests" / "initramfs" / "init"
+
+# name -> (suite, metapackage)
+KERNELS: dict[str, tuple[str, str]] = {
+    "bookworm-generic": ("bookworm", "linux-image-amd64"),
+    "bookworm-cloud": ("bookworm", "linux-image-cloud-amd64"),
+    "trixie-generic": ("trixie", "linux-image-amd64"),
+}
+BUSYBOX = ("bookworm", "busybox-static")
+INITRAMFS_LAYOUT = 2        # bump when initramfs_bytes changes: it is part of the cache key
+
+__all__ = ["KERNELS", "Kernel", "FetchError", "cache_root", "fetch_kernel", "fetch_busybox",
+           "build_initramfs", "initramfs_bytes", "kernel_path", "mirror_reachable"]
+
+
+def cache_root() -> Path:
+    d = Path(os.environ.get("BHIVE_CACHE", REPO / ".cache")) / "guestkit"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str          # bookworm-cloud, ...
+    package: str       # linux-image-6.1.0-35-cloud-amd64
+    version: str       # the package version
+    release: str       # uname -r: 6.1.0-35-cloud-amd64
+    vmlinuz: Path
+    config: Path
+
+
+def _kernel_from_info(d: Path) -> Kernel | None:
+    try:
+        info = json.loads((d / "info.json").read_text())
+        k = Kernel(info["name"], info["package"], info["version"], info["release"],
+                   d / info["vmlinuz"], d / info["config"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return k if k.vmlinuz.is_file() and k.config.is_file() else None
+
+
+def fetch_kernel(name: str, refresh: bool = False) -> Kernel:
+    """The kernel `name` (a key of KERNELS), fetched once and cached.
+    `refresh` re-reads the suite's package list and fetches again if the
+    metapackage now points elsewhere."""
+    if name not in KERNELS:
+        raise FetchError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}")
+    d = cache_root() / "kernels" / name
+    if not refresh:
+        k = _kernel_from_info(d)
+        if k:
+            return k
+    suite, meta = KERNELS[name]
+    apt = AptSuite(cache_root(), suite)
+    apt.update(force=refresh)
+    package = apt.resolve_kernel(meta)
+    version = apt.show(package)["version"]
+    old = _kernel_from_info(d)
+    if old and old.package == package and old.version == version:
+        return old
+    deb = apt.download(package)
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+        got = extract_members(deb, lambda p: p.startswith("boot/vmlinuz-") or p.startswith("boot/config-"),
+                              Path(tmp))
+        vmlinuz = [p for p in got if p.name.startswith("vmlinuz-")]
+        config = [p for p in got if p.name.startswith("config-")]
+        if len(vmlinuz) != 1 or len(config) != 1:
+            raise FetchError(f"{deb.name}: expected one /boot/vmlinuz-* and one /boot/config-*, got {got}")
+        release = vmlinuz[0].name.removeprefix("vmlinuz-")
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        for p in got:
+            os.replace(p, d / p.name)
+    info = {"name": name, "suite": suite, "metapackage": meta, "package": package, "version": version,
+            "release": release, "vmlinuz": vmlinuz[0].name, "config": config[0].name, "deb": deb.name}
+    (d / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+    deb.unlink()          # the kernel .deb is ~70 MB of modules we never use
+    return _kernel_from_info(d)
+
+
+def kernel_path(name: str) -> Path:
+    return fetch_kernel(name).vmlinuz
+
+
+def fetch_busybox(refresh: bool = False) -> Path:
+    """A static x86-64 busybox from Debian's busybox-static, cached."""
+    d = cache_root() / "busybox"
+    bb = d / "busybox"
+    if bb.is_file() and not refresh:
+        return bb
+    suite, package = BUSYBOX
+    apt = AptSuite(cache_root(), suite)
+    apt.update(force=refresh)
+    deb = apt.download(package)
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+        got = extract_members(deb, lambda p: p == "bin/busybox", Path(tmp))
+        if not got:
+            raise FetchError(f"{deb.name} has no /bin/busybox")
+        d.mkdir(parents=True, exist_ok=True)
+        os.replace(got[0], bb)
+    os.chmod(bb, 0o755)
+    (d / "info.json").write_text(json.dumps({"package": package, "version": apt.show(package)["version"],
+                                             "deb": deb.name}, indent=1) + "\n")
+    return bb
+
+
+# Used when the host cannot run the busybox binary to ask it for its list.
+FALLBACK_APPLETS = (
+    "bin/sh", "bin/ash", "bin/cat", "bin/echo", "bin/ls", "bin/mount", "bin/umount", "bin/mkdir",
+    "bin/grep", "bin/dd", "bin/sleep", "bin/sync", "bin/uname", "bin/dmesg", "bin/ps", "bin/cp",
+    "bin/mv", "bin/rm", "bin/ln", "bin/date", "bin/true", "bin/false", "bin/printf", "bin/cut",
+    "bin/tr", "bin/head", "bin/tail", "bin/wc", "bin/sed", "bin/stty", "bin/vi", "bin/mknod",
+    "sbin/poweroff", "sbin/reboot", "sbin/halt", "sbin/mdev", "usr/bin/setsid", "bin/cttyhack",
+    "usr/bin/nproc", "usr/bin/env", "usr/bin/test", "usr/bin/[", "usr/bin/free", "usr/bin/top",
+    "usr/bin/uptime", "bin/devmem",
+)
+
+
+def applets(busybox: Path) -> list[str]:
+    """busybox's applets as paths ("bin/sh", "sbin/poweroff", ...)."""
+    try:
+        out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+        names = [l.strip().lstrip("/") for l in out.splitlines() if l.strip()]
+    except (OSError, subprocess.SubprocessError):
+        names = []
+    return names or list(FALLBACK_APPLETS)
+
+
+def initramfs_bytes(busybox: Path, init: bytes, compress: bool = True) -> bytes:
+    """A newc cpio: /bin/busybox, its applets as symlinks, /init, and the
+    directories and device nodes an early init needs."""
+    w = CpioWriter()
+    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
+              "root", "etc", "mnt", "run", "var"):
+        w.dir(d, 0o1777 if d == "tmp" else 0o755)
+    w.chardev("dev/console", 5, 1)
+    w.chardev("dev/null", 1, 3, 0o666)
+    w.chardev("dev/ttyS0", 4, 64)
+    w.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
+    for path in applets(busybox):
+        if path == "bin/busybox" or w.has(path):
+            continue
+        w.symlink(path, "busybox" if path.startswith("bin/") and path.count("/") == 1 else "/bin/busybox")
+    if not w.has("bin/cttyhack"):
+        w.symlink("bin/cttyhack", "busybox")
+    w.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    w.file("etc/group", b"root:x:0:\n")
+    w.file("bin/bhive-exit", exithelper.elf(), 0o755)
+    w.file("init", init, 0o755)
+    raw = w.getvalue()
+    # mtime=0 keeps the gzip stream, and so the cache key, reproducible
+    return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
+
+
+def build_initramfs(init: Path | None = None, compress: bool = True, out: Path | None = None) -> Path:
+    """Build (or reuse) the initramfs; returns its path.  Cached by the
+    hash of busybox and the init script."""
+    busybox = fetch_busybox()
+    init_bytes = Path(init or INIT_SOURCE).read_bytes()
+    h = hashlib.sha256(b"layout%d\0" % INITRAMFS_LAYOUT + busybox.read_bytes() + b"\0" + init_bytes + b"\0" + exithelper.elf()
+                       + (b"gz" if compress else b"raw")).hexdigest()[:16]
+    d = cache_root() / "initramfs"
+    d.mkdir(parents=True, exist_ok=True)
+    cached = d / f"initramfs-{h}.cpio{'.gz' if compress else ''}"
+    if not cached.is_file():
+        tmp = cached.with_suffix(".part")
+        tmp.write_bytes(initramfs_bytes(busybox, init_bytes, compress))
+        os.replace(tmp, cached)
+    if out:
+        shutil.copyfile(cached, out)
+        return Path(out)
+    return cached
