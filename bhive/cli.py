@@ -50,10 +50,10 @@ def run_foreground(cfg: config_mod.VmConfig) -> int:
     except config_mod.ConfigError as exc:
         return error(str(exc))
     if interactive:
-        print(f"bhive: VM {cfg.name!r}: {cfg.cpus} vCPU(s), {cfg.memory >> 20} MiB, {cfg.accel}; "
-              f"Ctrl-A x quits", file=sys.stderr)
         saved = termios.tcgetattr(stdin_fd)
-        tty.setraw(stdin_fd)
+        tty.setraw(stdin_fd, termios.TCSANOW)  # TCSANOW: keep what was typed already
+        print(f"bhive: VM {cfg.name!r}: {cfg.cpus} vCPU(s), {cfg.memory >> 20} MiB, {cfg.accel}; "
+              f"Ctrl-A x quits\r", file=sys.stderr)
     try:
         status = sup.run()
     finally:
