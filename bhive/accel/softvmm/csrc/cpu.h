@@ -1,0 +1,322 @@
+/*
+ * softvmm: the bhive x86-64 CPU.  Architectural state of one vCPU and the
+ * internal interfaces between the parts of the core.
+ *
+ * One svm_cpu per vCPU process/thread; guest RAM and the "platform shm"
+ * (local APICs, run-state futex words, per-page code generation counters)
+ * are shared by every process of the VM.  Nothing in the platform shm is a
+ * pointer: every process maps it at its own address.
+ */
+#ifndef SOFTVMM_CPU_H
+#define SOFTVMM_CPU_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include "softvmm.h"
+
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define NORETURN __attribute__((noreturn))
+
+/* ---- register numbers (internal) ------------------------------------- */
+enum { R_RAX, R_RCX, R_RDX, R_RBX, R_RSP, R_RBP, R_RSI, R_RDI };
+enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS, S_LDTR, S_TR, S_NONE = 15 };
+
+/* RFLAGS bits */
+#define F_CF 0x0001u
+#define F_PF 0x0004u
+#define F_AF 0x0010u
+#define F_ZF 0x0040u
+#define F_SF 0x0080u
+#define F_TF 0x0100u
+#define F_IF 0x0200u
+#define F_DF 0x0400u
+#define F_OF 0x0800u
+#define F_IOPL 0x3000u
+#define F_NT 0x4000u
+#define F_RF 0x10000u
+#define F_VM 0x20000u
+#define F_AC 0x40000u
+#define F_ID 0x200000u
+#define F_OSZAPC (F_CF | F_PF | F_AF | F_ZF | F_SF | F_OF)
+
+#define CR0_PE 0x1u
+#define CR0_MP 0x2u
+#define CR0_EM 0x4u
+#define CR0_TS 0x8u
+#define CR0_ET 0x10u
+#define CR0_NE 0x20u
+#define CR0_WP 0x10000u
+#define CR0_AM 0x40000u
+#define CR0_NW 0x20000000u
+#define CR0_CD 0x40000000u
+#define CR0_PG 0x80000000u
+#define CR4_PSE 0x10u
+#define CR4_PAE 0x20u
+#define CR4_PGE 0x80u
+#define CR4_OSFXSR 0x200u
+#define EFER_SCE 0x1u
+#define EFER_LME 0x100u
+#define EFER_LMA 0x400u
+#define EFER_NXE 0x800u
+
+/* exception vectors */
+enum { EX_DE = 0, EX_DB = 1, EX_NMI = 2, EX_BP = 3, EX_OF = 4, EX_BR = 5, EX_UD = 6, EX_NM = 7,
+       EX_DF = 8, EX_TS = 10, EX_NP = 11, EX_SS = 12, EX_GP = 13, EX_PF = 14, EX_MF = 16,
+       EX_AC = 17, EX_MC = 18, EX_XM = 19 };
+
+/* ---- segment register (hidden part uses the VMX access-rights layout) -- */
+typedef struct seg {
+    uint64_t base;
+    uint32_t limit;
+    uint32_t access;     /* type[3:0] S[4] DPL[6:5] P[7] AVL[12] L[13] DB[14] G[15] unusable[16] */
+    uint16_t sel;
+} seg_t;
+
+/* ---- decoded instruction ---------------------------------------------- */
+struct svm_cpu;
+struct insn;
+typedef void (*handler_t)(struct svm_cpu *c, const struct insn *i);
+
+#define EA_NONE 0xFF
+#define EA_RIP  0xFE
+
+typedef struct insn {
+    handler_t fn;
+    uint64_t imm;        /* immediate, sign- or zero-extended as the opcode needs */
+    int32_t disp;
+    uint16_t imm2;       /* second immediate (far pointer selector, ENTER level) */
+    uint8_t len;
+    uint8_t op;          /* opcode byte (in its map) */
+    uint8_t map;         /* 0 = one-byte, 1 = 0F, 2 = 0F38, 3 = 0F3A */
+    uint8_t osz;         /* operand size in bytes (1 for byte forms) */
+    uint8_t asz;         /* address size in bytes */
+    uint8_t reg;         /* ModRM.reg (+REX.R); byte regs: 0x10|n = AH..BH */
+    uint8_t rm;          /* ModRM.rm (+REX.B) when mod == 3 */
+    uint8_t mod;         /* 3: register operand */
+    uint8_t base, index, scale;
+    uint8_t seg;         /* effective segment of the memory operand */
+    uint8_t rep;         /* 0, 0xF2 or 0xF3 */
+    uint8_t lock;
+    uint8_t pfx66;       /* operand-size prefix present (SSE later) */
+    uint8_t segovr;      /* explicit segment override (S_NONE if none) */
+    uint8_t ext;         /* raw ModRM.reg (group opcode extension /digit) */
+    uint8_t cc;          /* fused Jcc: condition code */
+    uint8_t ninsn;       /* architectural instructions in this entry (2 when fused) */
+    int32_t jdisp;       /* fused Jcc: displacement */
+} insn_t;
+
+/* A predecoded block: straight-line code inside one 4K guest-physical
+ * page, ending at the first control transfer / mode-changing instruction. */
+#define BLK_MAX 48
+typedef struct block {
+    uint64_t gpa;        /* guest-physical address of the first byte; ~0 = empty */
+    uint32_t gen;        /* code generation of the page when decoded */
+    uint32_t gidx;       /* page index into the generation array */
+    uint8_t  key;        /* code size (2/4/8) the block was decoded for */
+    uint8_t  n;
+    uint8_t  ninsn;      /* architectural instructions (fused pairs count 2) */
+    /* direct chaining to the last two successors: valid while the TLB epoch
+     * (linear->physical mapping, CS base and mode) is unchanged */
+    struct blink { uint64_t rip; struct block *blk; uint64_t epoch; } link[2];
+    insn_t insns[BLK_MAX];
+} block_t;
+#define BCACHE_SIZE 2048  /* blocks, direct-mapped on the gpa */
+
+/* ---- TLB --------------------------------------------------------------- */
+#define TLB_SIZE 256
+#define TLB_INVALID 1ULL   /* never equals a page-aligned address */
+typedef struct tlbe {
+    uint64_t tag_r, tag_w, tag_x;   /* linear page or TLB_INVALID */
+    uintptr_t addend;                /* host = linear + addend */
+    uint64_t gpa;                    /* guest-physical page */
+    uint32_t gidx;                   /* generation index */
+} tlbe_t;
+
+/* ---- platform shm layout ---------------------------------------------- */
+#define SHM_MAGIC 0x53564d31u  /* "SVM1" */
+typedef struct shm_hdr {
+    uint32_t magic, ncpus;
+    uint64_t ram_pages;
+    uint64_t lapic_off;       /* offset of lapic[0] */
+    uint64_t gen_off;         /* offset of the uint32 generation array */
+    uint32_t code_epoch;      /* bumped whenever any page generation changes */
+} shm_hdr_t;
+
+/* Per-vCPU local APIC and run state, 4 KiB each, in the platform shm.
+ * Written by other vCPUs / device threads with __atomic builtins only. */
+typedef struct lapic {
+    uint32_t event;        /* futex word: 1 = something arrived, owner resets */
+    uint32_t kick;         /* make vm_run return BOGUS */
+    uint32_t nmi;          /* pending NMI */
+    uint32_t init;         /* pending INIT */
+    uint32_t sipi;         /* pending SIPI: 0x100 | vector */
+    uint32_t extint;       /* pending ExtINT: 0x100 | vector */
+    uint32_t state;        /* LS_* */
+    uint32_t id;           /* APIC ID (= vcpuid) */
+    uint32_t ldr, dfr, svr, tpr, esr, icr_lo, icr_hi;
+    uint32_t lvt[7];       /* CMCI, timer, thermal, perf, LINT0, LINT1, error */
+    uint32_t timer_icr, timer_ccr, timer_dcr;
+    uint32_t pad0;
+    uint64_t apic_base;    /* IA32_APIC_BASE */
+    uint32_t irr[8], isr[8], tmr[8];
+} lapic_t;
+enum { LS_OFF = 0, LS_WAIT_SIPI = 1, LS_RUN = 2 };
+#define LAPIC_STRIDE 4096
+
+/* ---- the VM as seen from one process ---------------------------------- */
+#define MAX_SLOTS 8
+typedef struct svm_vm {
+    uint8_t *ram;
+    uint64_t ram_size;
+    int nslots;
+    struct { uint64_t gpa, size, off; } slots[MAX_SLOTS];
+    uint8_t *shm;
+    int ncpus;
+    uint32_t flags;
+    uint32_t *gen;          /* per-4K-page code generations (in shm) */
+    uint32_t *code_epoch;   /* &shm_hdr->code_epoch */
+    int membarrier_cmd;     /* MEMBARRIER_CMD_GLOBAL_EXPEDITED if registered, else 0 */
+    uint64_t ram_pages;
+} svm_vm_t;
+
+static inline lapic_t *vm_lapic(svm_vm_t *vm, int id)
+{
+    shm_hdr_t *h = (shm_hdr_t *)vm->shm;
+    return (lapic_t *)(vm->shm + h->lapic_off + (uint64_t)id * LAPIC_STRIDE);
+}
+
+/* ---- lazy flags -------------------------------------------------------- */
+enum { LF_NONE = 0, LF_ADD, LF_ADC, LF_SUB, LF_SBB, LF_LOGIC, LF_INC, LF_DEC, LF_NEG };
+
+/* abort reasons for longjmp(c->jb) */
+enum { AB_FAULT = 1, AB_EXIT = 2 };
+
+/* replayed port / MMIO accesses of the current instruction (KVM-style
+ * re-execution: an access that needs the VMM aborts the instruction with
+ * an exit; completion supplies the value and the instruction re-runs,
+ * consuming the logged accesses in order, so it commits exactly once) */
+typedef struct ioent { uint64_t addr; uint64_t val; uint8_t size, is_write, is_pio, done; } ioent_t;
+#define IOLOG_MAX 8
+
+/* ---- the vCPU --------------------------------------------------------- */
+typedef struct svm_cpu {
+    uint64_t r[16];
+    uint64_t rip;
+    uint64_t nrip;           /* RIP of the next instruction while one executes */
+    uint64_t rflags;         /* non-OSZAPC bits always valid; OSZAPC when lf_op == LF_NONE */
+    /* lazy flags */
+    uint64_t lf_res, lf_s1, lf_s2;
+    uint8_t lf_op, lf_sz, lf_cf;   /* lf_cf: carry-in (ADC/SBB) or preserved CF (INC/DEC) */
+    uint8_t brk;             /* end the current block after this instruction */
+    uint8_t cpl;
+    uint8_t csz;             /* default code size: 2, 4 or 8 */
+    uint8_t ssz;             /* stack address size: 2, 4 or 8 */
+    uint8_t long64;          /* 64-bit mode (LMA && CS.L) */
+    uint8_t shadow;          /* interrupt shadow (STI / MOV SS) for the next instruction */
+    uint8_t halted;
+    uint8_t irq_pending;     /* lapic may have something deliverable */
+    uint8_t nmi_blocked;
+    uint8_t init_seen;
+    uint8_t delivering;      /* nested-fault tracking while delivering an event */
+    uint8_t deliver_vec;
+    uint8_t post_exit;       /* instruction completed; return c->exit */
+    uint8_t exit_queued;     /* an exit is waiting to be returned by svm_run */
+    seg_t seg[8];
+    uint64_t segbase[8];     /* effective bases (0 for ES/CS/SS/DS in 64-bit mode) */
+    struct { uint64_t base; uint32_t limit; } gdtr, idtr;
+    uint64_t cr0, cr2, cr3, cr4, cr8, efer;
+    uint64_t dr[8];
+    uint64_t star, lstar, cstar, sfmask, kgs_base, tsc_aux, pat, misc_enable;
+    uint64_t sysenter_cs, sysenter_esp, sysenter_eip;
+    int64_t tsc_offset;
+    /* pending exception */
+    int exc_vec;
+    uint32_t exc_err;
+    uint8_t exc_has_err;
+    uint8_t exc_soft;
+    uint64_t exc_cr2;
+    /* injected by the VMM (vm_inject_exception) */
+    int inj_vec; uint32_t inj_err; uint8_t inj_has_err;
+    /* replay log */
+    ioent_t io[IOLOG_MAX];
+    int io_n, io_pos;
+    /* MSR exit pending completion */
+    uint8_t msr_pending;
+    /* environment */
+    svm_vm_t *vm;
+    lapic_t *lapic;
+    int vcpuid;
+    jmp_buf jb;
+    svm_exit_t exit;
+    uint64_t icount, nexits;
+    uint64_t epoch;          /* bumped on every TLB flush / mode change / block decode */
+    uint32_t code_epoch_seen;
+    uint32_t *code_epoch;    /* = vm->code_epoch, one load less on the chaining path */
+    tlbe_t tlb[TLB_SIZE];
+    block_t *bcache;
+    block_t scratch;
+} svm_cpu_t;
+typedef svm_cpu_t cpu_t;
+
+/* ---- cross-file internal API ------------------------------------------ */
+/* exceptions.c */
+NORETURN void raise_exc(cpu_t *c, int vec, int has_err, uint32_t err);
+#define raise_gp(c, e) raise_exc((c), EX_GP, 1, (e))
+#define raise_ud(c) raise_exc((c), EX_UD, 0, 0)
+void deliver_pending_fault(cpu_t *c);
+void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint64_t ret_rip);
+enum { EV_EXT = 0, EV_NMI = 2, EV_HWEXC = 3, EV_SWINT = 4, EV_SWEXC = 6 };
+NORETURN void exit_unhandled(cpu_t *c);
+
+/* mmu.c */
+uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc);
+void mem_write_slow(cpu_t *c, uint64_t lin, int size, uint64_t v, int acc);
+void *mem_host_rmw(cpu_t *c, uint64_t lin, int size);   /* host ptr for LOCKed RMW, or NULL (MMIO) */
+void tlb_flush(cpu_t *c);
+void tlb_flush_page(cpu_t *c, uint64_t lin);
+uint8_t *gpa_host(svm_vm_t *vm, uint64_t gpa, uint32_t *gidx);
+void code_written(cpu_t *c, uint32_t gidx);
+int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault);
+int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);
+enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8 };
+
+/* system.c */
+void update_mode(cpu_t *c);
+void load_seg(cpu_t *c, int sreg, uint16_t sel);
+void set_seg_real(cpu_t *c, int sreg, uint16_t sel);
+uint64_t get_rflags(cpu_t *c);
+void set_rflags(cpu_t *c, uint64_t v);
+int msr_read(cpu_t *c, uint32_t msr, uint64_t *v);
+int msr_write(cpu_t *c, uint32_t msr, uint64_t v);
+void set_cr0(cpu_t *c, uint64_t v);
+void set_cr4(cpu_t *c, uint64_t v);
+void set_efer(cpu_t *c, uint64_t v);
+void cpu_reset(cpu_t *c);
+void cpu_do_sipi(cpu_t *c, int vec);
+int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi);
+
+/* cpuid.c */
+void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t out[4]);
+
+/* lapic.c */
+uint32_t lapic_mmio_read(cpu_t *c, uint32_t off);
+void lapic_mmio_write(cpu_t *c, uint32_t off, uint32_t v);
+int lapic_pending_vector(cpu_t *c);     /* highest deliverable fixed vector or -1 */
+void lapic_accept(cpu_t *c, int vec);   /* IRR -> ISR */
+void lapic_reset(svm_vm_t *vm, int id, int bsp);
+void lapic_msi(svm_vm_t *vm, uint64_t addr, uint32_t data);
+void lapic_wake(lapic_t *l);
+
+/* decode.c, fast.c */
+handler_t specialize(const insn_t *d, int long64);
+handler_t fuse_jcc(handler_t first);
+void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single);
+extern const char *softvmm_version;
+
+/* flags (alu.c) */
+uint64_t flags_materialize(cpu_t *c);
+int cond_slow(cpu_t *c, int cc);
+
+#endif

@@ -1,0 +1,56 @@
+/*
+ * softvmm public C API (what the cffi wrapper calls).  Kept in sync with
+ * the cdef in _build.py.  None of these functions touch Python objects, so
+ * cffi releases the GIL around every call.
+ */
+#ifndef SOFTVMM_H
+#define SOFTVMM_H
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct svm_exit {
+    int32_t code;            /* bhive ExitCode (FreeBSD vm_exitcode numbers) */
+    uint32_t inst_length;
+    uint64_t rip;
+    uint64_t data;
+    uint64_t gpa;
+    uint32_t port, size, is_in, is_write;
+    uint32_t msr, vector, how, insn_len;
+    uint8_t insn[16];
+} svm_exit_t;
+
+enum {
+    SVM_EXIT_INOUT = 0, SVM_EXIT_BOGUS = 2, SVM_EXIT_RDMSR = 3, SVM_EXIT_WRMSR = 4,
+    SVM_EXIT_HLT = 5, SVM_EXIT_PAUSE = 7, SVM_EXIT_INST_EMUL = 9, SVM_EXIT_IOAPIC_EOI = 13,
+    SVM_EXIT_SUSPENDED = 14, SVM_EXIT_UNHANDLED = 100
+};
+
+/* vm flags */
+#define SVM_F_UNKNOWN_MSR_GP 1
+
+struct svm_vm;
+struct svm_cpu;
+
+uint64_t svm_shm_size(int ncpus, uint64_t ram_size);
+struct svm_vm *svm_vm_open(void *ram, uint64_t ram_size, const uint64_t *slots, int nslots,
+                           void *shm, int ncpus, uint32_t flags);
+void svm_vm_close(struct svm_vm *vm);
+struct svm_cpu *svm_cpu_open(struct svm_vm *vm, int vcpuid);
+void svm_cpu_close(struct svm_cpu *c);
+void svm_activate(struct svm_cpu *c);
+int svm_run(struct svm_cpu *c, svm_exit_t *exit);
+void svm_complete_io(struct svm_cpu *c, uint64_t value);
+void svm_complete_msr(struct svm_cpu *c, uint64_t value, int gp);
+uint64_t svm_get_reg(struct svm_cpu *c, int reg);
+int svm_set_reg(struct svm_cpu *c, int reg, uint64_t value);
+int svm_get_desc(struct svm_cpu *c, int reg, uint64_t *base, uint32_t *limit, uint32_t *access, uint16_t *sel);
+int svm_set_desc(struct svm_cpu *c, int reg, uint64_t base, uint32_t limit, uint32_t access, uint16_t sel);
+int svm_inject_exception(struct svm_cpu *c, int vector, int has_err, uint32_t err);
+void svm_lapic_msi(struct svm_vm *vm, uint64_t addr, uint32_t data);
+void svm_kick(struct svm_vm *vm, int vcpuid);
+void svm_invalidate(struct svm_vm *vm, uint64_t gpa, uint64_t len);
+void svm_set_mp_state(struct svm_cpu *c, int runnable);
+void svm_stats(struct svm_cpu *c, uint64_t *instructions, uint64_t *exits);
+void svm_cpuid(struct svm_cpu *c, uint32_t leaf, uint32_t sub, uint32_t *out4);
+
+#endif

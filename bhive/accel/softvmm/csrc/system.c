@@ -1,0 +1,588 @@
+/*
+ * System state: control registers, EFER and mode switches, segment
+ * loading, descriptor tables, MSRs, RFLAGS, reset/INIT/SIPI, and the
+ * system instructions.
+ */
+#include <x86intrin.h>
+#include "mem.h"
+#include "handlers.h"
+
+/* ---- modes --------------------------------------------------------------- */
+void update_mode(cpu_t *c)
+{
+    seg_t *cs = &c->seg[S_CS];
+    int lma = !!(c->efer & EFER_LMA);
+    c->long64 = lma && (cs->access & 0x2000);
+    if (c->long64) c->csz = 8;
+    else if (!(c->cr0 & CR0_PE)) c->csz = 2;
+    else c->csz = (cs->access & 0x4000) ? 4 : 2;
+    if (c->long64) c->ssz = 8;
+    else if (!(c->cr0 & CR0_PE)) c->ssz = 2;
+    else c->ssz = (c->seg[S_SS].access & 0x4000) ? 4 : 2;
+    for (int s = 0; s < 8; s++) c->segbase[s] = c->seg[s].base;
+    if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
+    int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
+    if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
+    if (ncpl != c->cpl) { c->cpl = ncpl; tlb_flush(c); }
+    c->epoch++;
+    c->brk = 1;
+}
+
+void set_seg_real(cpu_t *c, int s, uint16_t sel)
+{
+    c->seg[s].sel = sel;
+    c->seg[s].base = (uint64_t)sel << 4;
+    if (!(c->cr0 & CR0_PE)) {
+        /* real mode keeps the cached limit/attributes ("unreal mode") */
+        if (c->seg[s].access & 0x10000) { c->seg[s].access = 0x93; c->seg[s].limit = 0xffff; }
+    }
+    c->segbase[s] = c->seg[s].base;
+    if (s == S_CS || s == S_SS) update_mode(c);
+}
+
+int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi)
+{
+    uint64_t base; uint32_t limit;
+    if (sel & 4) {
+        if (c->seg[S_LDTR].access & 0x10000) return -1;
+        base = c->seg[S_LDTR].base; limit = c->seg[S_LDTR].limit;
+    } else {
+        base = c->gdtr.base; limit = c->gdtr.limit;
+    }
+    uint32_t idx = sel & ~7u;
+    if (idx + 7 > limit) return -1;
+    *lo = (uint32_t)mem_read_slow(c, base + idx, 4, ACC_SYS);
+    *hi = (uint32_t)mem_read_slow(c, base + idx + 4, 4, ACC_SYS);
+    return 0;
+}
+
+/* Load a segment register in protected mode (SDM Vol 3A 3.4.3, 5.5).
+ * M1 checks presence, null CS/SS and S-bit; full type/privilege checks TODO. */
+void load_seg(cpu_t *c, int s, uint16_t sel)
+{
+    if (!(c->cr0 & CR0_PE) || (c->rflags & F_VM)) { set_seg_real(c, s, sel); return; }
+    if ((sel & ~3) == 0 && !(sel & 4)) {
+        if (s == S_CS) raise_gp(c, 0);
+        if (s == S_SS && !(c->long64 && c->cpl < 3)) raise_gp(c, 0);
+        c->seg[s].sel = sel; c->seg[s].base = 0; c->seg[s].limit = 0;
+        c->seg[s].access = 0x10000;
+        if (s == S_SS) c->seg[s].access |= (uint32_t)c->cpl << 5;
+        c->segbase[s] = 0;
+        if (s == S_SS) update_mode(c);
+        return;
+    }
+    uint32_t lo, hi;
+    if (desc_read(c, sel, &lo, &hi)) raise_gp(c, sel & ~3);
+    if (!(hi & 0x1000)) raise_gp(c, sel & ~3);
+    if (!(hi & 0x8000)) raise_exc(c, s == S_SS ? EX_SS : EX_NP, 1, sel & ~3);
+    uint64_t base = (lo >> 16) | ((uint64_t)(hi & 0xff) << 16) | ((uint64_t)(hi & 0xff000000));
+    uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
+    if (hi & 0x800000) limit = (limit << 12) | 0xfff;
+    uint32_t access = (hi >> 8) & 0xf0ff;
+    /* set the accessed bit in the descriptor (SDM 3.4.5.1) */
+    if (!(access & 1)) {
+        access |= 1;
+        uint64_t tbase = (sel & 4) ? c->seg[S_LDTR].base : c->gdtr.base;
+        mem_write_slow(c, tbase + (sel & ~7u) + 4, 4, hi | 0x100, ACC_W | ACC_SYS);
+    }
+    c->seg[s].sel = sel; c->seg[s].base = base; c->seg[s].limit = limit; c->seg[s].access = access;
+    c->segbase[s] = base;
+    if (s == S_CS) {
+        c->seg[S_CS].sel = (sel & ~3) | (sel & 3);
+        /* CPL = CS.RPL for code loads; SS.DPL follows on stack switches */
+        c->seg[S_SS].access = (c->seg[S_SS].access & ~0x60u) | ((uint32_t)(sel & 3) << 5);
+        update_mode(c);
+    } else if (s == S_SS) update_mode(c);
+    else if (c->long64 && s != S_FS && s != S_GS) c->segbase[s] = 0;
+}
+
+/* ---- RFLAGS -------------------------------------------------------------- */
+uint64_t get_rflags(cpu_t *c) { return flags_materialize(c) | 2; }
+void set_rflags(cpu_t *c, uint64_t v)
+{
+    c->lf_op = LF_NONE;
+    c->rflags = (v & 0x3f7fd5) | 2;
+}
+
+/* ---- control registers ------------------------------------------------------ */
+void set_efer(cpu_t *c, uint64_t v)
+{
+    c->efer = (c->efer & EFER_LMA) | (v & (EFER_SCE | EFER_LME | EFER_NXE));
+    tlb_flush(c);
+}
+void set_cr0(cpu_t *c, uint64_t v)
+{
+    v |= CR0_ET;
+    uint64_t old = c->cr0;
+    c->cr0 = v & 0xe005003f;
+    /* IA-32e activation: LMA = LME && PG (SDM Vol 3A 10.8.5) */
+    if ((v & CR0_PG) && !(old & CR0_PG) && (c->efer & EFER_LME)) {
+        if (!(c->cr4 & CR4_PAE)) { c->cr0 = old; raise_gp(c, 0); }
+        c->efer |= EFER_LMA;
+    }
+    if (!(v & CR0_PG) && (old & CR0_PG)) c->efer &= ~(uint64_t)EFER_LMA;
+    tlb_flush(c);
+    update_mode(c);
+}
+void set_cr4(cpu_t *c, uint64_t v)
+{
+    uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400;
+    if (v & ~allowed) raise_gp(c, 0);
+    if ((c->efer & EFER_LMA) && !(v & CR4_PAE)) raise_gp(c, 0);
+    c->cr4 = v;
+    tlb_flush(c);
+}
+
+HANDLER(h_mov_cr)
+{
+    /* 0F 20 / 0F 22: operand is always 64-bit in long mode, 32 otherwise (mod ignored) */
+    if (c->cpl) raise_gp(c, 0);
+    int sz = c->long64 ? 8 : 4;
+    int cr = i->reg;
+    if (i->lock && cr == 0) cr = 8;   /* AMD alt encoding of CR8 */
+    if (i->op == 0x20) {
+        uint64_t v;
+        switch (cr) {
+        case 0: v = c->cr0; break;
+        case 2: v = c->cr2; break;
+        case 3: v = c->cr3; break;
+        case 4: v = c->cr4; break;
+        case 8: v = c->lapic->tpr >> 4; break;
+        default: raise_ud(c);
+        }
+        setreg(c, i->rm, sz, v);
+    } else {
+        uint64_t v = getreg(c, i->rm, sz);
+        switch (cr) {
+        case 0: set_cr0(c, v); break;
+        case 2: c->cr2 = v; break;
+        case 3: c->cr3 = v & (c->long64 || (c->efer & EFER_LMA) ? 0x000ffffffffff000ULL | 0x18 : 0xfffffff8ULL); tlb_flush(c); break;
+        case 4: set_cr4(c, v); break;
+        case 8: __atomic_store_n(&c->lapic->tpr, (uint32_t)(v & 15) << 4, __ATOMIC_RELAXED); c->irq_pending = 1; break;
+        default: raise_ud(c);
+        }
+        c->brk = 1;
+    }
+}
+HANDLER(h_mov_dr)
+{
+    if (c->cpl) raise_gp(c, 0);
+    int sz = c->long64 ? 8 : 4, dr = i->reg & 7;
+    if (dr == 4 || dr == 5) dr += 2;
+    if (i->op == 0x21) setreg(c, i->rm, sz, dr == 6 ? (c->dr[6] | 0xffff0ff0) : dr == 7 ? (c->dr[7] | 0x400) : c->dr[dr]);
+    else c->dr[dr] = getreg(c, i->rm, sz);
+}
+HANDLER(h_clts) { if (c->cpl) raise_gp(c, 0); c->cr0 &= ~(uint64_t)CR0_TS; }
+
+/* ---- segment register moves --------------------------------------------- */
+HANDLER(h_mov_rm_sreg)
+{
+    int s = i->ext;
+    if (s > 5) raise_ud(c);
+    uint64_t v = c->seg[s].sel;
+    if (i->mod == 3) setreg(c, i->rm, i->osz, v);
+    else st(c, i->seg, ea_off(c, i), 2, v);
+}
+HANDLER(h_mov_sreg_rm)
+{
+    int s = i->ext;
+    if (s > 5 || s == S_CS) raise_ud(c);
+    uint16_t sel = (uint16_t)rd_rm(c, i, 2);
+    load_seg(c, s, sel);
+    if (s == S_SS) { c->shadow = 1; c->brk = 1; }   /* MOV SS blocks interrupts for one instruction */
+}
+HANDLER(h_push_sreg)
+{
+    static const int map[] = { S_ES, S_CS, S_SS, S_DS };
+    int s = (i->map == 1) ? ((i->op == 0xa0) ? S_FS : S_GS) : map[i->op >> 3];
+    push(c, i->osz, c->seg[s].sel);
+}
+HANDLER(h_pop_sreg)
+{
+    static const int map[] = { S_ES, S_CS, S_SS, S_DS };
+    int s = (i->map == 1) ? ((i->op == 0xa1) ? S_FS : S_GS) : map[i->op >> 3];
+    uint64_t sp = sp_get(c);
+    uint16_t sel = (uint16_t)ld(c, S_SS, sp, i->osz);
+    load_seg(c, s, sel);
+    sp_set(c, sp + i->osz);
+    if (s == S_SS) { c->shadow = 1; c->brk = 1; }
+}
+
+/* ---- descriptor tables: 0F 00, 0F 01 ------------------------------------ */
+static void load_sys_seg(cpu_t *c, int s, uint16_t sel)
+{
+    if ((sel & ~3) == 0) { c->seg[s].sel = sel; c->seg[s].access = 0x10000; return; }
+    if (sel & 4) raise_gp(c, sel & ~3);
+    uint32_t lo, hi;
+    if (desc_read(c, sel, &lo, &hi)) raise_gp(c, sel & ~3);
+    int type = (hi >> 8) & 0x1f;
+    if (s == S_LDTR && type != 2) raise_gp(c, sel & ~3);
+    if (s == S_TR && type != 9 && type != 1) raise_gp(c, sel & ~3);
+    if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, sel & ~3);
+    uint64_t base = (lo >> 16) | ((uint64_t)(hi & 0xff) << 16) | (hi & 0xff000000);
+    if (c->efer & EFER_LMA) {
+        uint64_t tbl = c->gdtr.base + (sel & ~7u);
+        base |= (uint64_t)(uint32_t)mem_read_slow(c, tbl + 8, 4, ACC_SYS) << 32;
+    }
+    uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
+    if (hi & 0x800000) limit = (limit << 12) | 0xfff;
+    if (s == S_TR) {   /* mark busy */
+        hi |= 0x200;
+        mem_write_slow(c, c->gdtr.base + (sel & ~7u) + 4, 4, hi, ACC_W | ACC_SYS);
+    }
+    c->seg[s].sel = sel; c->seg[s].base = base; c->seg[s].limit = limit;
+    c->seg[s].access = (hi >> 8) & 0xf0ff;
+    c->segbase[s] = base;
+}
+
+HANDLER(h_grp6)
+{
+    if (!(c->cr0 & CR0_PE)) raise_ud(c);
+    switch (i->ext) {
+    case 0: case 1: { /* SLDT / STR */
+        uint64_t v = c->seg[i->ext == 0 ? S_LDTR : S_TR].sel;
+        if (i->mod == 3) setreg(c, i->rm, i->osz, v); else wr_rm(c, i, 2, v);
+        break; }
+    case 2: case 3:
+        if (c->cpl) raise_gp(c, 0);
+        load_sys_seg(c, i->ext == 2 ? S_LDTR : S_TR, (uint16_t)rd_rm(c, i, 2));
+        break;
+    case 4: case 5: { void verr_verw(cpu_t *, const insn_t *); verr_verw(c, i); break; }
+    default: raise_ud(c);
+    }
+}
+
+HANDLER(h_grp7)
+{
+    if (i->mod == 3) {
+        uint8_t modrm = 0xc0 | (i->ext << 3) | (i->rm & 7);
+        switch (modrm) {
+        case 0xf8: /* SWAPGS */
+            if (!c->long64) raise_ud(c);
+            if (c->cpl) raise_gp(c, 0);
+            { uint64_t t = c->seg[S_GS].base; c->seg[S_GS].base = c->kgs_base; c->kgs_base = t; c->segbase[S_GS] = c->seg[S_GS].base; }
+            return;
+        case 0xf9: { /* RDTSCP */
+            uint64_t t = __rdtsc() + (uint64_t)c->tsc_offset;
+            c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32; c->r[R_RCX] = (uint32_t)c->tsc_aux;
+            return; }
+        case 0xc1: case 0xc2: case 0xc3: case 0xc4:           /* VMX: not advertised */
+        case 0xc8: case 0xc9:                                 /* MONITOR/MWAIT: not advertised */
+        case 0xca: case 0xcb:                                 /* CLAC/STAC: no SMAP */
+        case 0xd0: case 0xd1:                                 /* XGETBV/XSETBV: no XSAVE */
+        case 0xd8: case 0xd9: case 0xda: case 0xdb: case 0xdc: case 0xdd: case 0xde: case 0xdf: /* SVM */
+        case 0xee: case 0xef:                                 /* RDPKRU/WRPKRU: no PKU */
+            raise_ud(c);
+        }
+        if (i->ext == 4) { setreg(c, i->rm, i->osz, c->cr0 & 0xffffffff); return; }  /* SMSW r */
+        if (i->ext == 6) goto lmsw;
+        exit_unhandled(c);
+    }
+    uint64_t off = ea_off(c, i);
+    switch (i->ext) {
+    case 0: case 1: { /* SGDT / SIDT */
+        int bsz = c->long64 ? 8 : 4;
+        uint64_t base = i->ext == 0 ? c->gdtr.base : c->idtr.base;
+        uint32_t lim = i->ext == 0 ? c->gdtr.limit : c->idtr.limit;
+        st(c, i->seg, off, 2, lim);
+        st(c, i->seg, off + 2, bsz, bsz == 4 && i->osz == 2 ? base & 0xffffff : base);
+        return; }
+    case 2: case 3: { /* LGDT / LIDT */
+        if (c->cpl) raise_gp(c, 0);
+        uint16_t lim = (uint16_t)ld(c, i->seg, off, 2);
+        uint64_t base = c->long64 ? ld(c, i->seg, off + 2, 8) : ld(c, i->seg, off + 2, 4);
+        if (!c->long64 && i->osz == 2) base &= 0xffffff;
+        if (i->ext == 2) { c->gdtr.base = base; c->gdtr.limit = lim; }
+        else { c->idtr.base = base; c->idtr.limit = lim; }
+        return; }
+    case 4: st(c, i->seg, off, 2, c->cr0 & 0xffff); return;  /* SMSW m16 */
+    case 6: lmsw: { /* LMSW: can set PE but not clear it */
+        if (c->cpl) raise_gp(c, 0);
+        uint64_t v = rd_rm(c, i, 2) & 0xf;
+        uint64_t n = (c->cr0 & ~0xeULL) | v | (c->cr0 & CR0_PE);
+        set_cr0(c, n);
+        return; }
+    case 7: /* INVLPG */
+        if (c->cpl) raise_gp(c, 0);
+        tlb_flush_page(c, lin_addr(c, i->seg, off));
+        c->brk = 1;
+        return;
+    }
+    exit_unhandled(c);
+}
+
+/* ---- interrupts flag ---------------------------------------------------- */
+static int iopl_ok(cpu_t *c) { return !(c->cr0 & CR0_PE) || c->cpl <= ((c->rflags >> 12) & 3); }
+HANDLER(h_cli) { if (!iopl_ok(c)) raise_gp(c, 0); c->rflags &= ~(uint64_t)F_IF; }
+HANDLER(h_sti)
+{
+    if (!iopl_ok(c)) raise_gp(c, 0);
+    if (!(c->rflags & F_IF)) c->shadow = 1;   /* STI shadow (SDM Vol 3A 6.8.3) */
+    c->rflags |= F_IF;
+    c->brk = 1;
+}
+
+/* ---- MSRs ------------------------------------------------------------- */
+int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
+{
+    switch (msr) {
+    case 0x10: *v = __rdtsc() + (uint64_t)c->tsc_offset; return 0;
+    case 0x1b: *v = c->lapic->apic_base; return 0;
+    case 0x174: *v = c->sysenter_cs; return 0;
+    case 0x175: *v = c->sysenter_esp; return 0;
+    case 0x176: *v = c->sysenter_eip; return 0;
+    case 0x1a0: *v = c->misc_enable; return 0;
+    case 0x277: *v = c->pat; return 0;
+    case 0xc0000080: *v = c->efer; return 0;
+    case 0xc0000081: *v = c->star; return 0;
+    case 0xc0000082: *v = c->lstar; return 0;
+    case 0xc0000083: *v = c->cstar; return 0;
+    case 0xc0000084: *v = c->sfmask; return 0;
+    case 0xc0000100: *v = c->seg[S_FS].base; return 0;
+    case 0xc0000101: *v = c->seg[S_GS].base; return 0;
+    case 0xc0000102: *v = c->kgs_base; return 0;
+    case 0xc0000103: *v = c->tsc_aux; return 0;
+    }
+    return -1;
+}
+static int canonical(uint64_t v) { return (uint64_t)(((int64_t)v << 16) >> 16) == v; }
+int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
+{
+    switch (msr) {
+    case 0x10: c->tsc_offset = (int64_t)(v - __rdtsc()); return 0;
+    case 0x1b: {
+        if (v & ~0xffffffffff900ULL) return 1;   /* reserved bits: #GP */
+        uint64_t keep = c->lapic->apic_base & 0x100;   /* BSP flag is read-only */
+        c->lapic->apic_base = (v & ~0x100ULL) | keep;
+        tlb_flush(c);
+        return 0; }
+    case 0x174: c->sysenter_cs = v & 0xffff; return 0;
+    case 0x175: if (!canonical(v)) return 1; c->sysenter_esp = v; return 0;
+    case 0x176: if (!canonical(v)) return 1; c->sysenter_eip = v; return 0;
+    case 0x1a0: c->misc_enable = v; return 0;
+    case 0x277: c->pat = v; return 0;
+    case 0xc0000080:
+        if (v & ~(uint64_t)(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)) return 1;
+        if ((c->cr0 & CR0_PG) && ((v ^ c->efer) & EFER_LME)) return 1;
+        set_efer(c, v);
+        return 0;
+    case 0xc0000081: c->star = v; return 0;
+    case 0xc0000082: if (!canonical(v)) return 1; c->lstar = v; return 0;
+    case 0xc0000083: if (!canonical(v)) return 1; c->cstar = v; return 0;
+    case 0xc0000084: c->sfmask = v & 0xffffffff; return 0;
+    case 0xc0000100: if (!canonical(v)) return 1; c->seg[S_FS].base = v; c->segbase[S_FS] = v; return 0;
+    case 0xc0000101: if (!canonical(v)) return 1; c->seg[S_GS].base = v; c->segbase[S_GS] = v; return 0;
+    case 0xc0000102: if (!canonical(v)) return 1; c->kgs_base = v; return 0;
+    case 0xc0000103: c->tsc_aux = v & 0xffffffff; return 0;
+    }
+    return -1;
+}
+
+static void msr_exit(cpu_t *c, const insn_t *i, int code, uint32_t msr, uint64_t data)
+{
+    c->exit.code = code;
+    c->exit.rip = c->rip;
+    c->exit.inst_length = i->len;
+    c->exit.msr = msr;
+    c->exit.data = data;
+    c->msr_pending = 1;
+    longjmp(c->jb, AB_EXIT);
+}
+
+HANDLER(h_rdmsr)
+{
+    if (c->cpl) raise_gp(c, 0);
+    uint32_t msr = (uint32_t)c->r[R_RCX];
+    uint64_t v;
+    int r = msr_read(c, msr, &v);
+    if (r < 0) {
+        if (c->vm->flags & SVM_F_UNKNOWN_MSR_GP) raise_gp(c, 0);
+        msr_exit(c, i, SVM_EXIT_RDMSR, msr, 0);
+    }
+    if (r > 0) raise_gp(c, 0);
+    c->r[R_RAX] = (uint32_t)v; c->r[R_RDX] = v >> 32;
+}
+HANDLER(h_wrmsr)
+{
+    if (c->cpl) raise_gp(c, 0);
+    uint32_t msr = (uint32_t)c->r[R_RCX];
+    uint64_t v = ((c->r[R_RDX] & 0xffffffff) << 32) | (c->r[R_RAX] & 0xffffffff);
+    int r = msr_write(c, msr, v);
+    if (r < 0) {
+        if (c->vm->flags & SVM_F_UNKNOWN_MSR_GP) raise_gp(c, 0);
+        msr_exit(c, i, SVM_EXIT_WRMSR, msr, v);
+    }
+    if (r > 0) raise_gp(c, 0);
+    c->brk = 1;
+}
+HANDLER(h_rdtsc)
+{
+    if (c->cpl && (c->cr4 & 0x4)) raise_gp(c, 0);
+    uint64_t t = __rdtsc() + (uint64_t)c->tsc_offset;
+    c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32;
+}
+HANDLER(h_cpuid)
+{
+    uint32_t o[4];
+    do_cpuid(c, (uint32_t)c->r[R_RAX], (uint32_t)c->r[R_RCX], o);
+    c->r[R_RAX] = o[0]; c->r[R_RBX] = o[1]; c->r[R_RCX] = o[2]; c->r[R_RDX] = o[3];
+}
+HANDLER(h_priv_nop)
+{
+    /* INVD / WBINVD: caches are coherent for us */
+    if (c->cpl) raise_gp(c, 0);
+}
+HANDLER(h_pause)
+{
+    __builtin_ia32_pause();
+}
+HANDLER(h_ud) { raise_ud(c); }
+HANDLER(h_unhandled) { exit_unhandled(c); }
+
+/* ---- reset, INIT, SIPI (SDM Vol 3A 10.1.1 Table 10-1, 11.4.4) ---------- */
+void cpu_reset(cpu_t *c)
+{
+    for (int k = 0; k < 16; k++) c->r[k] = 0;
+    c->r[R_RDX] = 0x000306a0 | 9;   /* processor signature, matches CPUID.1:EAX */
+    c->rip = 0xfff0;
+    c->rflags = 2; c->lf_op = LF_NONE;
+    c->cr0 = 0x60000010; c->cr2 = c->cr3 = c->cr4 = 0; c->efer = 0;
+    for (int s = 0; s < 6; s++) {
+        c->seg[s].sel = 0; c->seg[s].base = 0; c->seg[s].limit = 0xffff; c->seg[s].access = 0x93;
+    }
+    c->seg[S_CS].sel = 0xf000; c->seg[S_CS].base = 0xffff0000; c->seg[S_CS].access = 0x9b;
+    c->seg[S_LDTR] = (seg_t){ 0, 0xffff, 0x82, 0 };
+    c->seg[S_TR] = (seg_t){ 0, 0xffff, 0x8b, 0 };
+    c->gdtr.base = c->idtr.base = 0; c->gdtr.limit = c->idtr.limit = 0xffff;
+    for (int k = 0; k < 8; k++) c->dr[k] = 0;
+    c->dr[6] = 0xffff0ff0; c->dr[7] = 0x400;
+    c->pat = 0x0007040600070406ULL;
+    c->misc_enable = 1;   /* fast strings */
+    c->star = c->lstar = c->cstar = c->sfmask = c->kgs_base = 0;
+    c->halted = 0; c->shadow = 0; c->nmi_blocked = 0; c->cpl = 0;
+    c->io_n = c->io_pos = 0; c->msr_pending = 0;
+    tlb_flush(c);
+    update_mode(c);
+}
+
+void cpu_do_sipi(cpu_t *c, int vec)
+{
+    cpu_reset(c);
+    c->seg[S_CS].sel = (uint16_t)(vec << 8);
+    c->seg[S_CS].base = (uint64_t)vec << 12;
+    c->rip = 0;
+    update_mode(c);
+}
+
+/* ---- SYSCALL / SYSRET (SDM Vol 2B, AMD APM Vol 2 6.1.1) ------------------- */
+static void set_flat(cpu_t *c, int s, uint16_t sel, uint32_t access)
+{
+    c->seg[s].sel = sel; c->seg[s].base = 0; c->seg[s].limit = 0xffffffff; c->seg[s].access = access;
+}
+
+HANDLER(h_syscall)
+{
+    if (!(c->efer & EFER_SCE) || !(c->efer & EFER_LMA)) raise_ud(c);   /* legacy-mode SYSCALL: AMD only */
+    uint16_t sel = (uint16_t)(c->star >> 32) & 0xfffc;
+    c->r[R_RCX] = c->nrip;
+    uint64_t f = get_rflags(c);
+    c->r[11] = f & ~(uint64_t)F_RF;
+    set_rflags(c, f & ~(c->sfmask | F_RF));
+    set_flat(c, S_CS, sel, 0xa09b);            /* 64-bit code, DPL 0 */
+    set_flat(c, S_SS, sel + 8, 0xc093);         /* data, DPL 0 */
+    int was64 = c->long64;
+    update_mode(c);
+    c->nrip = was64 ? c->lstar : (uint32_t)c->cstar;
+}
+
+HANDLER(h_sysret)
+{
+    if (!(c->efer & EFER_SCE) || !(c->efer & EFER_LMA)) raise_ud(c);
+    if (c->cpl != 0) raise_gp(c, 0);
+    uint16_t sel = (uint16_t)(c->star >> 48);
+    uint64_t target;
+    if (i->osz == 8) {
+        target = c->r[R_RCX];
+        if ((uint64_t)(((int64_t)target << 16) >> 16) != target) raise_gp(c, 0);
+        set_flat(c, S_CS, (sel + 16) | 3, 0xa0fb);   /* 64-bit code, DPL 3 */
+    } else {
+        target = (uint32_t)c->r[R_RCX];
+        set_flat(c, S_CS, sel | 3, 0xc0fb);          /* 32-bit compat code, DPL 3 */
+    }
+    set_rflags(c, (c->r[11] & 0x3c7fd7) | 2);
+    /* SS keeps a flat DPL-3 descriptor regardless of the GDT (SDM SYSRET) */
+    set_flat(c, S_SS, (sel + 8) | 3, 0xc0f3);
+    update_mode(c);
+    c->nrip = target;
+}
+
+/* SWAPGS is in h_grp7.  LSS/LFS/LGS: 0F B2/B4/B5 m16:16/32/64 */
+HANDLER(h_lfp)
+{
+    if (i->mod == 3) raise_ud(c);
+    int sz = i->osz;
+    uint64_t off = ea_off(c, i);
+    uint64_t v = ld(c, i->seg, off, sz);
+    uint16_t sel = (uint16_t)ld(c, i->seg, off + sz, 2);
+    int s;
+    switch (i->op) {
+    case 0xb2: s = S_SS; break;
+    case 0xb4: s = S_FS; break;
+    case 0xb5: s = S_GS; break;
+    case 0xc4: s = S_ES; break;
+    default: s = S_DS; break;   /* C5: LDS */
+    }
+    load_seg(c, s, sel);
+    setreg(c, i->reg, sz, v);
+    if (s == S_SS) { c->shadow = 1; c->brk = 1; }
+}
+
+/* LAR / LSL (0F 02 / 0F 03) and VERR / VERW (0F 00 /4 /5): SDM Vol 2A.
+ * ZF=1 and the result when the selector is valid and visible at CPL/RPL. */
+static int desc_visible(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi, int for_lsl)
+{
+    if ((sel & ~3) == 0) return 0;
+    if (desc_read(c, sel, lo, hi)) return 0;
+    int s = !!(*hi & 0x1000), type = (*hi >> 8) & 0xf;
+    int dpl = (*hi >> 13) & 3;
+    if (!s) {
+        /* system descriptors: LDT, TSS (and call/task gates for LAR only) */
+        static const uint8_t ok_lar[16] = { 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0 };
+        static const uint8_t ok_lsl[16] = { 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0 };
+        if (!(for_lsl ? ok_lsl : ok_lar)[type]) return 0;
+        if (c->efer & EFER_LMA && !(type == 2 || type == 9 || type == 0xb || (!for_lsl && type == 0xc))) return 0;
+    }
+    int conforming_code = s && (type & 0xc) == 0xc;
+    if (!conforming_code && (dpl < c->cpl || dpl < (sel & 3))) return 0;
+    return 1;
+}
+HANDLER(h_lar_lsl)
+{
+    if (!(c->cr0 & CR0_PE)) raise_ud(c);
+    uint16_t sel = (uint16_t)rd_rm(c, i, 2);
+    uint32_t lo, hi;
+    uint64_t f = flags_materialize(c) & ~(uint64_t)F_ZF;
+    if (desc_visible(c, sel, &lo, &hi, i->op == 0x03)) {
+        if (i->op == 0x02) setreg(c, i->reg, i->osz, hi & 0x00f0ff00);
+        else {
+            uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
+            if (hi & 0x800000) limit = (limit << 12) | 0xfff;
+            setreg(c, i->reg, i->osz, limit);
+        }
+        f |= F_ZF;
+    }
+    flags_set_exact(c, f);
+}
+void verr_verw(cpu_t *c, const insn_t *i)
+{
+    uint16_t sel = (uint16_t)rd_rm(c, i, 2);
+    uint32_t lo, hi;
+    uint64_t f = flags_materialize(c) & ~(uint64_t)F_ZF;
+    if (desc_visible(c, sel, &lo, &hi, 0) && (hi & 0x1000)) {
+        int type = (hi >> 8) & 0xf;
+        int ok = (i->ext == 4) ? (!(type & 8) || (type & 2))      /* readable: data, or readable code */
+                               : (!(type & 8) && (type & 2));     /* writable data */
+        if (ok) f |= F_ZF;
+    }
+    flags_set_exact(c, f);
+}
