@@ -32,7 +32,6 @@ test: deps
 	$(VPY) -m pytest -q -ra
 
 bench: deps
-	scripts/install-deps.sh --bench
 	$(VPY) benchmarks/run.py
 
 difftest: deps

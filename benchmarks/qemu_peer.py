@@ -63,7 +63,7 @@ def boot_once(kernel: str | os.PathLike, initrd: str | os.PathLike, smp: int = 1
               append: str = DEFAULT_APPEND, timeout: float = 180.0, qemu: str = QEMU) -> BootRun:
     """Boot once; raise PeerError if BOOT-OK does not show within `timeout`."""
     if shutil.which(qemu) is None:
-        raise PeerError(f"{qemu} is not installed (scripts/install-deps.sh --bench)")
+        raise PeerError(f"{qemu} is not installed (make deps)")
     argv = qemu_argv(kernel, initrd, smp, memory_mb, append, qemu)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

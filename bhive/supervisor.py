@@ -50,6 +50,7 @@ STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
 STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
+HALT_GRACE = 0.3          # all vCPUs halted: wait this long for a pending exit event
 ESCAPE = 0x01  # Ctrl-A, then 'x' quits (like QEMU's -nographic)
 
 
@@ -93,6 +94,7 @@ class Supervisor:
         self.reason = ""
         self.stop_requested = False
         self.halted: set[str] = set()
+        self.all_halted_at: float | None = None
         self.rings: list[tuple[str, ConsoleRing, list[int]]] = []
         self.escape_pending = False
         self.console_req = 0
@@ -227,8 +229,11 @@ class Supervisor:
             self.finish(STATUS_STOPPED, f"guest {ev.detail}")
         elif ev.kind == "halted":
             self.halted.add(ev.source)
-            if len(self.halted) == self.cfg.cpus:
-                self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
+            if len(self.halted) == self.cfg.cpus and self.all_halted_at is None:
+                # Not final yet: the device write that preceded the HLT (e.g.
+                # isa-debug-exit) reports on another socket and may arrive
+                # a little later; it must win.
+                self.all_halted_at = time.monotonic()
 
     def finish(self, status: int, reason: str) -> None:
         if self.status is None:
@@ -320,6 +325,8 @@ class Supervisor:
             self.pump_input()
             self.flush_input()
             self.check_children()
+            if self.all_halted_at is not None and time.monotonic() - self.all_halted_at > HALT_GRACE:
+                self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
             if time.monotonic() > next_table:
                 self.write_procs()
                 next_table = time.monotonic() + 1.0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages bhive needs, only those that are missing.
-# Usage: scripts/install-deps.sh [--bench] [--guests]   (--bench adds QEMU, the peer;
-#   --guests what `python -m bhive.guestkit` needs: dpkg-deb, zstd, a keyring with trixie's key)
+# Installs the Debian packages bhive's build, tests and benchmarks need,
+# only those that are missing:
+#   nasm, a C compiler, make, venv + Python headers  build softvmm and test guests
+#   cpio, dpkg-deb, zstd, debian-archive-keyring     the guest kit (Debian kernels, busybox)
+#   qemu-system-x86                                  the peer: QEMU TCG, for comparisons
 set -euo pipefail
 
 need=()
@@ -13,18 +15,12 @@ python3 - <<'PY' 2>/dev/null || need+=(python3-dev)
 import sysconfig, os, sys
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
 PY
-if [ "${1:-}" = "--bench" ]; then
-  command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-fi
-
-for arg in "$@"; do
-  if [ "$arg" = "--guests" ]; then
-    command -v dpkg-deb >/dev/null || need+=(dpkg)
-    command -v zstd >/dev/null || need+=(zstd)
-    # bookworm's debian-archive-keyring >= 2023.3+deb12u2 carries trixie's key
-    [ -e /usr/share/keyrings/debian-archive-trixie-automatic.gpg ] || need+=(debian-archive-keyring)
-  fi
-done
+command -v cpio >/dev/null || need+=(cpio)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v zstd >/dev/null || need+=(zstd)
+# bookworm's debian-archive-keyring >= 2023.3+deb12u2 carries trixie's key
+[ -e /usr/share/keyrings/debian-archive-trixie-automatic.gpg ] || need+=(debian-archive-keyring)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"

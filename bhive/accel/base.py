@@ -207,6 +207,11 @@ class Vm(ABC):
     @abstractmethod
     def vcpu_open(self, vcpuid: int) -> Vcpu: ...
 
+    def vm_memory_written(self, gpa: int, size: int) -> None:
+        """Something other than a vCPU (DMA from a device actor, a loader,
+        a test harness) wrote guest RAM: accelerators that cache decoded
+        code invalidate it.  No-op for hardware accelerators."""
+
     @abstractmethod
     def vm_lapic_msi(self, addr: int, data: int) -> None:
         """Deliver an MSI (addr 0xFEExxxxx, data) to the destination local

@@ -10,7 +10,7 @@ Signatures are verified for real: the private source list says
 `signed-by=` the host's Debian archive keyring.  bookworm's
 debian-archive-keyring 2023.3+deb12u2 and later holds the trixie keys; an
 older one makes `apt-get update` fail with NO_PUBKEY, and the error tells
-how to get a newer keyring (scripts/install-deps.sh --guests does it).
+how to get a newer keyring (make deps installs it).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ class AptSuite:
             if "NO_PUBKEY" in err or "not signed" in err:
                 hint = ("\nthe host's debian-archive-keyring lacks this suite's key: install a newer "
                         "debian-archive-keyring (bookworm >= 2023.3+deb12u2, or from bookworm-backports); "
-                        "scripts/install-deps.sh --guests does it")
+                        "make deps installs it")
             raise FetchError(f"{' '.join([tool] + list(args))} failed:\n{err}{hint}")
         return p.stdout
 

@@ -298,4 +298,4 @@ def zstd_decompress(data: bytes, size_hint: int = 0) -> bytes:
             return p.stdout
         raise BzImageError(f"zstd -d failed: {p.stderr.decode(errors='replace').strip()}")
     raise BzImageError("a zstd payload needs the `zstandard` Python module or the `zstd` program "
-                       "(scripts/install-deps.sh --guests installs it)")
+                       "(make deps installs it)")
