@@ -90,8 +90,33 @@ def exit_roundtrip(runs: int = 5) -> str:
     ])
 
 
+def mips(runs: int = 5) -> str:
+    """softvmm MIPS under a whole VM, with QEMU TCG on the same image."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import mips as mips_bench
+    rows = mips_bench.run(runs)
+    lines = [
+        "### CPU speed: MIPS on simple loops (softvmm vs QEMU TCG)",
+        "",
+        f"Command: `make bench` (or `python benchmarks/run.py mips`); {machine()}.",
+        "",
+        "The guest (`guests/bench/loops.asm`) is one 64 KiB ROM image run by both engines: QEMU 7.2 TCG "
+        "(`-bios`) and a whole bhive VM (flat at 0xF0000, reset vector F000:FFF0). Each loop iteration is a "
+        "fixed number of instructions; MIPS = (instructions of a long run - those of a short run) / "
+        "(wall time difference), so start-up cancels out. Median of "
+        f"{runs} runs each.",
+        "",
+        "| loop | bhive (softvmm) MIPS | QEMU TCG MIPS | bhive / QEMU |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['loop']} | {r['bhive']:.0f} | {r['qemu']:.0f} | {r['bhive'] / r['qemu']:.2f} |")
+    return "\n".join(lines)
+
+
 BENCHMARKS = {
     "exit_roundtrip": exit_roundtrip,
+    "mips": mips,
 }
 
 

@@ -72,3 +72,16 @@ def test_ps_and_logs_while_running_and_uart_killed(bhive):
     follower.wait(timeout=30)   # -f ends once the VM is gone
     followed = follower.stdout.read().decode()
     assert "ready" in followed and "restored" in followed, followed
+
+
+def test_logs_interleave_every_actor_by_time(bhive):
+    name = "interleave"
+    r = bhive.run("run", "configs/hello.toml", "--smp", 2, "--name", name)
+    assert r.returncode == 1, r.stderr
+    out = bhive.run("logs", name).stdout.decode().splitlines()
+    roles = {line.split()[1].split("[")[0] for line in out}
+    assert {"supervisor", "uart", "debug_exit", "vcpu0", "vcpu1"} <= roles
+    stamps = [line.split()[0] for line in out]
+    assert stamps == sorted(stamps), "not interleaved by time"
+    console = bhive.run("logs", name, "console").stdout
+    assert b"hello: all 2 vCPUs reported" in console

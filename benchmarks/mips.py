@@ -1,0 +1,87 @@
+"""MIPS of softvmm under a whole bhive VM, against QEMU TCG on the same image.
+
+The guest (`guests/bench/loops.asm`) is a 64 KiB ROM: QEMU boots it with
+`-bios`, bhive loads it flat at 0xF0000 and starts at F000:FFF0.  Each loop
+iteration is a fixed number of instructions, so the instruction count of a
+run is known exactly; start-up cost cancels out by timing a long and a short
+run and dividing the difference in instructions by the difference in time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bhive.guestbuild import build_nasm  # noqa: E402
+
+LOOPS = {  # name: (LOOP define, instructions per iteration)
+    "integer (add/xor/inc/dec/jnz)": (1, 5),
+    "memory (load, add to memory, 256 KiB set)": (2, 6),
+    "branchy (LCG, data-dependent jz)": (3, 8),
+}
+SHORT = 1000
+
+
+def image(loop: int, iterations: int) -> Path:
+    return build_nasm(REPO / "guests/bench/loops.asm", defines={"LOOP": loop, "ITERATIONS": iterations})
+
+
+def wall_bhive(rom: Path, tmp: Path) -> float:
+    cfg = tmp / "rom.toml"
+    cfg.write_text(f'[vm]\nmemory = "64M"\n[boot]\nimage = "{rom}"\nload_address = 0xF0000\n'
+                   f'entry = 0xFFFF0\n[devices.debug_exit]\nport = 0xf4\n')
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "bhive", "run", str(cfg), "--name", f"mips-{os.getpid()}"],
+                       cwd=REPO, capture_output=True, timeout=900)
+    dt = time.perf_counter() - t
+    if p.returncode != 1:
+        raise RuntimeError(f"bhive run of {rom.name} ended with {p.returncode}: {p.stderr.decode()[-300:]}")
+    return dt
+
+
+def wall_qemu(rom: Path, tmp: Path) -> float:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise RuntimeError("qemu-system-x86_64 is not installed (make deps installs it)")
+    t = time.perf_counter()
+    p = subprocess.run([qemu, "-accel", "tcg", "-bios", str(rom), "-m", "64", "-display", "none",
+                        "-serial", "none", "-monitor", "none", "-no-reboot",
+                        "-device", "isa-debug-exit,iobase=0xf4,iosize=4"],
+                       capture_output=True, timeout=900)
+    dt = time.perf_counter() - t
+    if p.returncode != 1:
+        raise RuntimeError(f"QEMU run of {rom.name} ended with {p.returncode}: {p.stderr.decode()[-300:]}")
+    return dt
+
+
+def mips(wall, loop: int, per_iter: int, long_iters: int, tmp: Path) -> float:
+    short_rom, long_rom = image(loop, SHORT), image(loop, long_iters)
+    t_short, t_long = wall(short_rom, tmp), wall(long_rom, tmp)
+    return per_iter * (long_iters - SHORT) / max(t_long - t_short, 1e-6) / 1e6
+
+
+def run(runs: int = 5, bhive_insns: float = 6e8, qemu_insns: float = 6e9) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for name, (loop, per_iter) in LOOPS.items():
+            b = [mips(wall_bhive, loop, per_iter, int(bhive_insns / per_iter), tmp) for _ in range(runs)]
+            q = [mips(wall_qemu, loop, per_iter, int(qemu_insns / per_iter), tmp) for _ in range(runs)]
+            rows.append({"loop": name, "bhive": statistics.median(b), "qemu": statistics.median(q),
+                         "bhive_runs": b, "qemu_runs": q})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
+        print(f"{row['loop']:45s} bhive {row['bhive']:8.1f} MIPS   QEMU TCG {row['qemu']:8.1f} MIPS   "
+              f"ratio {row['bhive'] / row['qemu']:.2f}")
