@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from wiring import RecordingLine as Line
+
 from bhive.actors.pit import (
     CONTROL,
     COUNTER0,
@@ -36,17 +38,6 @@ class Clock:
     def mark(self) -> None:
         self.base, self.tick = self.now, 0
 
-
-class Line:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def set_level(self, asserted: bool) -> None:
-        self.levels.append(asserted)
-
-    @property
-    def pulses(self) -> int:
-        return sum(1 for a, b in zip(self.levels, self.levels[1:]) if a and not b)
 
 
 class Rig:

@@ -7,6 +7,8 @@ import datetime as dt
 import msgpack
 import pytest
 
+from wiring import RecordingLine as Line
+
 from bhive.actors.rtc import (
     A_UIP,
     B_24H,
@@ -52,17 +54,6 @@ class Clock:
     def __call__(self) -> int:
         return self.now
 
-
-class Line:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def set_level(self, asserted: bool) -> None:
-        self.levels.append(asserted)
-
-    @property
-    def level(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
 
 
 class Rig:

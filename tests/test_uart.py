@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from wiring import RecordingLine as Line
+
 from bhive.actors.uart import (
     DLL,
     DLM,
@@ -51,19 +53,6 @@ from bhive.actors.uart import (
     Serial16550,
 )
 
-
-class Line:
-    """Records every level driven onto the IRQ line."""
-
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def set_level(self, asserted: bool) -> None:
-        self.levels.append(asserted)
-
-    @property
-    def level(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
 
 
 class Console:
