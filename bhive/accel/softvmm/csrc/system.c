@@ -75,6 +75,16 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
     uint32_t lo, hi;
     if (desc_read(c, sel, &lo, &hi)) raise_gp(c, sel & ~3);
     if (!(hi & 0x1000)) raise_gp(c, sel & ~3);
+    {
+        /* SDM Vol 3A 5.5/5.6 and MOV/POP Sreg: type and privilege before presence */
+        int dpl = (hi >> 13) & 3, rpl = sel & 3, code = !!(hi & 0x800);
+        if (s == S_SS) {
+            if (rpl != c->cpl || dpl != c->cpl || code || !(hi & 0x200)) raise_gp(c, sel & ~3);
+        } else if (s != S_CS) {
+            if (code && !(hi & 0x200)) raise_gp(c, sel & ~3);                 /* execute-only code */
+            if ((!code || !(hi & 0x400)) && (dpl < c->cpl || dpl < rpl)) raise_gp(c, sel & ~3);
+        }
+    }
     if (!(hi & 0x8000)) raise_exc(c, s == S_SS ? EX_SS : EX_NP, 1, sel & ~3);
     uint64_t base = (lo >> 16) | ((uint64_t)(hi & 0xff) << 16) | ((uint64_t)(hi & 0xff000000));
     uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
@@ -574,7 +584,9 @@ static void set_flat(cpu_t *c, int s, uint16_t sel, uint32_t access)
 
 HANDLER(h_syscall)
 {
-    if (!(c->efer & EFER_SCE) || !(c->efer & EFER_LMA)) raise_ud(c);   /* legacy-mode SYSCALL: AMD only */
+    /* Intel SDM SYSCALL: #UD unless IA32_EFER.SCE and 64-bit mode (compat/legacy
+     * SYSCALL is AMD-only; we are GenuineIntel) */
+    if (!(c->efer & EFER_SCE) || !c->long64) raise_ud(c);
     uint16_t sel = (uint16_t)(c->star >> 32) & 0xfffc;
     c->r[R_RCX] = c->nrip;
     uint64_t f = get_rflags(c);
@@ -589,7 +601,9 @@ HANDLER(h_syscall)
 
 HANDLER(h_sysret)
 {
-    if (!(c->efer & EFER_SCE) || !(c->efer & EFER_LMA)) raise_ud(c);
+    /* SDM SYSRET: #UD unless SCE and 64-bit mode; #GP(0) at CPL > 0 and, for a
+     * 64-bit return, on a non-canonical RCX (raised at CPL 0, before any state changes) */
+    if (!(c->efer & EFER_SCE) || !c->long64) raise_ud(c);
     if (c->cpl != 0) raise_gp(c, 0);
     uint16_t sel = (uint16_t)(c->star >> 48);
     uint64_t target;
@@ -677,4 +691,39 @@ void verr_verw(cpu_t *c, const insn_t *i)
         if (ok) f |= F_ZF;
     }
     flags_set_exact(c, f);
+}
+
+/* ---- SYSENTER / SYSEXIT (SDM Vol 2B) --------------------------------------- */
+HANDLER(h_sysenter)
+{
+    uint16_t cs = (uint16_t)c->sysenter_cs;
+    if (!(c->cr0 & CR0_PE) || (cs & 0xfffc) == 0) raise_gp(c, 0);
+    int lma = !!(c->efer & EFER_LMA);
+    uint64_t f = get_rflags(c) & ~(uint64_t)(F_VM | F_IF | F_RF);
+    set_rflags(c, f);
+    set_flat(c, S_CS, cs & 0xfffc, lma ? 0xa09b : 0xc09b);
+    set_flat(c, S_SS, (cs & 0xfffc) + 8, 0xc093);
+    update_mode(c);
+    c->r[R_RSP] = lma ? c->sysenter_esp : (uint32_t)c->sysenter_esp;
+    c->nrip = lma ? c->sysenter_eip : (uint32_t)c->sysenter_eip;
+}
+HANDLER(h_sysexit)
+{
+    uint16_t cs = (uint16_t)c->sysenter_cs;
+    if (!(c->cr0 & CR0_PE) || (cs & 0xfffc) == 0 || c->cpl != 0) raise_gp(c, 0);
+    uint64_t rip, rsp;
+    if (i->osz == 8) {
+        rip = c->r[R_RDX]; rsp = c->r[R_RCX];
+        if ((uint64_t)(((int64_t)rip << 16) >> 16) != rip || (uint64_t)(((int64_t)rsp << 16) >> 16) != rsp)
+            raise_gp(c, 0);
+        set_flat(c, S_CS, ((cs + 32) & 0xfffc) | 3, 0xa0fb);
+        set_flat(c, S_SS, ((cs + 40) & 0xfffc) | 3, 0xc0f3);
+    } else {
+        rip = (uint32_t)c->r[R_RDX]; rsp = (uint32_t)c->r[R_RCX];
+        set_flat(c, S_CS, ((cs + 16) & 0xfffc) | 3, 0xc0fb);
+        set_flat(c, S_SS, ((cs + 24) & 0xfffc) | 3, 0xc0f3);
+    }
+    update_mode(c);
+    c->r[R_RSP] = rsp;
+    c->nrip = rip;
 }
