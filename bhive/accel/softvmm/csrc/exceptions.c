@@ -42,6 +42,9 @@ void deliver_pending_fault(cpu_t *c)
 {
     int vec = c->exc_vec, has_err = c->exc_has_err;
     uint32_t err = c->exc_err;
+    /* CR2 is loaded when the #PF is detected, also when it turns into #DF
+     * (Linux's #DF handler reads CR2 to recognise a kernel stack overflow) */
+    if (vec == EX_PF) c->cr2 = c->exc_cr2;
     if (c->delivering) {
         int prev = c->deliver_vec;
         c->delivering = 0;
@@ -57,7 +60,6 @@ void deliver_pending_fault(cpu_t *c)
             vec = EX_DF; has_err = 1; err = 0;
         }
     }
-    if (vec == EX_PF) c->cr2 = c->exc_cr2;
     c->exc_vec = -1;
     deliver_event(c, vec, EV_HWEXC, has_err, err, c->rip);
 }
