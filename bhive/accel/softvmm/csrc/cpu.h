@@ -274,6 +274,12 @@ typedef struct svm_cpu {
 } svm_cpu_t;
 typedef svm_cpu_t cpu_t;
 
+/* alignment checking in force (CR0.AM, RFLAGS.AC, CPL 3) */
+static inline int ac_active(const struct svm_cpu *c)
+{
+    return c->cpl == 3 && (c->cr0 & CR0_AM) && (c->rflags & F_AC);
+}
+
 /* ---- cross-file internal API ------------------------------------------ */
 /* exceptions.c */
 NORETURN void raise_exc(cpu_t *c, int vec, int has_err, uint32_t err);

@@ -79,6 +79,7 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
     int p = e->perm, user = c->cpl == 3, wp = !!(c->cr0 & CR0_WP);
     int r, w, x;
     if (user) { r = !!(p & TP_U); w = r && (p & TP_W); x = r && !(p & TP_NX); }
+    if (user && ac_active(c)) r = w = 0;   /* alignment checks happen on the slow path */
     else { r = 1; w = (p & TP_W) || !wp; x = !(p & TP_NX); }   /* no SMEP/SMAP advertised */
     e->tag_r = r ? page : TLB_INVALID;
     e->tag_w = (w && (p & TP_D)) ? page : TLB_INVALID;   /* clean pages: slow path sets D */
@@ -372,8 +373,17 @@ static void phys_write(cpu_t *c, uint64_t lin, uint64_t gpa, int size, uint64_t 
     io_log_access(c, gpa, size, 1, 0, &v);
 }
 
+/* #AC (SDM Vol 3A 6.15 interrupt 17): CR0.AM, EFLAGS.AC, CPL 3, misaligned
+ * data access; implicit supervisor accesses are never checked */
+static inline void align_check(cpu_t *c, uint64_t lin, int size, int acc)
+{
+    if (unlikely(ac_active(c)) && !(acc & ACC_SYS) && size > 1 && (lin & (size - 1)))
+        raise_exc(c, EX_AC, 1, 0);
+}
+
 uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 {
+    align_check(c, lin, size, acc);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -396,6 +406,7 @@ uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 
 void mem_write_slow(cpu_t *c, uint64_t lin, int size, uint64_t v, int acc)
 {
+    align_check(c, lin, size, acc);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -418,6 +429,7 @@ void *mem_host_rmw(cpu_t *c, uint64_t lin, int size)
 {
     if (!c->long64) lin = (uint32_t)lin;
     int acc = ACC_W | user_acc(c);
+    align_check(c, lin, size, acc);
     if ((lin & 0xfff) + size > 0x1000) return NULL;   /* split lock: non-atomic fallback */
     uint64_t gpa; int perm;
     translate(c, lin, acc, &gpa, &perm, 1);

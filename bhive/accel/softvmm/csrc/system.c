@@ -126,7 +126,9 @@ uint64_t get_rflags(cpu_t *c) { return flags_materialize(c) | 2; }
 void set_rflags(cpu_t *c, uint64_t v)
 {
     c->lf_op = LF_NONE;
+    uint64_t old = c->rflags;
     c->rflags = (v & 0x3f7fd5) | 2;
+    if (((old ^ c->rflags) & F_AC) && c->cpl == 3 && (c->cr0 & CR0_AM)) tlb_retag(c);
 }
 
 /* ---- control registers ------------------------------------------------------ */
@@ -163,7 +165,7 @@ void set_cr0(cpu_t *c, uint64_t v)
     /* SDM 4.10.4.1: changing PG invalidates every TLB entry (global too);
      * WP only changes the rights we derive the fast-path tags from */
     if ((old ^ c->cr0) & CR0_PG) tlb_flush(c);
-    else if ((old ^ c->cr0) & CR0_WP) tlb_retag(c);
+    else if ((old ^ c->cr0) & (CR0_WP | CR0_AM)) tlb_retag(c);
     update_mode(c);
 }
 void set_cr4(cpu_t *c, uint64_t v)
