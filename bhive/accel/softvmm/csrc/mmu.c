@@ -79,8 +79,8 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
     int p = e->perm, user = c->cpl == 3, wp = !!(c->cr0 & CR0_WP);
     int r, w, x;
     if (user) { r = !!(p & TP_U); w = r && (p & TP_W); x = r && !(p & TP_NX); }
-    if (user && ac_active(c)) r = w = 0;   /* alignment checks happen on the slow path */
     else { r = 1; w = (p & TP_W) || !wp; x = !(p & TP_NX); }   /* no SMEP/SMAP advertised */
+    if (user && ac_active(c)) r = w = 0;   /* alignment checks happen on the slow path */
     e->tag_r = r ? page : TLB_INVALID;
     e->tag_w = (w && (p & TP_D)) ? page : TLB_INVALID;   /* clean pages: slow path sets D */
     e->tag_x = x ? page : TLB_INVALID;
