@@ -216,7 +216,10 @@ HANDLER(h_iret)
         c->brk = 1;
         return;
     }
-    if (cur & F_NT) exit_unhandled(c);
+    if (cur & F_NT) {
+        if (c->efer & EFER_LMA) raise_gp(c, 0);   /* no task switches in IA-32e mode */
+        exit_unhandled(c);                          /* nested-task return: not implemented */
+    }
     int rpl = cs & 3;
     uint64_t nsp = 0; uint16_t nss = 0;
     int outer = rpl > c->cpl;
@@ -225,7 +228,32 @@ HANDLER(h_iret)
         nsp = ld(c, S_SS, sp_wrap(c, sp + 3 * sz), sz);
         nss = (uint16_t)ld(c, S_SS, sp_wrap(c, sp + 4 * sz), sz);
     }
-    if (rpl < c->cpl) raise_gp(c, cs & ~3);
+    /* every check of the return frame before any state changes (SDM IRET
+     * "PROTECTED-MODE-RETURN" and "RETURN-TO-OUTER-PRIVILEGE-LEVEL") */
+    {
+        uint32_t lo, hi;
+        if ((cs & ~3) == 0) raise_gp(c, 0);
+        if (desc_read(c, cs, &lo, &hi)) raise_gp(c, cs & ~3);
+        if ((hi & 0x1800) != 0x1800) raise_gp(c, cs & ~3);                 /* must be code */
+        if (rpl < c->cpl) raise_gp(c, cs & ~3);
+        int dpl = (hi >> 13) & 3;
+        if ((hi & 0x400) ? dpl > rpl : dpl != rpl) raise_gp(c, cs & ~3);
+        if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, cs & ~3);
+        int to64 = (c->efer & EFER_LMA) && (hi & 0x200000);
+        if (to64 && (hi & 0x400000)) raise_gp(c, cs & ~3);                  /* L=1 with D=1 */
+        if (to64 && (uint64_t)(((int64_t)nip << 16) >> 16) != nip) raise_gp(c, 0);
+        if (pop_ss) {
+            if ((nss & ~3) == 0 && !(nss & 4)) {
+                if (!((c->efer & EFER_LMA) && sz == 8 && rpl < 3)) raise_gp(c, 0);
+            } else {
+                uint32_t slo, shi;
+                if (desc_read(c, nss, &slo, &shi)) raise_gp(c, nss & ~3);
+                if ((nss & 3) != rpl || (int)((shi >> 13) & 3) != rpl || (shi & 0x1a00) != 0x1200)
+                    raise_gp(c, nss & ~3);
+                if (!(shi & 0x8000)) raise_exc(c, EX_SS, 1, nss & ~3);
+            }
+        }
+    }
     uint64_t mask = F_OSZAPC | F_TF | F_DF | F_NT | F_AC | F_ID | F_RF;
     if (c->cpl == 0) mask |= F_IOPL | F_IF;
     else if (c->cpl <= ((cur >> 12) & 3)) mask |= F_IF;
@@ -233,8 +261,12 @@ HANDLER(h_iret)
     load_seg(c, S_CS, cs);          /* sets CPL = RPL */
     set_rflags(c, (cur & ~mask) | (fl & mask));
     if (pop_ss) {
-        if ((nss & ~3) == 0 && !(c->long64 && c->cpl < 3)) raise_gp(c, 0);
-        load_seg(c, S_SS, nss);
+        if ((nss & ~3) == 0 && !(nss & 4)) {
+            /* IRETQ to CPL < 3 may load a null SS (SDM 6.14.4) */
+            c->seg[S_SS].sel = nss; c->seg[S_SS].base = 0; c->seg[S_SS].limit = 0;
+            c->seg[S_SS].access = 0x10000 | ((uint32_t)(nss & 3) << 5);
+            update_mode(c);
+        } else load_seg(c, S_SS, nss);
         sp_set(c, nsp);
     } else {
         sp_set(c, sp + 3 * sz);

@@ -132,7 +132,16 @@ typedef struct tlbe {
     uintptr_t addend;                /* host = linear + addend */
     uint64_t gpa;                    /* guest-physical page */
     uint32_t gidx;                   /* generation index */
+    uint16_t perm;                   /* TP_* rights of the whole walk (CPL-independent) */
+    uint8_t glob;                    /* global (PTE.G with CR4.PGE): survives MOV CR3 */
+    uint8_t pshift;                  /* log2 of the translation's page size (12/21/22/30) */
+    uint64_t page;                   /* linear 4K page this entry maps, or TLB_INVALID */
 } tlbe_t;
+/* tlbe_t.perm bits: the tags for the current CPL/CR0.WP are derived from them (tlb_retag) */
+#define TP_W 1   /* writable at every level */
+#define TP_U 2   /* user at every level */
+#define TP_NX 4  /* execute-disable somewhere (EFER.NXE=1) */
+#define TP_D 8   /* dirty bit already set in the leaf */
 
 /* ---- platform shm layout ---------------------------------------------- */
 #define SHM_MAGIC 0x53564d31u  /* "SVM1" */
@@ -231,6 +240,11 @@ typedef struct svm_cpu {
     uint64_t star, lstar, cstar, sfmask, kgs_base, tsc_aux, pat, misc_enable;
     uint64_t sysenter_cs, sysenter_esp, sysenter_eip;
     int64_t tsc_offset;
+    uint64_t pdpte[4];       /* PAE paging: PDPTEs loaded at MOV CR3/CR0/CR4 (SDM 4.4.1) */
+    uint8_t pdpte_valid;
+    uint8_t tf_trap;         /* TF was set when the current instruction began */
+    uint8_t sw_event;        /* a software INT n / INT3 / INTO was delivered by this instruction */
+    uint64_t mtrr_var[16], mtrr_fixed[11], mtrr_def, spec_ctrl;
     /* pending exception */
     int exc_vec;
     uint32_t exc_err;
@@ -260,6 +274,12 @@ typedef struct svm_cpu {
 } svm_cpu_t;
 typedef svm_cpu_t cpu_t;
 
+/* alignment checking in force (CR0.AM, RFLAGS.AC, CPL 3) */
+static inline int ac_active(const struct svm_cpu *c)
+{
+    return c->cpl == 3 && (c->cr0 & CR0_AM) && (c->rflags & F_AC);
+}
+
 /* ---- cross-file internal API ------------------------------------------ */
 /* exceptions.c */
 NORETURN void raise_exc(cpu_t *c, int vec, int has_err, uint32_t err);
@@ -276,6 +296,11 @@ void mem_write_slow(cpu_t *c, uint64_t lin, int size, uint64_t v, int acc);
 void *mem_host_rmw(cpu_t *c, uint64_t lin, int size);   /* host ptr for LOCKed RMW, or NULL (MMIO) */
 void tlb_flush(cpu_t *c);
 void tlb_flush_page(cpu_t *c, uint64_t lin);
+void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
+void tlb_retag(cpu_t *c);             /* CPL or CR0.WP changed: re-derive the fast-path tags */
+int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */
+uint64_t guest_tsc(cpu_t *c);         /* the TSC: CLOCK_MONOTONIC at a fixed 2 GHz, same in every process */
+#define GUEST_TSC_HZ 2000000000ULL
 uint8_t *gpa_host(svm_vm_t *vm, uint64_t gpa, uint32_t *gidx);
 void code_written(cpu_t *c, uint32_t gidx);
 int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault);

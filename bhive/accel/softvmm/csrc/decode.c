@@ -102,6 +102,7 @@ static const opent_t map1[256] = {
     [0x1c] = { h_nop, M }, [0x1d] = { h_nop, M }, [0x1e] = { h_nop, M }, [0x1f] = { h_nop, M },
     [0x20] = { h_mov_cr, M | END }, [0x21] = { h_mov_dr, M }, [0x22] = { h_mov_cr, M | END }, [0x23] = { h_mov_dr, M | END },
     [0x05] = { h_syscall, END }, [0x07] = { h_sysret, END },
+    [0x34] = { h_sysenter, END }, [0x35] = { h_sysexit, END },
     [0xb2] = { h_lfp, M | END }, [0xb4] = { h_lfp, M }, [0xb5] = { h_lfp, M },
     [0x30] = { h_wrmsr, END }, [0x31] = { h_rdtsc, 0 }, [0x32] = { h_rdmsr, 0 },
     [0x40] = CMOV, [0x41] = CMOV, [0x42] = CMOV, [0x43] = CMOV, [0x44] = CMOV, [0x45] = CMOV, [0x46] = CMOV, [0x47] = CMOV,

@@ -42,6 +42,9 @@ void deliver_pending_fault(cpu_t *c)
 {
     int vec = c->exc_vec, has_err = c->exc_has_err;
     uint32_t err = c->exc_err;
+    /* CR2 is loaded when the #PF is detected, also when it turns into #DF
+     * (Linux's #DF handler reads CR2 to recognise a kernel stack overflow) */
+    if (vec == EX_PF) c->cr2 = c->exc_cr2;
     if (c->delivering) {
         int prev = c->deliver_vec;
         c->delivering = 0;
@@ -57,7 +60,6 @@ void deliver_pending_fault(cpu_t *c)
             vec = EX_DF; has_err = 1; err = 0;
         }
     }
-    if (vec == EX_PF) c->cr2 = c->exc_cr2;
     c->exc_vec = -1;
     deliver_event(c, vec, EV_HWEXC, has_err, err, c->rip);
 }
@@ -80,7 +82,10 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
 {
     int prev_delivering = c->delivering;
     c->delivering = 1;
-    c->deliver_vec = (uint8_t)vec;
+    /* only hardware exceptions take part in the #DF rules (SDM 6.15 Table 6-5);
+     * interrupts, NMIs and INT n count as benign: 0xff is never contributory */
+    c->deliver_vec = kind == EV_HWEXC ? (uint8_t)vec : 0xff;
+    if (kind == EV_SWINT || kind == EV_SWEXC) c->sw_event = 1;
     c->halted = 0;
     int ext = (kind == EV_EXT || kind == EV_NMI || kind == EV_HWEXC) ? 1 : 0;
     if (!(c->cr0 & CR0_PE)) {
@@ -133,6 +138,7 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
     uint32_t dlo, dhi;
     if (desc_read(c, sel, &dlo, &dhi)) raise_gp(c, (sel & ~3) + ext);
     if ((dhi & 0x1800) != 0x1800) raise_gp(c, (sel & ~3) + ext);   /* must be code */
+    if (long_idt && ((dhi & 0x600000) != 0x200000)) raise_gp(c, (sel & ~3) + ext);   /* 64-bit code (L=1, D=0) */
     if (!(dhi & 0x8000)) raise_exc(c, EX_NP, 1, (sel & ~3) + ext);
     int dpl = (dhi >> 13) & 3;
     int conforming = !!(dhi & 0x400);

@@ -95,4 +95,6 @@ HANDLER(h_popa);
 HANDLER(h_xlat);
 HANDLER(h_bcd);
 HANDLER(h_lar_lsl);
+HANDLER(h_sysenter);
+HANDLER(h_sysexit);
 #endif

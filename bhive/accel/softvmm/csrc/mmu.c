@@ -36,19 +36,60 @@ void code_written(cpu_t *c, uint32_t gidx)
     c->brk = 1;   /* the running block may have been modified: re-validate */
 }
 
-/* ---- TLB ---------------------------------------------------------------------- */
+/* ---- TLB ----------------------------------------------------------------------
+ * Direct-mapped, one entry per 4K linear page, tagged for the current CPL.
+ * Each entry keeps the CPL-independent rights of its walk (TP_*), whether
+ * it is global and the size of the translation it came from, so that
+ * (SDM Vol 3A 4.10.4.1):
+ *   INVLPG      drops every entry of the page (global or not; all 4K slices
+ *               of a large page),
+ *   MOV CR3     drops the non-global entries,
+ *   CR4.PGE/PAE/PSE changes, CR0.PG changes, EFER.NXE changes: everything,
+ *   CPL / CR0.WP changes only re-derive the fast-path tags (no flush). */
+static inline void tlbe_kill(tlbe_t *e)
+{
+    e->tag_r = e->tag_w = e->tag_x = TLB_INVALID;
+    e->page = TLB_INVALID;
+    e->glob = 0;
+}
 void tlb_flush(cpu_t *c)
 {
     c->epoch++;
-    for (int k = 0; k < TLB_SIZE; k++) {
-        c->tlb[k].tag_r = c->tlb[k].tag_w = c->tlb[k].tag_x = TLB_INVALID;
-    }
+    for (int k = 0; k < TLB_SIZE; k++) tlbe_kill(&c->tlb[k]);
+}
+void tlb_flush_nonglobal(cpu_t *c)
+{
+    c->epoch++;
+    for (int k = 0; k < TLB_SIZE; k++)
+        if (!c->tlb[k].glob) tlbe_kill(&c->tlb[k]);
 }
 void tlb_flush_page(cpu_t *c, uint64_t lin)
 {
-    /* large pages may cover many entries: flush everything for now */
-    (void)lin;
-    tlb_flush(c);
+    c->epoch++;
+    for (int k = 0; k < TLB_SIZE; k++) {
+        tlbe_t *e = &c->tlb[k];
+        if (e->page == TLB_INVALID) continue;
+        uint64_t m = ~((1ULL << e->pshift) - 1);
+        if ((e->page & m) == (lin & m)) tlbe_kill(e);
+    }
+}
+static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
+{
+    uint64_t page = e->page;
+    int p = e->perm, user = c->cpl == 3, wp = !!(c->cr0 & CR0_WP);
+    int r, w, x;
+    if (user) { r = !!(p & TP_U); w = r && (p & TP_W); x = r && !(p & TP_NX); }
+    else { r = 1; w = (p & TP_W) || !wp; x = !(p & TP_NX); }   /* no SMEP/SMAP advertised */
+    if (user && ac_active(c)) r = w = 0;   /* alignment checks happen on the slow path */
+    e->tag_r = r ? page : TLB_INVALID;
+    e->tag_w = (w && (p & TP_D)) ? page : TLB_INVALID;   /* clean pages: slow path sets D */
+    e->tag_x = x ? page : TLB_INVALID;
+}
+void tlb_retag(cpu_t *c)
+{
+    c->epoch++;
+    for (int k = 0; k < TLB_SIZE; k++)
+        if (c->tlb[k].page != TLB_INVALID) tlbe_tags(c, &c->tlb[k]);
 }
 
 static inline int apic_page(cpu_t *c, uint64_t gpa)
@@ -64,13 +105,19 @@ static inline int apic_page(cpu_t *c, uint64_t gpa)
 #define PTE_A 0x20ULL
 #define PTE_D 0x40ULL
 #define PTE_PS 0x80ULL
+#define PTE_G 0x100ULL
 #define PTE_NX (1ULL << 63)
 #define PTE_ADDR 0x000ffffffffff000ULL
+/* MAXPHYADDR = 40 (CPUID 0x80000008): bits 51:40 of every entry are reserved */
+#define MAXPHY 40
+#define RSV_HI (((1ULL << 52) - 1) & ~((1ULL << MAXPHY) - 1))
 
 static NORETURN void page_fault(cpu_t *c, uint64_t lin, int acc, int present, int rsvd)
 {
+    /* SDM 4.7: I/D is reported only when NX is in force (PAE/4-level with EFER.NXE) */
+    int nx_on = (c->efer & EFER_NXE) && (c->cr4 & CR4_PAE);
     uint32_t err = (present ? 1 : 0) | ((acc & ACC_W) ? 2 : 0) | ((acc & ACC_U) ? 4 : 0) |
-                   (rsvd ? 8 : 0) | (((acc & ACC_X) && (c->efer & EFER_NXE)) ? 16 : 0);
+                   (rsvd ? 8 : 0) | (((acc & ACC_X) && nx_on) ? 16 : 0);
     c->exc_cr2 = lin;
     raise_exc(c, EX_PF, 1, err);
 }
@@ -84,27 +131,52 @@ static inline uint64_t pte_load(cpu_t *c, uint64_t gpa, uint64_t **hp, int wide)
 }
 static inline void pte_set_bits(uint64_t *hp, uint64_t bits, int wide)
 {
+    /* locked OR on the shared RAM: another vCPU process may be updating the
+     * same entry (SDM 4.8: A/D updates are atomic with respect to other agents) */
     if (wide) __atomic_fetch_or(hp, bits, __ATOMIC_SEQ_CST);
     else __atomic_fetch_or((uint32_t *)hp, (uint32_t)bits, __ATOMIC_SEQ_CST);
 }
 
-/* Translate; on success returns 0 and the permissions this CPL has on
- * the page in *perm (ACC_W allowed, ACC_X allowed, bit 8 = dirty already).
- * On failure raises #PF (fault=1) or returns -1 (fault=0). */
-static int translate(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, int fault)
+/* PAE paging: the four PDPTEs are loaded into internal registers when CR3
+ * is loaded (and on MOV CR0/CR4 that enable PAE paging), not on every walk
+ * (SDM 4.4.1); a reserved bit set in a present PDPTE is #GP(0) on the load. */
+int pdpte_load(cpu_t *c, int fault)
+{
+    uint64_t base = c->cr3 & 0xffffffe0ULL;
+    uint64_t v[4];
+    for (int k = 0; k < 4; k++) {
+        uint8_t *h = gpa_host(c->vm, base + 8 * k, NULL);
+        v[k] = h ? *(volatile uint64_t *)h : 0;
+        if ((v[k] & PTE_P) && (v[k] & (RSV_HI | 0xfff00000000001e6ULL))) {
+            if (fault) raise_gp(c, 0);
+            return -1;
+        }
+    }
+    for (int k = 0; k < 4; k++) c->pdpte[k] = v[k];
+    c->pdpte_valid = 1;
+    return 0;
+}
+
+/* Translate; on success returns 0, the TP_* rights of the walk in *perm and
+ * the page size / global bit in *pinfo (bits 0-7 shift, bit 8 global).
+ * On failure raises #PF (fault=1) or returns -1 (fault=0).
+ * Checks follow SDM 4.6 (access rights) and 4.7 (error codes). */
+static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, int *pinfo, int fault)
 {
     int user = (acc & ACC_U) != 0;
     if (!(c->cr0 & CR0_PG)) {
         *gpa = (c->efer & EFER_LMA) ? lin : (uint32_t)lin;
-        *perm = ACC_W | ACC_X | 0x100;
+        *perm = TP_W | TP_U | TP_D;
+        *pinfo = 12;
         return 0;
     }
     int nxe = !!(c->efer & EFER_NXE);
+    uint64_t nxrsv = nxe ? 0 : PTE_NX;
     uint64_t e = 0, *hp[5];
     int levels, wide, lvl;
     uint64_t table;
     int allow_w = 1, allow_u = 1, nx = 0;
-    uint64_t pagesize = 4096;
+    int shift = 12;
     if (c->efer & EFER_LMA) {
         if ((uint64_t)(((int64_t)lin << 16) >> 16) != lin) {
             if (!fault) return -1;
@@ -112,9 +184,8 @@ static int translate(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, 
         }
         levels = 4; wide = 1; table = c->cr3 & PTE_ADDR;
     } else if (c->cr4 & CR4_PAE) {
-        /* PDPTE (SDM 5.4.1); read at walk time instead of cached at CR3 load */
-        uint64_t *h;
-        e = pte_load(c, (c->cr3 & 0xffffffe0ULL) + ((lin >> 30) & 3) * 8, &h, 1);
+        if (!c->pdpte_valid && pdpte_load(c, 0)) goto rsvd_top;
+        e = c->pdpte[(lin >> 30) & 3];
         if (!(e & PTE_P)) goto notpresent;
         levels = 2; wide = 1; table = e & PTE_ADDR;
     } else {
@@ -122,55 +193,74 @@ static int translate(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, 
     }
     int n = 0;
     for (lvl = levels; lvl >= 1; lvl--) {
-        int shift = wide ? 12 + 9 * (lvl - 1) : 12 + 10 * (lvl - 1);
+        shift = wide ? 12 + 9 * (lvl - 1) : 12 + 10 * (lvl - 1);
         uint64_t idx = (lin >> shift) & (wide ? 511 : 1023);
         e = pte_load(c, table + idx * (wide ? 8 : 4), &hp[n], wide);
         if (!hp[n] || !(e & PTE_P)) goto notpresent;
+        int leaf = lvl == 1 || ((e & PTE_PS) && (wide || (c->cr4 & CR4_PSE)));
+        /* reserved bits (SDM 4.3 / 4.4.2 / 4.5.4 tables) */
+        if (wide) {
+            uint64_t rsv = RSV_HI | nxrsv;
+            if (lvl == 4) rsv |= PTE_PS;
+            else if (leaf && lvl == 3) rsv |= 0x3fffe000ULL;   /* 1G page: address bits 29:13 */
+            else if (leaf && lvl == 2) rsv |= 0x1fe000ULL;     /* 2M page: address bits 20:13 */
+            if (e & rsv) goto rsvd;
+        } else if (leaf && lvl == 2) {
+            if (e & (1ULL << (13 + MAXPHY - 32))) goto rsvd;    /* 4M page: bit 21 (PSE-36, MAXPHYADDR 40) */
+        }
         if (!(e & PTE_W)) allow_w = 0;
         if (!(e & PTE_U)) allow_u = 0;
         if (nxe && (e & PTE_NX)) nx = 1;
         n++;
-        if (lvl > 1 && (e & PTE_PS)) {
-            if (lvl == 4 || (lvl == 3 && !wide)) goto rsvd;
-            if (!wide && !(c->cr4 & CR4_PSE)) { table = e & 0xfffff000ULL; continue; }
-            pagesize = 1ULL << shift;
-            break;
-        }
+        if (leaf) break;
         table = e & (wide ? PTE_ADDR : 0xfffff000ULL);
     }
-    if (lvl < 1) lvl = 1;
-    /* permission checks (SDM 5.6) */
+    /* permission checks (SDM 4.6) */
     int wp = !!(c->cr0 & CR0_WP);
     if (user && !allow_u) goto prot;
     if ((acc & ACC_W) && !allow_w && (user || wp)) goto prot;
     if ((acc & ACC_X) && nx) goto prot;
-    /* accessed / dirty bits */
+    /* accessed / dirty bits: A at every level, D in the leaf on a write */
     for (int k = 0; k < n; k++) {
         uint64_t v = wide ? *(volatile uint64_t *)hp[k] : *(volatile uint32_t *)hp[k];
         uint64_t bits = PTE_A;
         if (k == n - 1 && (acc & ACC_W)) bits |= PTE_D;
         if ((v & bits) != bits) pte_set_bits(hp[k], bits, wide);
     }
-    uint64_t base;
-    if (pagesize == 4096) base = e & (wide ? PTE_ADDR : 0xfffff000ULL);
+    uint64_t base, psz = 1ULL << shift;
+    if (shift == 12) base = e & (wide ? PTE_ADDR : 0xfffff000ULL);
     else if (!wide) base = (e & 0xffc00000ULL) | ((e & 0x1fe000ULL) << 19);   /* PSE-36 bits */
-    else base = e & PTE_ADDR & ~(pagesize - 1);
-    *gpa = base + (lin & (pagesize - 1));
+    else base = e & PTE_ADDR & ~(psz - 1);
+    *gpa = base + (lin & (psz - 1));
     int p = 0;
-    if (user ? allow_w : (allow_w || !wp)) p |= ACC_W;
-    if (!nx) p |= ACC_X;
-    if ((e & PTE_D) || (acc & ACC_W)) p |= 0x100;
+    if (allow_w) p |= TP_W;
+    if (allow_u) p |= TP_U;
+    if (nx) p |= TP_NX;
+    if ((e & PTE_D) || (acc & ACC_W)) p |= TP_D;
     *perm = p;
+    *pinfo = shift | (((e & PTE_G) && (c->cr4 & CR4_PGE)) ? 0x100 : 0);
     return 0;
 notpresent:
     if (!fault) return -1;
     page_fault(c, lin, acc, 0, 0);
+rsvd_top:
+    if (!fault) return -1;
+    raise_gp(c, 0);
 rsvd:
     if (!fault) return -1;
     page_fault(c, lin, acc, 1, 1);
 prot:
     if (!fault) return -1;
     page_fault(c, lin, acc, 1, 0);
+}
+
+/* translate(): *perm = TP_* | page shift << 8 | global << 16 */
+static inline int translate(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, int fault)
+{
+    int pinfo;
+    int r = translate_ex(c, lin, acc, gpa, perm, &pinfo, fault);
+    if (!r) *perm |= pinfo << 8;
+    return r;
 }
 
 static void tlb_fill(cpu_t *c, uint64_t lin, uint64_t gpa, uint8_t *host, uint32_t gidx, int perm)
@@ -180,9 +270,11 @@ static void tlb_fill(cpu_t *c, uint64_t lin, uint64_t gpa, uint8_t *host, uint32
     e->addend = (uintptr_t)(host - (gpa & 0xfff)) - (uintptr_t)page;
     e->gpa = gpa & ~0xfffULL;
     e->gidx = gidx;
-    e->tag_r = page;
-    e->tag_w = ((perm & ACC_W) && (perm & 0x100)) ? page : TLB_INVALID;
-    e->tag_x = (perm & ACC_X) ? page : TLB_INVALID;
+    e->page = page;
+    e->perm = (uint16_t)(perm & 0xff);
+    e->pshift = (uint8_t)((perm >> 8) & 0xff);
+    e->glob = (uint8_t)((perm >> 16) & 1);
+    tlbe_tags(c, e);
 }
 
 int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault)
@@ -219,8 +311,27 @@ static void io_log_access(cpu_t *c, uint64_t addr, int size, int is_write, int i
     longjmp(c->jb, AB_EXIT);
 }
 
+/* I/O permission (SDM Vol 1 19.5): with CR0.PE and CPL > IOPL (or in
+ * virtual-8086 mode) every port of the access needs a clear bit in the
+ * TSS I/O bitmap; a bitmap beyond the TSS limit means "denied". */
+static void io_perm_check(cpu_t *c, uint16_t port, int size)
+{
+    if (!(c->cr0 & CR0_PE)) return;
+    int iopl = (c->rflags >> 12) & 3;
+    if (!(c->rflags & F_VM) && c->cpl <= iopl) return;
+    seg_t *tr = &c->seg[S_TR];
+    int type = tr->access & 0xf;
+    if ((tr->access & 0x10000) || (type != 9 && type != 0xb) || tr->limit < 0x67) raise_gp(c, 0);
+    uint32_t iomap = (uint32_t)mem_read_slow(c, tr->base + 0x66, 2, ACC_SYS);
+    uint32_t off = iomap + port / 8;
+    if (off + 1 > tr->limit) raise_gp(c, 0);
+    uint32_t bits = (uint32_t)mem_read_slow(c, tr->base + off, 2, ACC_SYS);
+    if ((bits >> (port & 7)) & ((1u << size) - 1)) raise_gp(c, 0);
+}
+
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val)
 {
+    io_perm_check(c, port, size);
     io_log_access(c, port, size, is_write, 1, val);
     if (!is_write) *val &= szmask(size);
     return 0;
@@ -262,8 +373,17 @@ static void phys_write(cpu_t *c, uint64_t lin, uint64_t gpa, int size, uint64_t 
     io_log_access(c, gpa, size, 1, 0, &v);
 }
 
+/* #AC (SDM Vol 3A 6.15 interrupt 17): CR0.AM, EFLAGS.AC, CPL 3, misaligned
+ * data access; implicit supervisor accesses are never checked */
+static inline void align_check(cpu_t *c, uint64_t lin, int size, int acc)
+{
+    if (unlikely(ac_active(c)) && !(acc & ACC_SYS) && size > 1 && (lin & (size - 1)))
+        raise_exc(c, EX_AC, 1, 0);
+}
+
 uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 {
+    align_check(c, lin, size, acc);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -286,6 +406,7 @@ uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 
 void mem_write_slow(cpu_t *c, uint64_t lin, int size, uint64_t v, int acc)
 {
+    align_check(c, lin, size, acc);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -308,13 +429,14 @@ void *mem_host_rmw(cpu_t *c, uint64_t lin, int size)
 {
     if (!c->long64) lin = (uint32_t)lin;
     int acc = ACC_W | user_acc(c);
+    align_check(c, lin, size, acc);
     if ((lin & 0xfff) + size > 0x1000) return NULL;   /* split lock: non-atomic fallback */
     uint64_t gpa; int perm;
     translate(c, lin, acc, &gpa, &perm, 1);
     uint32_t gidx;
     uint8_t *h = gpa_host(c->vm, gpa, &gidx);
     if (!h) return NULL;
-    tlb_fill(c, lin, gpa, h, gidx, perm | 0x100);
+    tlb_fill(c, lin, gpa, h, gidx, perm | TP_D);
     if (__atomic_load_n(&c->vm->gen[gidx], __ATOMIC_RELAXED) & 1) code_written(c, gidx);
     return h;
 }

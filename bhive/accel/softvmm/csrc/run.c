@@ -269,7 +269,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
         c->brk = 0;
         return finish_exit(c, out);
     }
-    if (r == AB_FAULT) c->exc_soft = 1;   /* reuse as "fault pending" */
+    if (r == AB_FAULT) { c->exc_soft = 1; c->tf_trap = 0; }   /* reuse as "fault pending" */
     for (;;) {
         c->brk = 0;
         if (unlikely(c->exc_soft)) {
@@ -289,6 +289,30 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
             c->brk = 0;
         }
         int sh = c->shadow;
+        if (unlikely(c->rflags & F_TF)) {
+            /* single-step (SDM Vol 3A 18.3.1.4): one instruction, decoded alone
+             * (no macro-fused pairs), then a #DB trap with DR6.BS unless the
+             * instruction delivered a software interrupt (which clears TF) */
+            block_t *sb = get_block(c);
+            if (sb->n > 1 || sb->insns[0].ninsn > 1 || sb == &c->scratch) {
+                uint64_t lin = c->segbase[S_CS] + c->rip, gpa;
+                if (!c->long64) lin = (uint32_t)lin;
+                fetch_translate(c, lin, &gpa, 1);
+                decode_block(c, &c->scratch, lin, gpa, 1);
+                sb = &c->scratch;
+            }
+            c->tf_trap = 1; c->sw_event = 0;
+            exec_block(c, sb, 1);
+            if (sh) c->shadow = 0;
+            if (c->tf_trap && !c->sw_event) {
+                c->tf_trap = 0;
+                c->dr[6] |= 0x4000;
+                deliver_event(c, EX_DB, EV_HWEXC, 0, 0, c->rip);
+            }
+            c->tf_trap = 0;
+            if (unlikely(c->post_exit)) { c->post_exit = 0; return finish_exit(c, out); }
+            continue;
+        }
         block_t *b = get_block(c);
         if (unlikely(sh)) {
             exec_block(c, b, 1);
@@ -341,6 +365,11 @@ static void replay(cpu_t *c)
     exec_block(c, &c->scratch, 1);
     c->io_n = c->io_pos = 0;
     c->brk = 0;
+    if (c->tf_trap) {   /* single-stepped instruction completed by the VMM: #DB trap */
+        c->tf_trap = 0;
+        c->dr[6] |= 0x4000;
+        c->exc_vec = EX_DB; c->exc_has_err = 0; c->exc_err = 0; c->exc_soft = 1;
+    }
     if (c->post_exit) { c->post_exit = 0; c->exit_queued = 1; }
 }
 
@@ -407,8 +436,8 @@ int svm_set_reg(svm_cpu_t *c, int reg, uint64_t v)
     if (reg >= 0 && reg <= 14) { c->r[gpr_map[reg]] = v; return 0; }
     switch (reg) {
     case 15: c->cr0 = v | CR0_ET; break;
-    case 16: c->cr3 = v; break;
-    case 17: c->cr4 = v; break;
+    case 16: c->cr3 = v; c->pdpte_valid = 0; break;
+    case 17: c->cr4 = v; c->pdpte_valid = 0; break;
     case 18: c->dr[7] = v; break;
     case 19: c->r[R_RSP] = v; return 0;
     case 20: c->rip = v; c->io_n = c->io_pos = 0; return 0;

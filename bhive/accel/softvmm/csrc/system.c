@@ -4,6 +4,7 @@
  * system instructions.
  */
 #include <x86intrin.h>
+#include <time.h>
 #include "mem.h"
 #include "handlers.h"
 
@@ -23,7 +24,7 @@ void update_mode(cpu_t *c)
     if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
     int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
     if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
-    if (ncpl != c->cpl) { c->cpl = ncpl; tlb_flush(c); }
+    if (ncpl != c->cpl) { c->cpl = ncpl; tlb_retag(c); }   /* TLB rights are CPL-independent */
     c->epoch++;
     c->brk = 1;
 }
@@ -74,6 +75,16 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
     uint32_t lo, hi;
     if (desc_read(c, sel, &lo, &hi)) raise_gp(c, sel & ~3);
     if (!(hi & 0x1000)) raise_gp(c, sel & ~3);
+    {
+        /* SDM Vol 3A 5.5/5.6 and MOV/POP Sreg: type and privilege before presence */
+        int dpl = (hi >> 13) & 3, rpl = sel & 3, code = !!(hi & 0x800);
+        if (s == S_SS) {
+            if (rpl != c->cpl || dpl != c->cpl || code || !(hi & 0x200)) raise_gp(c, sel & ~3);
+        } else if (s != S_CS) {
+            if (code && !(hi & 0x200)) raise_gp(c, sel & ~3);                 /* execute-only code */
+            if ((!code || !(hi & 0x400)) && (dpl < c->cpl || dpl < rpl)) raise_gp(c, sel & ~3);
+        }
+    }
     if (!(hi & 0x8000)) raise_exc(c, s == S_SS ? EX_SS : EX_NP, 1, sel & ~3);
     uint64_t base = (lo >> 16) | ((uint64_t)(hi & 0xff) << 16) | ((uint64_t)(hi & 0xff000000));
     uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
@@ -96,24 +107,50 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
     else if (c->long64 && s != S_FS && s != S_GS) c->segbase[s] = 0;
 }
 
+/* ---- TSC ----------------------------------------------------------------
+ * Every vCPU is its own process, so the TSC must not depend on anything
+ * per-process: it is CLOCK_MONOTONIC (system-wide, invariant) scaled to a
+ * fixed 2 GHz, which CPUID 0x15/0x16 advertise (crystal 25 MHz x 80/1), so
+ * Linux needs no calibration and sees synchronised TSCs on all vCPUs.
+ * tsc_offset is the architectural per-vCPU offset created by WRMSR TSC. */
+uint64_t guest_tsc(cpu_t *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    return ns * (GUEST_TSC_HZ / 1000000000ULL) + (uint64_t)c->tsc_offset;
+}
+
 /* ---- RFLAGS -------------------------------------------------------------- */
 uint64_t get_rflags(cpu_t *c) { return flags_materialize(c) | 2; }
 void set_rflags(cpu_t *c, uint64_t v)
 {
     c->lf_op = LF_NONE;
+    uint64_t old = c->rflags;
     c->rflags = (v & 0x3f7fd5) | 2;
+    if (((old ^ c->rflags) & F_AC) && c->cpl == 3 && (c->cr0 & CR0_AM)) tlb_retag(c);
 }
 
 /* ---- control registers ------------------------------------------------------ */
 void set_efer(cpu_t *c, uint64_t v)
 {
+    uint64_t old = c->efer;
     c->efer = (c->efer & EFER_LMA) | (v & (EFER_SCE | EFER_LME | EFER_NXE));
-    tlb_flush(c);
+    if ((old ^ c->efer) & EFER_NXE) tlb_flush(c);   /* cached NX rights change */
+}
+static int pae_paging(cpu_t *c)
+{
+    return (c->cr0 & CR0_PG) && (c->cr4 & CR4_PAE) && !(c->efer & EFER_LMA);
 }
 void set_cr0(cpu_t *c, uint64_t v)
 {
     v |= CR0_ET;
     uint64_t old = c->cr0;
+    /* SDM MOV CR0: #GP for reserved high bits, PG without PE, NW without CD,
+     * and clearing PG in 64-bit mode */
+    if ((v >> 32) || ((v & CR0_PG) && !(v & CR0_PE)) || ((v & CR0_NW) && !(v & CR0_CD)) ||
+        (c->long64 && !(v & CR0_PG)))
+        raise_gp(c, 0);
     c->cr0 = v & 0xe005003f;
     /* IA-32e activation: LMA = LME && PG (SDM Vol 3A 10.8.5) */
     if ((v & CR0_PG) && !(old & CR0_PG) && (c->efer & EFER_LME)) {
@@ -121,7 +158,14 @@ void set_cr0(cpu_t *c, uint64_t v)
         c->efer |= EFER_LMA;
     }
     if (!(v & CR0_PG) && (old & CR0_PG)) c->efer &= ~(uint64_t)EFER_LMA;
-    tlb_flush(c);
+    /* SDM 4.4.1: enabling PAE paging loads the PDPTEs (#GP if reserved bits are set) */
+    if ((c->cr0 & CR0_PG) && !(old & CR0_PG) && pae_paging(c)) {
+        if (pdpte_load(c, 0)) { c->cr0 = old; raise_gp(c, 0); }
+    }
+    /* SDM 4.10.4.1: changing PG invalidates every TLB entry (global too);
+     * WP only changes the rights we derive the fast-path tags from */
+    if ((old ^ c->cr0) & CR0_PG) tlb_flush(c);
+    else if ((old ^ c->cr0) & (CR0_WP | CR0_AM)) tlb_retag(c);
     update_mode(c);
 }
 void set_cr4(cpu_t *c, uint64_t v)
@@ -129,8 +173,12 @@ void set_cr4(cpu_t *c, uint64_t v)
     uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400;
     if (v & ~allowed) raise_gp(c, 0);
     if ((c->efer & EFER_LMA) && !(v & CR4_PAE)) raise_gp(c, 0);
+    uint64_t old = c->cr4;
     c->cr4 = v;
-    tlb_flush(c);
+    uint64_t pgbits = CR4_PSE | CR4_PAE | CR4_PGE;
+    if (((old ^ v) & pgbits) && pae_paging(c) && pdpte_load(c, 0)) { c->cr4 = old; raise_gp(c, 0); }
+    /* SDM 4.10.4.1: a CR4 write changing PGE, PAE or PSE flushes all entries incl. global */
+    if ((old ^ v) & pgbits) tlb_flush(c);
 }
 
 HANDLER(h_mov_cr)
@@ -156,7 +204,13 @@ HANDLER(h_mov_cr)
         switch (cr) {
         case 0: set_cr0(c, v); break;
         case 2: c->cr2 = v; break;
-        case 3: c->cr3 = v & (c->long64 || (c->efer & EFER_LMA) ? 0x000ffffffffff000ULL | 0x18 : 0xfffffff8ULL); tlb_flush(c); break;
+        case 3: {
+            uint64_t old = c->cr3;
+            if ((c->efer & EFER_LMA) && (v & 0xfff0000000000000ULL)) raise_gp(c, 0);   /* reserved (no PCID) */
+            c->cr3 = v & ((c->efer & EFER_LMA) ? 0x000ffffffffff018ULL : 0xfffffff8ULL);
+            if (pae_paging(c) && pdpte_load(c, 0)) { c->cr3 = old; raise_gp(c, 0); }
+            tlb_flush_nonglobal(c);   /* SDM 4.10.4.1: global entries survive MOV CR3 */
+            break; }
         case 4: set_cr4(c, v); break;
         case 8: __atomic_store_n(&c->lapic->tpr, (uint32_t)(v & 15) << 4, __ATOMIC_RELAXED); c->irq_pending = 1; break;
         default: raise_ud(c);
@@ -263,7 +317,7 @@ HANDLER(h_grp7)
             { uint64_t t = c->seg[S_GS].base; c->seg[S_GS].base = c->kgs_base; c->kgs_base = t; c->segbase[S_GS] = c->seg[S_GS].base; }
             return;
         case 0xf9: { /* RDTSCP */
-            uint64_t t = __rdtsc() + (uint64_t)c->tsc_offset;
+            uint64_t t = guest_tsc(c);
             c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32; c->r[R_RCX] = (uint32_t)c->tsc_aux;
             return; }
         case 0xc1: case 0xc2: case 0xc3: case 0xc4:           /* VMX: not advertised */
@@ -323,10 +377,36 @@ HANDLER(h_sti)
 }
 
 /* ---- MSRs ------------------------------------------------------------- */
+/* Fixed-range MTRR MSRs in IA32_MTRR_FIX* order (SDM Vol 3A 12.11.2.2) */
+#define MAXPHYADDR_BITS 40
+static int mtrr_fixed_index(uint32_t msr)
+{
+    if (msr == 0x250) return 0;
+    if (msr == 0x258 || msr == 0x259) return msr - 0x258 + 1;
+    if (msr >= 0x268 && msr <= 0x26f) return msr - 0x268 + 3;
+    return -1;
+}
+static int mem_type_ok(unsigned t) { return t == 0 || t == 1 || t == 4 || t == 5 || t == 6; }
+/* IA32_ARCH_CAPABILITIES (CPUID.7.EDX[29]): RDCL_NO, IBRS_ALL, SKIP_L1DFL_VMENTRY,
+ * SSB_NO, MDS_NO, PSCHANGE_MC_NO, TAA_NO -- softvmm does not speculate. */
+#define ARCH_CAP_VAL ((1ULL << 0) | (1ULL << 1) | (1ULL << 3) | (1ULL << 4) | (1ULL << 5) | (1ULL << 6) | (1ULL << 8))
+
 int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
 {
+    if (msr >= 0x200 && msr <= 0x20f) { *v = c->mtrr_var[msr - 0x200]; return 0; }
+    if (mtrr_fixed_index(msr) >= 0) { *v = c->mtrr_fixed[mtrr_fixed_index(msr)]; return 0; }
     switch (msr) {
-    case 0x10: *v = __rdtsc() + (uint64_t)c->tsc_offset; return 0;
+    case 0x17: *v = 0; return 0;                        /* IA32_PLATFORM_ID */
+    case 0x3a: *v = 1; return 0;                        /* IA32_FEATURE_CONTROL: locked, no VMX */
+    case 0x48: *v = c->spec_ctrl; return 0;             /* IA32_SPEC_CTRL */
+    case 0x49: return 1;                                /* IA32_PRED_CMD is write-only */
+    case 0x8b: *v = 0; return 0;                        /* IA32_BIOS_SIGN_ID: microcode revision 0 */
+    case 0xce: *v = (uint64_t)(GUEST_TSC_HZ / 100000000ULL) << 8; return 0;   /* PLATFORM_INFO: ratio 20 x 100 MHz */
+    case 0xfe: *v = 0x508; return 0;                    /* MTRRcap: 8 variable, fixed, WC */
+    case 0x10a: *v = ARCH_CAP_VAL; return 0;
+    case 0x1d9: *v = 0; return 0;                       /* IA32_DEBUGCTL */
+    case 0x2ff: *v = c->mtrr_def; return 0;
+    case 0x10: *v = guest_tsc(c); return 0;
     case 0x1b: *v = c->lapic->apic_base; return 0;
     case 0x174: *v = c->sysenter_cs; return 0;
     case 0x175: *v = c->sysenter_esp; return 0;
@@ -348,8 +428,27 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
 static int canonical(uint64_t v) { return (uint64_t)(((int64_t)v << 16) >> 16) == v; }
 int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
 {
+    if (msr >= 0x200 && msr <= 0x20f) {
+        uint64_t rsv = ~((1ULL << MAXPHYADDR_BITS) - 1);
+        if (msr & 1) rsv |= 0x7ff;                                 /* PHYSMASK: bits 10:0 */
+        else { rsv |= 0xf00; if (!mem_type_ok(v & 0xff)) return 1; }  /* PHYSBASE: type, bits 11:8 */
+        if (v & rsv) return 1;
+        c->mtrr_var[msr - 0x200] = v;
+        return 0;
+    }
+    if (mtrr_fixed_index(msr) >= 0) {
+        for (int k = 0; k < 8; k++) if (!mem_type_ok((v >> (8 * k)) & 0xff)) return 1;
+        c->mtrr_fixed[mtrr_fixed_index(msr)] = v;
+        return 0;
+    }
     switch (msr) {
-    case 0x10: c->tsc_offset = (int64_t)(v - __rdtsc()); return 0;
+    case 0x17: case 0x3a: case 0xce: case 0xfe: case 0x10a: return 1;   /* read-only */
+    case 0x48: if (v & ~7ULL) return 1; c->spec_ctrl = v; return 0;     /* IBRS, STIBP, SSBD */
+    case 0x49: if (v & ~1ULL) return 1; return 0;                       /* IBPB: nothing to flush */
+    case 0x8b: return 0;                                                /* microcode update trigger: ignored */
+    case 0x1d9: if (v & ~3ULL) return 1; return 0;                      /* DEBUGCTL: LBR/BTF not kept */
+    case 0x2ff: if ((v & ~0xcffULL) || !mem_type_ok(v & 0xff)) return 1; c->mtrr_def = v; return 0;
+    case 0x10: c->tsc_offset += (int64_t)(v - guest_tsc(c)); return 0;   /* this vCPU's TSC only */
     case 0x1b: {
         if (v & ~0xffffffffff900ULL) return 1;   /* reserved bits: #GP */
         uint64_t keep = c->lapic->apic_base & 0x100;   /* BSP flag is read-only */
@@ -360,7 +459,12 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
     case 0x175: if (!canonical(v)) return 1; c->sysenter_esp = v; return 0;
     case 0x176: if (!canonical(v)) return 1; c->sysenter_eip = v; return 0;
     case 0x1a0: c->misc_enable = v; return 0;
-    case 0x277: c->pat = v; return 0;
+    case 0x277:   /* PAT: every entry must be a valid type (2, 3 reserved), SDM 13.12.2 */
+        for (int k = 0; k < 8; k++) {
+            unsigned t = (v >> (8 * k)) & 0xff;
+            if (!(mem_type_ok(t) || t == 7)) return 1;
+        }
+        c->pat = v; return 0;
     case 0xc0000080:
         if (v & ~(uint64_t)(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)) return 1;
         if ((c->cr0 & CR0_PG) && ((v ^ c->efer) & EFER_LME)) return 1;
@@ -418,7 +522,7 @@ HANDLER(h_wrmsr)
 HANDLER(h_rdtsc)
 {
     if (c->cpl && (c->cr4 & 0x4)) raise_gp(c, 0);
-    uint64_t t = __rdtsc() + (uint64_t)c->tsc_offset;
+    uint64_t t = guest_tsc(c);
     c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32;
 }
 HANDLER(h_cpuid)
@@ -482,7 +586,9 @@ static void set_flat(cpu_t *c, int s, uint16_t sel, uint32_t access)
 
 HANDLER(h_syscall)
 {
-    if (!(c->efer & EFER_SCE) || !(c->efer & EFER_LMA)) raise_ud(c);   /* legacy-mode SYSCALL: AMD only */
+    /* Intel SDM SYSCALL: #UD unless IA32_EFER.SCE and 64-bit mode (compat/legacy
+     * SYSCALL is AMD-only; we are GenuineIntel) */
+    if (!(c->efer & EFER_SCE) || !c->long64) raise_ud(c);
     uint16_t sel = (uint16_t)(c->star >> 32) & 0xfffc;
     c->r[R_RCX] = c->nrip;
     uint64_t f = get_rflags(c);
@@ -497,7 +603,9 @@ HANDLER(h_syscall)
 
 HANDLER(h_sysret)
 {
-    if (!(c->efer & EFER_SCE) || !(c->efer & EFER_LMA)) raise_ud(c);
+    /* SDM SYSRET: #UD unless SCE and 64-bit mode; #GP(0) at CPL > 0 and, for a
+     * 64-bit return, on a non-canonical RCX (raised at CPL 0, before any state changes) */
+    if (!(c->efer & EFER_SCE) || !c->long64) raise_ud(c);
     if (c->cpl != 0) raise_gp(c, 0);
     uint16_t sel = (uint16_t)(c->star >> 48);
     uint64_t target;
@@ -585,4 +693,39 @@ void verr_verw(cpu_t *c, const insn_t *i)
         if (ok) f |= F_ZF;
     }
     flags_set_exact(c, f);
+}
+
+/* ---- SYSENTER / SYSEXIT (SDM Vol 2B) --------------------------------------- */
+HANDLER(h_sysenter)
+{
+    uint16_t cs = (uint16_t)c->sysenter_cs;
+    if (!(c->cr0 & CR0_PE) || (cs & 0xfffc) == 0) raise_gp(c, 0);
+    int lma = !!(c->efer & EFER_LMA);
+    uint64_t f = get_rflags(c) & ~(uint64_t)(F_VM | F_IF | F_RF);
+    set_rflags(c, f);
+    set_flat(c, S_CS, cs & 0xfffc, lma ? 0xa09b : 0xc09b);
+    set_flat(c, S_SS, (cs & 0xfffc) + 8, 0xc093);
+    update_mode(c);
+    c->r[R_RSP] = lma ? c->sysenter_esp : (uint32_t)c->sysenter_esp;
+    c->nrip = lma ? c->sysenter_eip : (uint32_t)c->sysenter_eip;
+}
+HANDLER(h_sysexit)
+{
+    uint16_t cs = (uint16_t)c->sysenter_cs;
+    if (!(c->cr0 & CR0_PE) || (cs & 0xfffc) == 0 || c->cpl != 0) raise_gp(c, 0);
+    uint64_t rip, rsp;
+    if (i->osz == 8) {
+        rip = c->r[R_RDX]; rsp = c->r[R_RCX];
+        if ((uint64_t)(((int64_t)rip << 16) >> 16) != rip || (uint64_t)(((int64_t)rsp << 16) >> 16) != rsp)
+            raise_gp(c, 0);
+        set_flat(c, S_CS, ((cs + 32) & 0xfffc) | 3, 0xa0fb);
+        set_flat(c, S_SS, ((cs + 40) & 0xfffc) | 3, 0xc0f3);
+    } else {
+        rip = (uint32_t)c->r[R_RDX]; rsp = (uint32_t)c->r[R_RCX];
+        set_flat(c, S_CS, ((cs + 16) & 0xfffc) | 3, 0xc0fb);
+        set_flat(c, S_SS, ((cs + 24) & 0xfffc) | 3, 0xc0f3);
+    }
+    update_mode(c);
+    c->r[R_RSP] = rsp;
+    c->nrip = rip;
 }

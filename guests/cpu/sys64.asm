@@ -1,0 +1,532 @@
+; sys64: system-level checks in long mode, reported over COM1 as
+;   PASS <name> / FAIL <name> vec=<v> err=<e> / SKIP <name>: <why>
+; then isa-debug-exit with the number of failures (0 -> `bhive run` exits 1).
+; Exceptions (with error codes and CR2), page faults (not present, U/S, R/W,
+; WP at CPL0, NX, RSVD), #AC at CPL3, TF single-step #DB, #DF, IRET to user
+; mode and back, SYSCALL/SYSRET.  Single vCPU; starts in real mode at 0x8000.
+
+%define COM1    0x3f8
+%define PML4    0x100000
+%define PDPT    0x101000
+%define PD0     0x102000            ; 4 PDs: identity 0..4G with 2M user pages
+%define PDT     0x106000            ; PD for linear 1G..2G (test pages)
+%define PTT     0x107000            ; PT for linear 0x40000000.. (4K test pages)
+%define IDT     0x20000
+%define TSS     0x21000
+%define KSTACK  0x80000
+%define USTACK  0x70000
+%define TPAGE   0x40000000
+
+        org 0x8000
+        bits 16
+        cli
+        xor ax, ax
+        mov ds, ax
+        mov ss, ax
+        mov sp, 0x7c00
+        lgdt [gdt_desc]
+        mov eax, cr0
+        or eax, 1
+        mov cr0, eax
+        jmp dword 0x08:pm32
+        bits 32
+pm32:   mov ax, 0x18
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov edi, PML4
+        mov ecx, (PTT + 0x1000 - PML4) / 4
+        xor eax, eax
+        rep stosd
+        mov dword [PML4], PDPT | 7
+        mov edi, PDPT
+        mov eax, PD0 | 7
+        mov ecx, 4
+.pdpt:  mov [edi], eax
+        add eax, 0x1000
+        add edi, 8
+        loop .pdpt
+        mov dword [PDPT + 8], PDT | 7   ; 1G..2G: the test page tables
+        mov edi, PD0
+        mov eax, 0x87
+        xor edx, edx
+        mov ecx, 2048
+.pde:   mov [edi], eax
+        mov [edi + 4], edx
+        add eax, 0x200000
+        adc edx, 0
+        add edi, 8
+        loop .pde
+        mov dword [PDT], PTT | 7
+        mov eax, cr4
+        or eax, 0x20
+        mov cr4, eax
+        mov eax, PML4
+        mov cr3, eax
+        mov ecx, 0xc0000080
+        rdmsr
+        or eax, 0x901                   ; LME, NXE, SCE
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80010000              ; PG, WP
+        mov cr0, eax
+        jmp 0x10:lm
+
+        bits 64
+lm:     mov ax, 0x18
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov rsp, KSTACK
+        ; IDT: stubs for 0..31
+        xor ebx, ebx
+.idt:   mov rax, [stubs + rbx * 8]
+        mov rdi, rbx
+        shl rdi, 4
+        add rdi, IDT
+        mov word [rdi], ax
+        mov word [rdi + 2], 0x10
+        mov word [rdi + 4], 0x8e00
+        shr rax, 16
+        mov word [rdi + 6], ax
+        mov qword [rdi + 8], 0
+        inc ebx
+        cmp ebx, 32
+        jb .idt
+        mov byte [IDT + 3 * 16 + 5], 0xee      ; #BP gate DPL 3
+        lidt [idt_desc]
+        ; TSS: RSP0
+        mov qword [TSS + 4], KSTACK - 0x1000
+        mov word [TSS + 0x66], 0x68
+        mov ax, 0x38
+        ltr ax
+        ; SYSCALL MSRs: kernel CS 0x10 / SS 0x18; SYSRET base 0x20 -> SS 0x2b, CS 0x33
+        mov ecx, 0xc0000081
+        xor eax, eax
+        mov edx, 0x00200010
+        wrmsr
+        mov ecx, 0xc0000082
+        lea rax, [rel syscall_entry]
+        mov rdx, rax
+        shr rdx, 32
+        wrmsr
+        mov ecx, 0xc0000084
+        mov eax, 0x40700                ; SFMASK: AC, IF, TF, DF
+        xor edx, edx
+        wrmsr
+        ; test pages at 0x40000000 + k*4K
+        mov qword [PTT + 0 * 8], 0                              ; 0: not present
+        mov qword [PTT + 1 * 8], 0x300000 | 0x005               ; 1: user, read-only
+        mov qword [PTT + 2 * 8], 0x301000 | 0x003               ; 2: supervisor, writable
+        mov rax, 0x302000 | 0x007 | (1 << 63)
+        mov [PTT + 3 * 8], rax                                  ; 3: user, NX
+        mov rax, 0x303000 | 0x007 | (1 << 45)
+        mov [PTT + 4 * 8], rax                                  ; 4: reserved bit 45
+        mov byte [0x302000], 0xc3                               ; ret (never runs)
+
+%macro T 0
+  %push t
+        lea rax, [rel %$resume]
+        mov [resume], rax
+        mov [saved_rsp], rsp
+        mov qword [ex_vec], -1
+        mov qword [ex_err], -1
+        mov qword [ex_cr2], -1
+%endmacro
+%macro E 4 ; vector, error code, cr2 (-1: don't care), name
+  %$resume:
+        mov rdi, %1
+        mov rsi, %2
+        mov rdx, %3
+        lea rcx, [rel %%name]
+        call check
+        jmp %%after
+  %%name: db %4, 0
+  %%after:
+  %pop
+%endmacro
+%macro SKIP 1
+        lea rsi, [rel %%m]
+        call puts
+        jmp %%a
+  %%m: db "SKIP ", %1, 10, 0
+  %%a:
+%endmacro
+
+        T
+        xor edx, edx
+        xor ecx, ecx
+        div ecx
+        E 0, 0, -1, "#DE divide error"
+
+        T
+        pushfq
+        or qword [rsp], 0x100
+        popfq
+        nop                             ; single-step trap after this
+        E 1, 0, -1, "#DB single-step (TF)"
+
+        T
+        int3
+        E 3, 0, -1, "#BP int3"
+
+        SKIP "#OF/#BR: INTO and BOUND are #UD in 64-bit mode (checked below as #UD)"
+        T
+        db 0xce                         ; INTO
+        E 6, 0, -1, "#UD for INTO in 64-bit mode"
+
+        T
+        ud2
+        E 6, 0, -1, "#UD ud2"
+
+        SKIP "#NM/#MF/#XM: x87/SSE belong to the FPU branch, not in this build"
+
+        T
+        mov rax, 0x8000000000000000
+        mov rax, [rax]
+        E 13, 0, -1, "#GP non-canonical"
+
+        T
+        mov ax, 0x48                    ; not-present data descriptor
+        mov ds, ax
+        E 11, 0x48, -1, "#NP segment not present"
+        mov ax, 0x18
+        mov ds, ax
+
+        T
+        mov ax, 0x48
+        mov ss, ax
+        E 12, 0x48, -1, "#SS not-present stack segment"
+
+        T
+        mov ax, 0x28 | 3                ; user data selector at CPL0 into SS: RPL != CPL
+        mov ss, ax
+        E 13, 0x28, -1, "#GP(sel) SS with RPL != CPL"
+
+        SKIP "#TS: needs a task switch or 32-bit TSS stack (not exercised here)"
+
+        T
+        mov rax, [TPAGE]
+        E 14, 0, TPAGE, "#PF not present read (err 0)"
+
+        T
+        mov qword [TPAGE + 0x1008], 1
+        E 14, 3, TPAGE + 0x1008, "#PF write to read-only at CPL0 with CR0.WP (err 3)"
+
+        T
+        mov rax, [TPAGE + 0x4000]
+        E 14, 9, TPAGE + 0x4000, "#PF reserved bit (err 9)"
+
+        T
+        mov rax, TPAGE + 0x3000
+        call rax
+        E 14, 0x11, TPAGE + 0x3000, "#PF NX fetch (err 0x11)"
+
+        ; user mode
+        T
+        lea rdi, [rel u_read_sup]
+        jmp to_user
+        E 14, 5, TPAGE + 0x2000, "#PF user read of supervisor page (err 5)"
+
+        T
+        lea rdi, [rel u_write_ro]
+        jmp to_user
+        E 14, 7, TPAGE + 0x1010, "#PF user write to read-only page (err 7)"
+
+        T
+        lea rdi, [rel u_int80]
+        jmp to_user
+        E 13, 0x80 * 8 + 2, -1, "#GP INT 0x80 through a DPL0 gate from CPL3 (err 0x402)"
+
+        T
+        lea rdi, [rel u_cs]
+        jmp to_user
+        E 3, 0, -1, "IRETQ to CPL3 and #BP back through a DPL3 gate"
+        cmp qword [user_cs], 0x33
+        je .csok
+        lea rsi, [rel m_cs]
+        call puts
+        inc dword [fails]
+.csok:
+
+        T
+        mov rax, cr0
+        or eax, 0x40000                 ; CR0.AM
+        mov cr0, rax
+        lea rdi, [rel u_ac]
+        jmp to_user
+        E 17, 0, -1, "#AC misaligned access at CPL3 with CR0.AM and EFLAGS.AC"
+
+        T
+        lea rdi, [rel u_syscall]
+        jmp to_user
+        E -1, -1, -1, "SYSCALL -> SYSRET -> SYSCALL round trip"
+        cmp qword [sc_cs], 0x10
+        jne .scbad
+        cmp qword [sc_ss], 0x18
+        jne .scbad
+        cmp qword [sc_ucs], 0x33
+        jne .scbad
+        cmp qword [sc_r11], 0
+        je .scbad
+        jmp .scok
+.scbad: lea rsi, [rel m_sc]
+        call puts
+        inc dword [fails]
+.scok:
+
+        T
+        mov byte [IDT + 13 * 16 + 5], 0x0e      ; #GP gate: P = 0
+        mov rax, 0x8000000000000000
+        mov rax, [rax]                  ; #GP -> #NP delivering it -> #DF
+        E 8, 0, -1, "#DF for #NP while delivering #GP"
+        mov byte [IDT + 13 * 16 + 5], 0x8e
+
+        ; done
+        lea rsi, [rel m_done]
+        call puts
+        mov eax, [fails]
+        call putdec
+        mov al, 10
+        call putc
+        mov eax, [fails]
+        mov dx, 0xf4
+        out dx, eax
+.stop:  cli
+        hlt
+        jmp .stop
+
+; ---- user-mode snippets (CPL 3) ----
+u_read_sup:
+        mov rax, [TPAGE + 0x2000]
+        jmp $
+u_write_ro:
+        mov qword [TPAGE + 0x1010], 1
+        jmp $
+u_int80:
+        int 0x80
+        jmp $
+u_cs:
+        mov ax, cs
+        movzx eax, ax
+        mov [user_cs], rax
+        int3
+        jmp $
+u_ac:
+        pushfq
+        or dword [rsp], 0x40000         ; EFLAGS.AC
+        popfq
+        mov rax, [USTACK - 0x103]       ; misaligned
+        jmp $
+u_syscall:
+        mov eax, 1
+        syscall                         ; -> kernel, SYSRETs to u_sc2
+u_sc2:  mov ax, cs
+        movzx eax, ax
+        mov [sc_ucs], rax
+        mov eax, 2
+        syscall                         ; -> kernel, resumes the test
+        jmp $
+
+; ---- kernel helpers ----
+to_user:                                ; RDI = user RIP; IRETQ to CPL 3
+        push 0x2b
+        push USTACK
+        push 0x202
+        push 0x33
+        push rdi
+        iretq
+
+syscall_entry:
+        cmp eax, 1
+        jne .back
+        mov ax, cs
+        movzx eax, ax
+        mov [sc_cs], rax
+        mov ax, ss
+        movzx eax, ax
+        mov [sc_ss], rax
+        mov [sc_r11], r11
+        lea rcx, [rel u_sc2]
+        o64 sysret
+.back:  mov ax, 0x18
+        mov ss, ax
+        mov rsp, [saved_rsp]
+        jmp [resume]
+
+%macro STUB 1
+stub%1:
+  %if (%1 = 8) || (%1 >= 10 && %1 <= 14) || (%1 = 17)
+  %else
+        push 0
+  %endif
+        push %1
+        jmp ex_common
+%endmacro
+%assign v 0
+%rep 32
+STUB v
+%assign v v+1
+%endrep
+
+ex_common:                                 ; [rsp] vector, [rsp+8] error code, then the frame
+        push rax
+        mov rax, [rsp + 8]
+        mov [ex_vec], rax
+        mov rax, [rsp + 16]
+        mov [ex_err], rax
+        mov rax, cr2
+        mov [ex_cr2], rax
+        mov rax, cr0
+        and eax, ~0x40000               ; leave CR0.AM off
+        mov cr0, rax
+        pop rax
+        mov ax, 0x18
+        mov ds, ax
+        mov es, ax
+        mov rsp, [saved_rsp]            ; back to the kernel test, CPL 0
+        mov ax, 0x18
+        mov ss, ax
+        push 0                          ; clear TF/AC/IF
+        popfq
+        jmp [resume]
+
+; check: RDI want vector, RSI want error, RDX want CR2 (-1 = any), RCX name
+check:
+        push rcx
+        mov rax, [ex_vec]
+        cmp rax, rdi
+        jne .bad
+        cmp rdi, -1
+        je .ok
+        mov rax, [ex_err]
+        cmp rax, rsi
+        jne .bad
+        cmp rdx, -1
+        je .ok
+        cmp rdx, [ex_cr2]
+        jne .bad
+.ok:    lea rsi, [rel m_pass]
+        call puts
+        pop rsi
+        call puts
+        mov al, 10
+        call putc
+        ret
+.bad:   inc dword [fails]
+        lea rsi, [rel m_fail]
+        call puts
+        pop rsi
+        call puts
+        lea rsi, [rel m_vec]
+        call puts
+        mov rax, [ex_vec]
+        call puthex
+        lea rsi, [rel m_err]
+        call puts
+        mov rax, [ex_err]
+        call puthex
+        lea rsi, [rel m_cr2]
+        call puts
+        mov rax, [ex_cr2]
+        call puthex
+        mov al, 10
+        call putc
+        ret
+
+putc:   push rdx
+        push rax
+        mov dx, COM1 + 5
+.busy:  in al, dx
+        test al, 0x20
+        jz .busy
+        pop rax
+        mov dx, COM1
+        out dx, al
+        pop rdx
+        ret
+puts:   push rax
+.n:     lodsb
+        test al, al
+        jz .d
+        call putc
+        jmp .n
+.d:     pop rax
+        ret
+puthex: push rcx
+        push rbx
+        mov rbx, rax
+        mov ecx, 16
+.h:     rol rbx, 4
+        mov al, bl
+        and al, 15
+        add al, '0'
+        cmp al, '9'
+        jbe .p
+        add al, 7
+.p:     call putc
+        loop .h
+        pop rbx
+        pop rcx
+        ret
+putdec: push rbx
+        push rcx
+        push rdx
+        mov ebx, 10
+        xor ecx, ecx
+.dv:    xor edx, edx
+        div ebx
+        push rdx
+        inc ecx
+        test eax, eax
+        jnz .dv
+.o:     pop rax
+        add al, '0'
+        call putc
+        loop .o
+        pop rdx
+        pop rcx
+        pop rbx
+        ret
+
+        align 8
+stubs:
+%assign v 0
+%rep 32
+        dq stub %+ v
+%assign v v+1
+%endrep
+gdt:    dq 0
+        dq 0x00cf9a000000ffff           ; 0x08 32-bit code
+        dq 0x00af9a000000ffff           ; 0x10 64-bit kernel code
+        dq 0x00cf92000000ffff           ; 0x18 kernel data
+        dq 0x00cffa000000ffff           ; 0x20 user 32-bit code
+        dq 0x00cff2000000ffff           ; 0x28 user data
+        dq 0x00affa000000ffff           ; 0x30 user 64-bit code
+        dq 0x0000890000000067 | ((TSS & 0xffffff) << 16)   ; 0x38 TSS
+        dq 0
+        dq 0x00cf12000000ffff           ; 0x48 data, not present
+gdt_end:
+gdt_desc: dw gdt_end - gdt - 1
+        dq gdt
+idt_desc: dw 32 * 16 - 1
+        dq IDT
+resume:    dq 0
+saved_rsp: dq 0
+ex_vec:    dq 0
+ex_err:    dq 0
+ex_cr2:    dq 0
+user_cs:   dq 0
+sc_cs:     dq 0
+sc_ss:     dq 0
+sc_ucs:    dq 0
+sc_r11:    dq 0
+fails:     dd 0
+m_pass: db "PASS ", 0
+m_fail: db "FAIL ", 0
+m_vec:  db " vec=", 0
+m_err:  db " err=", 0
+m_cr2:  db " cr2=", 0
+m_cs:   db "FAIL user CS after IRETQ is not 0x33", 10, 0
+m_sc:   db "FAIL SYSCALL/SYSRET selectors or R11", 10, 0
+m_done: db "sys64: failures=", 0
