@@ -184,11 +184,13 @@ def isa_to_gsi(line: int) -> int:
 class MsiOut:
     """PUSH sockets to every vCPU process's MSI endpoint (`vcpuN`).
 
-    Never blocks: ZMQ_IMMEDIATE makes a send to a vCPU whose process is
-    gone fail at once, and the bounded queue (SNDHWM) makes one whose
-    control thread is stuck fail once full; either way the MSI is dropped,
-    counted and logged, and every other vCPU is unaffected.  Nothing here
+    Never blocks: every send is NOBLOCK into a bounded per-vCPU queue
+    (SNDHWM).  A vCPU whose process is gone, or whose control thread is
+    stuck, fills its own queue and from then on its MSIs are dropped,
+    counted and logged; every other vCPU is unaffected.  Nothing here
     depends on what the destination is doing (running, halted, dead).
+    (Not ZMQ_IMMEDIATE: that would also drop the MSIs sent in the few ms
+    between a vCPU binding its socket and the reconnect reaching it.)
     """
 
     def __init__(self, runtime: ActorRuntime, ncpus: int):
@@ -199,7 +201,7 @@ class MsiOut:
             sock = runtime.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, MSI_QUEUE)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, 10)
             sock.connect(runtime.rundir.endpoint(f"vcpu{i}"))
             self.socks.append(sock)
         self.dropped = 0
