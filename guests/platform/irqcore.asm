@@ -422,11 +422,17 @@ run_test:
         div r12d
         mov r8d, edx                            ; cpu = i mod n
 %endif
+%if MODE == MODE_CHAOS
+        cmp r14d, 1                             ; programmed once: the RTE must survive the kill
+        jne .programmed
+        lea r8d, [r12d - 1]
+%endif
         mov edi, 14
         mov eax, 0x20                           ; vector 0x20, fixed, edge
         mov edx, r8d
         shl edx, 24
         call set_rte
+.programmed:
         ; target: total received so far (all CPUs) + 1
         call total20
         lea ecx, [eax + 1]
