@@ -1,4 +1,4 @@
 ; chaos: see irqcore.asm
 %define MODE MODE_CHAOS
-%define ITER 400
+%define ITER 1500
 %include "irqcore.asm"
