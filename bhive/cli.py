@@ -107,6 +107,22 @@ def cmd_ps(args) -> int:
     return 0
 
 
+# -- stats ------------------------------------------------------------------------
+
+def cmd_stats(args) -> int:
+    from . import stats as stats_mod
+    try:
+        rd = sup_mod.find_vm(args.vm)
+    except LookupError as exc:
+        return error(str(exc), 1)
+    data = stats_mod.interrupt_stats(rd)
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(stats_mod.format_table(data))
+    return 0
+
+
 # -- logs -------------------------------------------------------------------------
 
 def _log_files(rd: RunDir, actor: str | None) -> list[Path]:
@@ -206,6 +222,10 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("vm")
     k.add_argument("actor")
     k.set_defaults(func=cmd_kill)
+    sa = sub.add_parser("stats", help="interrupt counts per vector and CPU, like /proc/interrupts")
+    sa.add_argument("vm")
+    sa.add_argument("--json", action="store_true")
+    sa.set_defaults(func=cmd_stats)
     st = sub.add_parser("stop", help="stop a VM")
     st.add_argument("vm")
     st.set_defaults(func=cmd_stop)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import accel
-from .devices import COMMON_OPTIONS, DEVICE_TYPES, port_range
+from .devices import COMMON_OPTIONS, DEVICE_TYPES, mmio_ranges, port_ranges
 
 
 class ConfigError(Exception):
@@ -51,7 +51,19 @@ class DeviceConfig:
     name: str
     type: str
     options: dict
-    ports: range
+    ports: list[int]                      # every I/O port it claims
+    mmio: list[tuple[int, int]] = field(default_factory=list)   # (base, size) windows
+
+    @property
+    def port_spans(self) -> list[list[int]]:
+        """The ports as [start, stop) spans (compact, for JSON)."""
+        spans: list[list[int]] = []
+        for p in self.ports:
+            if spans and spans[-1][1] == p:
+                spans[-1][1] = p + 1
+            else:
+                spans.append([p, p + 1])
+        return spans
 
 
 @dataclass
@@ -70,6 +82,9 @@ class VmConfig:
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
+
+    def devices_of(self, dtype: str) -> list["DeviceConfig"]:
+        return [d for d in self.devices.values() if d.type == dtype]
 
 
 _TOP = {"vm", "boot", "msr", "devices"}
@@ -160,6 +175,7 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source)
     owners: dict[int, str] = {}
+    windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
         where = f"[devices.{dev_name}]"
         if not isinstance(table, dict):
@@ -183,12 +199,28 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
             if opt.minimum is not None and value < opt.minimum or opt.maximum is not None and value > opt.maximum:
                 raise ConfigError(f"{where} {key}: {value!r} is outside {opt.minimum}..{opt.maximum}")
             opts[key] = value
-        ports = port_range(dtype, opts)
+        ports = sorted(p for r in port_ranges(dtype, opts) for p in r)
         for port in ports:
             if port in owners:
                 raise ConfigError(f"{where} port: {port:#x} is already claimed by [devices.{owners[port]}]")
             owners[port] = dev_name
-        cfg.devices[dev_name] = DeviceConfig(dev_name, dtype_name, opts, ports)
+        mmio = mmio_ranges(dtype, opts)
+        for base, size in mmio:
+            if base % 0x1000:
+                raise ConfigError(f"{where} mmio: {base:#x} is not 4 KiB aligned")
+            if base < min(cfg.memory, 0xC000_0000) or base + size > 0xFEE00000 > base:
+                raise ConfigError(f"{where} mmio: {base:#x} overlaps guest RAM or the local APIC")
+            for obase, osize, other in windows:
+                if base < obase + osize and obase < base + size:
+                    raise ConfigError(f"{where} mmio: {base:#x} overlaps [devices.{other}]")
+            windows.append((base, size, dev_name))
+        cfg.devices[dev_name] = DeviceConfig(dev_name, dtype_name, opts, ports, mmio)
+    if len([d for d in cfg.devices.values() if d.type in ("ioapic", "pic", "pit", "rtc", "i8042",
+                                                           "acpi_pm", "testdev")]) != \
+            len({d.type for d in cfg.devices.values() if d.type in ("ioapic", "pic", "pit", "rtc",
+                                                                    "i8042", "acpi_pm", "testdev")}):
+        raise ConfigError("[devices]: a platform device type (ioapic, pic, pit, rtc, i8042, acpi_pm, "
+                          "testdev) may appear only once")
     return cfg
 
 
@@ -200,13 +232,16 @@ def to_json(cfg: VmConfig) -> dict:
         "boot_kind": cfg.boot_kind, "image": str(cfg.image), "load_address": cfg.load_address,
         "entry": cfg.entry, "unknown_msr": cfg.unknown_msr,
         "source": str(cfg.source) if cfg.source else None,
-        "devices": {n: {"type": d.type, "options": d.options, "ports": [d.ports.start, d.ports.stop]}
+        "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
+                        "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
     }
 
 
 def from_json(data: dict) -> VmConfig:
-    devices = {n: DeviceConfig(n, d["type"], d["options"], range(*d["ports"]))
+    devices = {n: DeviceConfig(n, d["type"], d["options"],
+                               [p for a, b in d["ports"] for p in range(a, b)],
+                               [tuple(w) for w in d.get("mmio", [])])
                for n, d in data["devices"].items()}
     return VmConfig(name=data["name"], cpus=data["cpus"], memory=data["memory"], accel=data["accel"],
                     boot_kind=data["boot_kind"], image=Path(data["image"]),

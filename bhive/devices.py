@@ -3,6 +3,11 @@
 One entry per device type.  `bhive.config` validates a VM's `[devices.*]`
 tables against it, and `bhive.devices_worker` builds the model from it, so
 a new device is added here once.
+
+A device claims I/O ports (`port_count` consecutive ports from its `port`
+option, plus `fixed_ports` that the PC puts at fixed addresses, e.g. the
+slave PIC at 0xA0 and the ELCR at 0x4D0) and MMIO windows (`mmio_size`
+bytes from its `mmio` option).  Overlaps are config errors.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ class Option:
 @dataclass(frozen=True)
 class DeviceType:
     name: str
-    port_count: int                     # consecutive I/O ports from `port`
+    port_count: int                     # consecutive I/O ports from `port` (0: `iosize`)
     options: dict[str, Option] = field(default_factory=dict)
+    fixed_ports: tuple = ()             # (first, count) claimed whatever `port` says
+    mmio_size: int = 0                  # bytes of MMIO from the `mmio` option
+    irq_controller: bool = False        # receives IrqLineLevel messages
 
 
 # Keys every device table accepts.
@@ -32,6 +40,11 @@ COMMON_OPTIONS = {
     "restart": Option(str, "always", choices=("always", "never")),
     "max_restarts": Option(int, 10, minimum=0, maximum=1000),
 }
+
+IOAPIC_BASE = 0xFEC00000
+ACPI_PM_BASE = 0x600          # PM1a_EVT_BLK; PM1a_CNT_BLK +4; PM_TMR_BLK +8 (the FADT says so)
+TESTDEV_IRQ_BASE = 0x2000     # pc-testdev: 0x2000 + n drives line n
+TESTDEV_LINES = 24
 
 DEVICE_TYPES: dict[str, DeviceType] = {
     "uart": DeviceType("uart", 8, {
@@ -43,10 +56,58 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "port": Option(int, 0xF4, minimum=0, maximum=0xFFFF),
         "iosize": Option(int, 4, choices=(1, 2, 4)),
     }),
+    # Intel 82093AA, 24 pins; GSI n = pin n.  Its MSIs go to the vCPU processes.
+    "ioapic": DeviceType("ioapic", 0, {
+        "mmio": Option(int, IOAPIC_BASE, minimum=0xFEC00000, maximum=0xFEDFF000),
+        "id": Option(int, 0, minimum=0, maximum=15),
+    }, mmio_size=0x1000, irq_controller=True),
+    # Master 8259A at `port` (0x20), slave at 0xA0, PIIX ELCR at 0x4D0.
+    "pic": DeviceType("pic", 2, {
+        "port": Option(int, 0x20, choices=(0x20,)),
+    }, fixed_ports=((0xA0, 2), (0x4D0, 2)), irq_controller=True),
+    # 8254 at 0x40-0x43 (OUT0 drives IRQ0), port B at 0x61.
+    "pit": DeviceType("pit", 4, {
+        "port": Option(int, 0x40, choices=(0x40,)),
+        "irq": Option(int, 0, minimum=0, maximum=23),
+    }, fixed_ports=((0x61, 1),)),
+    "rtc": DeviceType("rtc", 2, {
+        "port": Option(int, 0x70, minimum=0, maximum=0xFFFE),
+        "irq": Option(int, 8, minimum=0, maximum=23),
+    }),
+    # Keyboard controller: data 0x60, status/command 0x64; 0xFE resets the VM.
+    "i8042": DeviceType("i8042", 1, {
+        "port": Option(int, 0x60, choices=(0x60,)),
+        "irq": Option(int, 1, minimum=0, maximum=23),
+    }, fixed_ports=((0x64, 1),)),
+    # ACPI PM1a event/control blocks and the PM timer (12 ports from `port`).
+    "acpi_pm": DeviceType("acpi_pm", 12, {
+        "port": Option(int, ACPI_PM_BASE, minimum=0x100, maximum=0xFFF0),
+        "sci": Option(int, 9, minimum=0, maximum=23),
+    }),
+    # pc-testdev's IRQ convention: OUT 1/0 to 0x2000+n raises/lowers line n.
+    "testdev": DeviceType("testdev", TESTDEV_LINES, {
+        "port": Option(int, TESTDEV_IRQ_BASE, minimum=0, maximum=0xFFFF - TESTDEV_LINES),
+    }),
 }
 
 
+def port_ranges(dtype: DeviceType, opts: dict) -> list[range]:
+    """The I/O port ranges a configured device claims."""
+    out = []
+    if "port" in opts:
+        count = dtype.port_count or opts.get("iosize", 1)
+        out.append(range(opts["port"], opts["port"] + count))
+    out += [range(first, first + count) for first, count in dtype.fixed_ports]
+    return out
+
+
 def port_range(dtype: DeviceType, opts: dict) -> range:
-    """The I/O ports a configured device claims."""
-    count = dtype.port_count or opts.get("iosize", 1)
-    return range(opts["port"], opts["port"] + count)
+    """The main I/O port range (kept for callers that want one range)."""
+    return port_ranges(dtype, opts)[0]
+
+
+def mmio_ranges(dtype: DeviceType, opts: dict) -> list[tuple[int, int]]:
+    """The MMIO windows (base, size) a configured device claims."""
+    if dtype.mmio_size and "mmio" in opts:
+        return [(opts["mmio"], dtype.mmio_size)]
+    return []

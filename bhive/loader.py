@@ -70,6 +70,24 @@ def real_mode_state(entry: int) -> BootState:
     return state
 
 
+def place_firmware(cfg: VmConfig, ram: memoryview) -> list[tuple[int, int]]:
+    """ACPI and MP tables for a VM with an IOAPIC; returns the (gpa, size) written."""
+    from .firmware import tables
+    ioapics = [d for d in cfg.devices.values() if d.type == "ioapic"]
+    if not ioapics:
+        return []
+    pm = [d for d in cfg.devices.values() if d.type == "acpi_pm"]
+    plat = tables.Platform(cpus=cfg.cpus, ioapic_addr=ioapics[0].options["mmio"],
+                           ioapic_id=ioapics[0].options["id"],
+                           pm_base=pm[0].options["port"] if pm else 0x600,
+                           reset_via_i8042=any(d.type == "i8042" for d in cfg.devices.values()))
+    written = []
+    for gpa, blob in tables.build(plat):
+        ram[gpa:gpa + len(blob)] = blob
+        written.append((gpa, len(blob)))
+    return written
+
+
 def load(cfg: VmConfig, ram: memoryview) -> BootState:
     """Copy the image into `ram` (the whole shared RAM mapping)."""
     data = image_bytes(cfg)
@@ -78,5 +96,6 @@ def load(cfg: VmConfig, ram: memoryview) -> BootState:
         if end > min(cfg.memory, LOW_MEMORY_TOP):
             raise ConfigError(f"[boot] image: {len(data)} bytes at {cfg.load_address:#x} do not fit in RAM")
         ram[cfg.load_address:end] = data
+        place_firmware(cfg, ram)
         return real_mode_state(cfg.entry)
     raise ConfigError(f"[boot] kind: {cfg.boot_kind!r} is not supported")

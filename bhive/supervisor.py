@@ -94,6 +94,7 @@ class Supervisor:
         self.reason = ""
         self.stop_requested = False
         self.halted: set[str] = set()
+        self.lost_cpus: set[str] = set()       # vCPUs killed from outside (SIGKILL)
         self.all_halted_at: float | None = None
         self.rings: list[tuple[str, ConsoleRing, list[int]]] = []
         self.escape_pending = False
@@ -227,9 +228,14 @@ class Supervisor:
             self.finish(ev.status or STATUS_INTERNAL, f"{ev.source}: {ev.detail}")
         elif ev.kind == "suspended":
             self.finish(STATUS_STOPPED, f"guest {ev.detail}")
+        elif ev.kind == "reset":
+            # No reboot (like QEMU -no-reboot): a reset ends the VM, saying so.
+            self.finish(STATUS_STOPPED, f"guest reset: {ev.detail}")
+        elif ev.kind == "poweroff":
+            self.finish(STATUS_STOPPED, f"guest powered off: {ev.detail}")
         elif ev.kind == "halted":
             self.halted.add(ev.source)
-            if len(self.halted) == self.cfg.cpus and self.all_halted_at is None:
+            if len(self.halted | self.lost_cpus) >= self.cfg.cpus and self.all_halted_at is None:
                 # Not final yet: the device write that preceded the HLT (e.g.
                 # isa-debug-exit) reports on another socket and may arrive
                 # a little later; it must win.
@@ -253,7 +259,18 @@ class Supervisor:
             self.log("died", role=proc.role, pid=proc.pid, status=code)
             if proc.kind == "vcpu":
                 proc.state = "exited" if code == 0 else "failed"
-                if self.status is None:
+                if code == -signal.SIGKILL and len(self.lost_cpus) + 1 < self.cfg.cpus:
+                    # `bhive kill VM vcpuN` (or the OOM killer): the CPU is
+                    # gone, as if it had failed in hardware.  The VM goes on
+                    # with the others; interrupts aimed at it are dropped and
+                    # counted by the senders, which never wait for it.  A
+                    # vCPU that exits with a status (crash, guest fault)
+                    # still ends the VM below.
+                    self.lost_cpus.add(proc.role)
+                    self.log("cpu-lost", role=proc.role, pid=proc.pid)
+                    if len(self.halted | self.lost_cpus) >= self.cfg.cpus and self.all_halted_at is None:
+                        self.all_halted_at = time.monotonic()
+                elif self.status is None:
                     self.finish(STATUS_INTERNAL if code not in (STATUS_GUEST_CRASH,) else code,
                                 f"{proc.role} exited with status {code}")
             elif proc.policy == "always" and proc.restarts < proc.max_restarts:

@@ -29,7 +29,7 @@ from . import accel as accel_mod
 from . import config as config_mod
 from .accel.base import ExitCode, GuestMemory, SuspendHow, VmExit, VmReg
 from .bus import schema
-from .bus.schema import Control, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VmEvent
+from .bus.schema import Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VmEvent
 from .bus.shm import SharedRegion
 from .loader import BootState, ram_slots
 from .log import EventLog
@@ -38,6 +38,7 @@ from .rundir import RunDir
 RETRY_INTERVAL_MS = 200        # an actor that does not answer by then is asked again
 GIVE_UP_AFTER_S = 30.0         # ... and after this long the VM is failed
 HEARTBEAT_INTERVAL = 1.0
+STATS_INTERVAL = 0.25          # stats-vcpuN.json refresh
 
 # Exit status conventions shared with the supervisor.
 STATUS_GUEST_CRASH = 3
@@ -89,6 +90,10 @@ class ActorClient:
         req_id, self.next_id = self.next_id, self.next_id + 1
         return self.call(MmioRequest(self.source, req_id, gpa, size, is_write, data)).data
 
+    def eoi(self, vector: int) -> None:
+        req_id, self.next_id = self.next_id, self.next_id + 1
+        self.call(EoiRequest(self.source, req_id, vector))
+
 
 class ControlThread(threading.Thread):
     """Supervisor link and MSI receiver of one vCPU process."""
@@ -107,6 +112,8 @@ class ControlThread(threading.Thread):
         self.events = ctx.socket(zmq.PAIR)
         self.events.bind(f"inproc://events-{worker.role}")
         self.msis = 0
+        self.vectors: dict[str, int] = {}     # "source;vector;mode" -> MSIs injected by this process
+        self.last_stats = 0.0
 
     def run(self) -> None:
         w = self.worker
@@ -121,10 +128,13 @@ class ControlThread(threading.Thread):
                 self.ctl.send(schema.encode(Heartbeat(w.role, os.getpid(),
                                                       {**w.vcpu.stats(), "msis": self.msis})))
                 next_beat = now + HEARTBEAT_INTERVAL
+            if now - self.last_stats >= STATS_INTERVAL:
+                self.write_stats()
             for sock, _ in poller.poll(int((next_beat - now) * 1000) + 1):
                 raw = sock.recv()
                 if sock is self.events:
                     if raw == b"":
+                        self.write_stats()
                         return
                     self.ctl.send(raw)
                     continue
@@ -136,8 +146,31 @@ class ControlThread(threading.Thread):
                 if isinstance(msg, Msi):
                     self.msis += 1
                     w.vm.vm_lapic_msi(msg.addr, msg.data)
+                    key = f"{msg.source};{msg.data & 0xFF};{self._kind(msg.addr, msg.data)}"
+                    self.vectors[key] = self.vectors.get(key, 0) + 1
                 elif isinstance(msg, Control) and msg.command == "stop":
                     w.request_stop()
+
+
+    def _kind(self, addr: int, data: int) -> str:
+        """'self' when the MSI names this vCPU physically, else how it is addressed."""
+        if (data >> 8) & 7 == 7:
+            return "extint"
+        if addr & 4:
+            return "logical"
+        dest = (addr >> 12) & 0xFF
+        return "self" if dest == self.worker.vcpuid else ("broadcast" if dest == 0xFF else f"apic{dest}")
+
+    def write_stats(self) -> None:
+        """Per-vector counts of the MSIs this process injected (bhive stats)."""
+        self.last_stats = time.monotonic()
+        w = self.worker
+        try:
+            w.rundir.write_json(f"stats-{w.role}.json", {
+                "role": w.role, "cpu": w.vcpuid, "msis": self.msis, "vectors": dict(self.vectors),
+                "level_eois": dict(w.level_eois)})
+        except OSError:
+            pass
 
 
 class VcpuWorker:
@@ -169,8 +202,22 @@ class VcpuWorker:
                     self.ctx, rundir.endpoint(dev.name), dev.name, self.role)
             for port in dev.ports:
                 self.port_owner[port] = client
+        # MMIO map: (base, end, client) for every device window (IOAPIC ...).
+        self.mmio_windows: list[tuple[int, int, ActorClient]] = []
+        for dev in self.cfg.devices.values():
+            for base, size in dev.mmio:
+                self.mmio_windows.append((base, base + size, self._client(dev.name)))
+        self.eoi_client = next((self._client(d.name) for d in self.cfg.devices.values()
+                                if d.type == "ioapic"), None)
+        self.level_eois: dict[int, int] = {}
         self.unclaimed_seen: set[int] = set()
         self.latency = self._latency_log()
+
+    def _client(self, name: str) -> ActorClient:
+        client = self.clients.get(name)
+        if client is None:
+            client = self.clients[name] = ActorClient(self.ctx, self.rundir.endpoint(name), name, self.role)
+        return client
 
     def _latency_log(self):
         """Optional exit round-trip samples (ns), for `make bench`."""
@@ -202,11 +249,27 @@ class VcpuWorker:
         self.vcpu.vm_complete_inout(ex, value)
 
     def handle_mmio(self, ex: VmExit) -> None:
+        for base, end, client in self.mmio_windows:
+            if base <= ex.gpa < end:
+                value = client.mmio(ex.gpa, ex.size, ex.is_write, ex.data if ex.is_write else 0)
+                self.vcpu.vm_complete_mmio(ex, value)
+                return
         if ex.gpa not in self.unclaimed_seen:
             self.unclaimed_seen.add(ex.gpa)
             self.log("unclaimed-mmio", gpa=ex.gpa, size=ex.size, write=ex.is_write)
         value = 0 if ex.is_write else (1 << (8 * ex.size)) - 1
         self.vcpu.vm_complete_mmio(ex, value)
+
+    def handle_eoi(self, ex: VmExit) -> None:
+        """A level-triggered vector was EOId: the IOAPIC clears Remote IRR.
+
+        Acknowledged rather than posted: the request is retried with the
+        same id until the IOAPIC (possibly restarted) confirms it, so an
+        EOI is never lost and never applied twice; a lost one would leave
+        the pin blocked for good."""
+        self.level_eois[ex.vector] = self.level_eois.get(ex.vector, 0) + 1
+        if self.eoi_client is not None:
+            self.eoi_client.eoi(ex.vector)
 
     def handle_msr(self, ex: VmExit) -> None:
         # Policy for MSRs the accelerator does not implement (seed bug #1:
@@ -274,6 +337,8 @@ class VcpuWorker:
                 self.handle_mmio(ex)
             elif code == ExitCode.BOGUS:
                 continue
+            elif code == ExitCode.IOAPIC_EOI:
+                self.handle_eoi(ex)
             elif code in (ExitCode.RDMSR, ExitCode.WRMSR):
                 self.handle_msr(ex)
             elif code == ExitCode.HLT:

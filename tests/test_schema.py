@@ -17,6 +17,8 @@ SAMPLES = [
     Msi(0xFEE03000, 0x4031, "ioapic"),
     IrqLineLevel("uart", 4, True),
     Eoi("vcpu1", 0x31),
+    schema.EoiRequest("vcpu1", 7, 0x31),
+    schema.PicOutput("ioapic", False),
     InitSipi(2, "sipi", 0x08),
     Control("stop"),
     Hello("uart", 1234, True),

@@ -34,6 +34,8 @@ class MsgType(enum.IntEnum):
     CONSOLE_INPUT = 12
     VM_EVENT = 13
     ACK = 14
+    EOI_REQUEST = 15
+    PIC_OUTPUT = 16
 
 
 class SchemaError(ValueError):
@@ -149,6 +151,31 @@ class Eoi:
     TYPE: ClassVar[MsgType]
     source: str
     vector: int
+
+
+@message(MsgType.EOI_REQUEST)
+class EoiRequest:
+    """vCPU -> IOAPIC actor: the local APIC EOId level-triggered `vector`.
+
+    Acknowledged (Ack), and applied exactly once like a PIO request: a lost
+    EOI would leave Remote IRR set and the pin dead for good, so it is
+    retried with the same id across an IOAPIC restart."""
+
+    TYPE: ClassVar[MsgType]
+    source: str
+    req_id: int
+    vector: int
+
+
+@message(MsgType.PIC_OUTPUT)
+class PicOutput:
+    """IOAPIC actor -> PIC actor: whether the PIC's INTR may be delivered
+    as ExtINT (only while every IOAPIC RTE is masked, i.e. the guest is
+    in PIC mode).  Posted; sent on every change and after a restart."""
+
+    TYPE: ClassVar[MsgType]
+    source: str
+    enabled: bool
 
 
 @message(MsgType.INIT_SIPI)

@@ -1,0 +1,1 @@
+"""Firmware tables bhive writes into guest RAM: ACPI and the MP table."""

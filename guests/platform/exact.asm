@@ -1,0 +1,4 @@
+; exact: see irqcore.asm
+%define MODE MODE_EXACT
+
+%include "irqcore.asm"

@@ -1,0 +1,4 @@
+; lost: see irqcore.asm
+%define MODE MODE_LOST
+
+%include "irqcore.asm"

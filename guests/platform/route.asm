@@ -1,0 +1,4 @@
+; route: see irqcore.asm
+%define MODE MODE_ROUTE
+
+%include "irqcore.asm"

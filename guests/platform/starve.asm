@@ -1,0 +1,4 @@
+; starve: see irqcore.asm
+%define MODE MODE_STARVE
+
+%include "irqcore.asm"

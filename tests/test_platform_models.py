@@ -1,0 +1,90 @@
+"""i8042, ACPI PM and pc-testdev models driven directly."""
+
+from __future__ import annotations
+
+from bhive.actors import acpi_pm as pm
+from bhive.actors import i8042 as kbc
+from bhive.actors import testdev
+
+
+class Line:
+    def __init__(self):
+        self.levels = []
+
+    def set_level(self, level):
+        self.levels.append(bool(level))
+
+
+def test_i8042_reset_values_self_test_and_reset_line():
+    resets = []
+    dev = kbc.I8042(reset=lambda: resets.append(1))
+    assert dev.read(kbc.COMMAND, 1) & kbc.STS_OBF == 0
+    dev.write(kbc.COMMAND, 1, kbc.CMD_READ_CB)
+    assert dev.read(kbc.COMMAND, 1) & kbc.STS_OBF
+    assert dev.read(kbc.DATA, 1) == kbc.CB_RESET
+    dev.write(kbc.COMMAND, 1, kbc.CMD_SELF_TEST)
+    assert dev.read(kbc.DATA, 1) == kbc.SELF_TEST_OK
+    dev.write(kbc.DATA, 1, 0xFF)                     # keyboard reset: ACK, BAT passed
+    assert [dev.read(kbc.DATA, 1), dev.read(kbc.DATA, 1)] == [kbc.KBD_ACK, kbc.KBD_BAT_OK]
+    assert not resets
+    dev.write(kbc.COMMAND, 1, 0xFE)
+    assert resets == [1]
+    dev.write(kbc.COMMAND, 1, kbc.CMD_WRITE_OUTPORT)
+    dev.write(kbc.DATA, 1, 0x02)                      # reset line low
+    assert resets == [1, 1]
+    again = kbc.I8042.from_state(dev.state())
+    assert again.state() == dev.state()
+
+
+def test_i8042_irq1_follows_the_output_buffer():
+    line = Line()
+    dev = kbc.I8042(kbd_irq=line)
+    dev.write(kbc.DATA, 1, 0xF4)
+    assert line.levels == [True]
+    dev.read(kbc.DATA, 1)
+    assert line.levels == [True, False]
+
+
+def test_acpi_pm_timer_counts_at_3_579545_mhz_and_wraps_at_24_bits():
+    now = [1_000_000_000]
+    dev = pm.AcpiPm(clock=lambda: now[0])
+    assert dev.read(pm.PM_TMR, 4) == 0
+    now[0] += 1_000_000_000
+    assert dev.read(pm.PM_TMR, 4) == pm.PM_TIMER_HZ & pm.TMR_MASK
+    assert dev.read(pm.PM1_CNT, 2) & pm.CNT_SCI_EN     # no SMI_CMD: ACPI always enabled
+    assert not dev.read(pm.PM1_STS, 2) & pm.STS_TMR    # bit 23 toggles after 2**23 ticks (2.34 s)
+    now[0] += 2_000_000_000
+    assert dev.read(pm.PM_TMR, 4) == (3 * pm.PM_TIMER_HZ) & pm.TMR_MASK   # wrapped
+    assert dev.read(pm.PM1_STS, 2) & pm.STS_TMR
+    dev.write(pm.PM1_STS, 2, pm.STS_TMR)               # write 1 to clear
+    assert not dev.read(pm.PM1_STS, 2) & pm.STS_TMR
+
+
+def test_acpi_pm_sci_and_s5_poweroff():
+    now = [0]
+    sci, off = Line(), []
+    dev = pm.AcpiPm(clock=lambda: now[0], sci=sci, poweroff=lambda: off.append(1))
+    dev.write(pm.PM1_EN, 2, pm.EN_TMR)
+    deadline = dev.next_event_ns()
+    assert deadline == -(-(1 << 23) * 10**9 // pm.PM_TIMER_HZ)
+    now[0] = deadline
+    dev.advance(now[0])
+    assert sci.levels == [True]
+    dev.write(pm.PM1_STS, 2, pm.STS_TMR)
+    assert sci.levels == [True, False]
+    dev.write(pm.PM1_CNT, 2, (pm.S5_SLP_TYP << pm.CNT_SLP_TYP_SHIFT) | pm.CNT_SLP_EN)
+    assert off == [1]
+    assert pm.AcpiPm.from_state(dev.state(), clock=lambda: now[0]).state() == dev.state()
+
+
+def test_testdev_ports_raise_and_lower_line_n():
+    lines = [Line() for _ in range(testdev.NUM_LINES)]
+    dev = testdev.TestDev(lines)
+    dev.write(14, 1, 1)
+    dev.write(14, 1, 0)
+    dev.write(3, 1, 1)
+    assert lines[14].levels == [True, False] and lines[3].levels == [True]
+    assert dev.read(3, 1) == 1 and dev.read(14, 1) == 0
+    dev.write(40, 1, 1)                                 # outside the 24 lines: logged, ignored
+    assert dev.read(40, 1) == 0xFF
+    assert testdev.TestDev.from_state(dev.state()).levels == 1 << 3
