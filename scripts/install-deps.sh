@@ -4,6 +4,7 @@
 #   nasm, a C compiler, make, venv + Python headers  build softvmm and test guests
 #   cpio, dpkg-deb, zstd, debian-archive-keyring     the guest kit (Debian kernels, busybox)
 #   qemu-system-x86                                  the peer: QEMU TCG, for comparisons
+#   acpica-tools                                     iasl, to check our ACPI tables
 set -euo pipefail
 
 need=()
@@ -21,6 +22,7 @@ command -v zstd >/dev/null || need+=(zstd)
 # bookworm's debian-archive-keyring >= 2023.3+deb12u2 carries trixie's key
 [ -e /usr/share/keyrings/debian-archive-trixie-automatic.gpg ] || need+=(debian-archive-keyring)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v iasl >/dev/null || need+=(acpica-tools)   # disassembles our DSDT in tests
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"

@@ -115,7 +115,6 @@ def test_e820_reuses_the_linux_loader_and_reserves_the_firmware():
                for e in entries)
 
 
-@pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (acpica-tools) is not installed")
 def test_dsdt_disassembles_with_iasl(tmp_path):
     dsdt = t.dsdt()
     (tmp_path / "dsdt.dat").write_bytes(dsdt)
