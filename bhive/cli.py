@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import supervisor as sup_mod
-from .rundir import RunDir, all_vms, pid_alive
+from .rundir import RunDir, all_vms
 
 
 def error(msg: str, status: int = 2) -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
 
 GREETING = re.compile(rb"Hello from bhive vCPU (\d+) of (\d+)\r?\n")
 
