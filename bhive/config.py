@@ -78,6 +78,7 @@ class VmConfig:
     entry: int
     unknown_msr: str
     devices: dict[str, DeviceConfig] = field(default_factory=dict)
+    exit_transport: str = "shm"
     source: Path | None = None
 
     def port_owners(self) -> dict[int, str]:
@@ -88,7 +89,13 @@ class VmConfig:
 
 
 _TOP = {"vm", "boot", "msr", "devices"}
-_VM_KEYS = {"name", "cpus", "memory", "accel"}
+_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport"}
+# How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
+# of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
+# for comparison and debugging).  Either is safe because a device's IRQ line
+# change is acknowledged by the controllers before the access that caused it
+# completes (bhive.devices_worker.IrqBus).
+EXIT_TRANSPORTS = ("shm", "zmq")
 _BOOT_KEYS = {"kind", "image", "load_address", "entry"}
 _MSR_KEYS = {"unknown"}
 
@@ -167,13 +174,16 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     if not 0 <= entry < 0x100000:
         raise ConfigError(f"[boot] entry: {entry:#x} is not reachable in real mode (below 1M)")
 
+    exit_transport = _typed(vm.get("exit_transport", "shm"), str, "[vm] exit_transport")
+    if exit_transport not in EXIT_TRANSPORTS:
+        raise ConfigError(f"[vm] exit_transport: {exit_transport!r} is not one of {', '.join(EXIT_TRANSPORTS)}")
     unknown_msr = _typed(msr.get("unknown", "gp"), str, "[msr] unknown")
     if unknown_msr not in MSR_POLICIES:
         raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
 
     cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind,
                    image=image, load_address=load_address, entry=entry,
-                   unknown_msr=unknown_msr, source=source)
+                   unknown_msr=unknown_msr, source=source, exit_transport=exit_transport)
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -230,7 +240,7 @@ def to_json(cfg: VmConfig) -> dict:
     return {
         "name": cfg.name, "cpus": cfg.cpus, "memory": cfg.memory, "accel": cfg.accel,
         "boot_kind": cfg.boot_kind, "image": str(cfg.image), "load_address": cfg.load_address,
-        "entry": cfg.entry, "unknown_msr": cfg.unknown_msr,
+        "entry": cfg.entry, "unknown_msr": cfg.unknown_msr, "exit_transport": cfg.exit_transport,
         "source": str(cfg.source) if cfg.source else None,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
@@ -247,4 +257,5 @@ def from_json(data: dict) -> VmConfig:
                     boot_kind=data["boot_kind"], image=Path(data["image"]),
                     load_address=data["load_address"], entry=data["entry"],
                     unknown_msr=data["unknown_msr"], devices=devices,
+                    exit_transport=data["exit_transport"],
                     source=Path(data["source"]) if data["source"] else None)

@@ -32,6 +32,7 @@ class DeviceType:
     fixed_ports: tuple = ()             # (first, count) claimed whatever `port` says
     mmio_size: int = 0                  # bytes of MMIO from the `mmio` option
     irq_controller: bool = False        # receives IrqLineLevel messages
+    posted_writes: bool = False         # port writes need no completion: the vCPU goes on at once
 
 
 # Keys every device table accepts.
@@ -47,11 +48,13 @@ TESTDEV_IRQ_BASE = 0x2000     # pc-testdev: 0x2000 + n drives line n
 TESTDEV_LINES = 24
 
 DEVICE_TYPES: dict[str, DeviceType] = {
+    # Posted writes: THR output needs no answer, and the LSR read that
+    # paces it comes after the writes on the same channel.
     "uart": DeviceType("uart", 8, {
         "port": Option(int, 0x3F8, minimum=0, maximum=0xFFF8),
         "irq": Option(int, 4, minimum=0, maximum=23),
         "console": Option(bool, True),
-    }),
+    }, posted_writes=True),
     "debug_exit": DeviceType("debug_exit", 0, {
         "port": Option(int, 0xF4, minimum=0, maximum=0xFFFF),
         "iosize": Option(int, 4, choices=(1, 2, 4)),

@@ -38,27 +38,65 @@ from .rundir import RunDir
 
 class IrqBus:
     """This actor's connection to the interrupt-controller actors: one
-    DEALER per controller, shared by all of the actor's lines."""
+    DEALER per controller, shared by all of the actor's lines.
+
+    A line change is acknowledged: `send` returns once every controller
+    has applied it, like a wire, so the guest access that caused it cannot
+    complete first and be overtaken by the guest's next exit (e.g. an RTE
+    write reaching the IOAPIC before an earlier pulse).  The wait is
+    bounded: a controller that is down is retried for LINE_ACK_GIVE_UP
+    seconds, then the change is logged as unacknowledged (the controller
+    re-reads its committed input levels when it restarts).  Controllers
+    never wait on devices or vCPUs, so there is no cycle to deadlock on.
+    """
+
+    RETRY_S = 0.1
+    LINE_ACK_GIVE_UP = 2.0
 
     def __init__(self, runtime: ActorRuntime, controllers: list[str]):
         self.runtime = runtime
         self.sockets = []
         self.dropped = 0
+        self.seq = 0
         for role in controllers:
             sock = runtime.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 20)
             sock.connect(runtime.rundir.endpoint(role))
             self.sockets.append(sock)
 
-    def send(self, line: int, level: bool) -> None:
-        raw = schema.encode(IrqLineLevel(self.runtime.role, line, level))
+    def send(self, line: int, level: bool, wait: bool = True) -> None:
+        """Drive `line`; with wait=False the ack is collected by the next send
+        on the same sockets (a pulse: up, then down and wait)."""
+        self.seq += 1
+        raw = schema.encode(IrqLineLevel(self.runtime.role, self.seq, line, level))
         for sock in self.sockets:
             try:
                 sock.send(raw, zmq.NOBLOCK)
             except zmq.Again:
                 self.dropped += 1
                 self.runtime.log("irq-dropped", line=line, level=level)
+        if wait:
+            for sock in self.sockets:
+                self._await_ack(sock, raw, self.seq, line)
+
+    def _await_ack(self, sock, raw: bytes, seq: int, line: int) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < self.LINE_ACK_GIVE_UP:
+            if sock.poll(int(self.RETRY_S * 1000)):
+                try:
+                    reply = schema.decode(sock.recv())
+                except schema.SchemaError:
+                    continue
+                if isinstance(reply, Ack) and reply.req_id >= seq:
+                    return
+                continue                  # an older ack
+            try:
+                sock.send(raw, zmq.NOBLOCK)   # the controller may have restarted
+            except zmq.Again:
+                pass
+        self.runtime.log("irq-unacknowledged", line=line, seq=seq)
 
 
 class BusIrqLine:
@@ -84,8 +122,11 @@ class BusIrqLine:
 
     def pulse(self) -> None:
         """An edge: up then down (the PIT's OUT0 as edge-triggered inputs see it)."""
-        self.set_level(True)
-        self.set_level(False)
+        if self.level:
+            self.set_level(False)
+        self.bus.send(self.line, True, wait=False)
+        self.bus.send(self.line, False)
+        self.level = False
 
     def resend(self) -> None:
         self.bus.send(self.line, self.level)

@@ -35,7 +35,7 @@ import zmq
 from . import accel as accel_mod
 from . import config as config_mod
 from . import loader
-from .bus import schema
+from .bus import channel, schema
 from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VmEvent
 from .bus.shm import ConsoleRing, SharedRegion
 from .log import EventLog
@@ -90,6 +90,7 @@ class Supervisor:
         self.console_out = console_out          # binary stream or None
         self.console_in_fd = console_in_fd
         self.procs: dict[str, Proc] = {}
+        self.fds: dict[str, int] = {}
         self.status: int | None = None
         self.reason = ""
         self.stop_requested = False
@@ -125,6 +126,7 @@ class Supervisor:
             if dev.type == "uart" and dev.options["console"]:
                 ring = ConsoleRing(self.rundir.shm / f"{dev.name}.console", create=True)
                 self.rings.append((dev.name, ring, [0]))
+        self.fds = self._create_channels()
         self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
         self.rundir.write_json("supervisor.json", {
             "pid": os.getpid(), "name": self.cfg.name, "state": "starting", "started": time.time(),
@@ -139,12 +141,29 @@ class Supervisor:
             self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
                                           [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
 
+    def _create_channels(self) -> dict[str, int]:
+        """Shared-memory exit channels, one per (vCPU, device that owns
+        ports or MMIO), and their eventfd doorbells.  The supervisor keeps
+        the doorbells open, so a restarted actor inherits the same ones."""
+        if self.cfg.exit_transport != "shm":
+            return {}
+        fds = {channel.wake_name(f"vcpu{i}"): channel.eventfd() for i in range(self.cfg.cpus)}
+        for dev in self.cfg.devices.values():
+            if not (dev.ports or dev.mmio):
+                continue
+            fds[channel.doorbell_name(dev.name)] = channel.eventfd()
+            for i in range(self.cfg.cpus):
+                channel.create(self.rundir.shm / channel.channel_file(dev.name, f"vcpu{i}"))
+        return fds
+
     def spawn(self, proc: Proc) -> None:
         err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[channel.ENV_FDS] = channel.encode_fds(self.fds)
         proc.popen = subprocess.Popen(proc.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                      preexec_fn=_die_with_parent, env=env, close_fds=True)
+                                      preexec_fn=_die_with_parent, env=env, close_fds=True,
+                                      pass_fds=tuple(self.fds.values()))
         err.close()
         proc.state = "starting"
         proc.started = proc.heartbeat = time.monotonic()
@@ -431,7 +450,10 @@ def kill_actor(name: str, role: str) -> int:
         if row["role"] == role:
             if row["kind"] == "supervisor":
                 raise LookupError("use `bhive stop` to stop the supervisor")
-            os.kill(row["pid"], signal.SIGKILL)
+            try:
+                os.kill(row["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                raise LookupError(f"{role} of VM {name!r} is not running (pid {row['pid']} is gone)") from None
             return row["pid"]
     raise LookupError(f"VM {name!r} has no actor {role!r}")
 

@@ -28,9 +28,10 @@ import zmq
 from . import accel as accel_mod
 from . import config as config_mod
 from .accel.base import ExitCode, GuestMemory, SuspendHow, VmExit, VmReg
-from .bus import schema
+from .bus import channel, schema
 from .bus.schema import Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VmEvent
 from .bus.shm import SharedRegion
+from .devices import DEVICE_TYPES
 from .loader import BootState, ram_slots
 from .log import EventLog
 from .rundir import RunDir
@@ -93,6 +94,42 @@ class ActorClient:
     def eoi(self, vector: int) -> None:
         req_id, self.next_id = self.next_id, self.next_id + 1
         self.call(EoiRequest(self.source, req_id, vector))
+
+
+class ChannelActorClient(ActorClient):
+    """Port and MMIO exits through the shared-memory channel to the actor
+    (`bhive.bus.channel`); other requests (EOI) still go over ZeroMQ.
+
+    Reads wait for their answer; writes wait for completion unless the
+    device declares them posted (`DeviceType.posted_writes`): a write whose
+    effect another actor may depend on (an IOAPIC RTE, then a line raised
+    through a different device) must be applied before the vCPU goes on.
+    Either way the record is durable in shared memory: an actor that dies
+    applies it after its restart, exactly once.
+    """
+
+    def __init__(self, ctx, endpoint, role, source, chan: channel.ChannelClient, posted_writes: bool):
+        super().__init__(ctx, endpoint, role, source)
+        self.chan = chan
+        self.posted_writes = posted_writes
+
+    def _send(self, msg) -> int:
+        try:
+            if not msg.is_write:
+                return self.chan.call(msg)
+            if self.posted_writes:
+                self.chan.post(msg)
+            else:
+                self.chan.complete(msg)
+            return 0
+        except channel.ChannelError as exc:
+            raise ActorUnavailable(f"actor {self.role}: {exc}") from None
+
+    def pio(self, port: int, size: int, is_write: bool, data: int) -> int:
+        return self._send(PioRequest(self.source, 0, port, size, is_write, data))
+
+    def mmio(self, gpa: int, size: int, is_write: bool, data: int) -> int:
+        return self._send(MmioRequest(self.source, 0, gpa, size, is_write, data))
 
 
 class ControlThread(threading.Thread):
@@ -195,11 +232,9 @@ class VcpuWorker:
         # Port map: one slot per I/O port, each the client of the owning actor.
         self.clients: dict[str, ActorClient] = {}
         self.port_owner: list[ActorClient | None] = [None] * 0x10000
+        self.fds = channel.inherited_fds()
         for dev in self.cfg.devices.values():
-            client = self.clients.get(dev.name)
-            if client is None:
-                client = self.clients[dev.name] = ActorClient(
-                    self.ctx, rundir.endpoint(dev.name), dev.name, self.role)
+            client = self._client(dev.name)
             for port in dev.ports:
                 self.port_owner[port] = client
         # MMIO map: (base, end, client) for every device window (IOAPIC ...).
@@ -216,7 +251,17 @@ class VcpuWorker:
     def _client(self, name: str) -> ActorClient:
         client = self.clients.get(name)
         if client is None:
-            client = self.clients[name] = ActorClient(self.ctx, self.rundir.endpoint(name), name, self.role)
+            door = self.fds.get(channel.doorbell_name(name))
+            if door is None:   # exit_transport = "zmq", or a device without ports/MMIO
+                client = ActorClient(self.ctx, self.rundir.endpoint(name), name, self.role)
+            else:
+                dev = self.cfg.devices[name]
+                client = ChannelActorClient(
+                    self.ctx, self.rundir.endpoint(name), name, self.role,
+                    channel.ChannelClient(self.rundir.shm / channel.channel_file(name, self.role), door,
+                                          self.fds[channel.wake_name(self.role)], GIVE_UP_AFTER_S),
+                    posted_writes=DEVICE_TYPES[dev.type].posted_writes)
+            self.clients[name] = client
         return client
 
     def _latency_log(self):

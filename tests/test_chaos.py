@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import wait_for
 
-REPEAT = 150   # chatty.asm: greetings per vCPU
+REPEAT = 1500  # chatty.asm: greetings per vCPU
 
 
 def run_root() -> Path:

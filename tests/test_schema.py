@@ -15,7 +15,7 @@ SAMPLES = [
     MmioRequest("vcpu0", 1, 0xFEC00010, 4, False, 0),
     MmioResponse(1, 0xDEADBEEF),
     Msi(0xFEE03000, 0x4031, "ioapic"),
-    IrqLineLevel("uart", 4, True),
+    IrqLineLevel("uart", 9, 4, True),
     Eoi("vcpu1", 0x31),
     schema.EoiRequest("vcpu1", 7, 0x31),
     schema.PicOutput("ioapic", False),

@@ -21,7 +21,7 @@ import time
 import msgpack
 import zmq
 
-from ..bus import schema
+from ..bus import channel, schema
 from ..bus.schema import (Ack, ConsoleInput, Control, Heartbeat, Hello, IrqLineLevel,
                           MmioRequest, MmioResponse, PioRequest, PioResponse)
 from ..bus.shm import StateStore
@@ -87,14 +87,18 @@ class ActorRuntime:
         self.store = StateStore(rundir.shm / f"{role}.state")
         self.ctx = zmq.Context.instance()
         self.answered: dict[str, list] = {}   # source -> [req_id, answer]
+        # Exit channels (bhive.bus.channel): source -> [consumed, answered_id, answer]
+        self.channels: dict[str, channel.ChannelServer] = {}
+        self.channel_state: dict[str, list] = {}
+        self.doorbell: int | None = None
         self.requests = 0
         self.stopping = False
         self.device: HostedDevice | None = None
 
     # -- state ------------------------------------------------------------
     def commit(self) -> None:
-        blob = msgpack.packb({"device": self.device.state(), "answered": self.answered},
-                             use_bin_type=True)
+        blob = msgpack.packb({"device": self.device.state(), "answered": self.answered,
+                              "channels": self.channel_state}, use_bin_type=True)
         self.store.commit(blob)
         self.device.after_commit()
 
@@ -104,8 +108,56 @@ class ActorRuntime:
             return False
         saved = msgpack.unpackb(blob, raw=False, strict_map_key=False)
         self.answered = saved["answered"]
+        self.channel_state.update(saved.get("channels", {}))
         self.device.restore(saved["device"])
         return True
+
+    def _open_channels(self) -> None:
+        fds = channel.inherited_fds()
+        self.doorbell = fds.get(channel.doorbell_name(self.role))
+        if self.doorbell is None:
+            return
+        for name, fd in fds.items():
+            if not name.startswith("wake."):
+                continue
+            source = name.removeprefix("wake.")
+            path = self.rundir.shm / channel.channel_file(self.role, source)
+            if path.exists():
+                self.channels[source] = channel.ChannelServer(path, fd)
+                self.channel_state.setdefault(source, [0, 0, 0])
+
+    def _publish_channels(self, sources) -> None:
+        for source in sources:
+            consumed, answered_id, answer = self.channel_state[source]
+            self.channels[source].publish(consumed, answered_id, answer)
+
+    def _serve_channels(self) -> None:
+        """Apply every record waiting on every channel, in order; one
+        commit covers the batch, then the clients are told."""
+        channel.drain_doorbell(self.doorbell)
+        touched = []
+        dev = self.device
+        for source, server in self.channels.items():
+            st = self.channel_state[source]
+            records = server.pending(st[0])
+            if not records:
+                continue
+            for msg in records:
+                st[0] += 1
+                if isinstance(msg, PioRequest):
+                    value = dev.pio(msg.port, msg.size, msg.is_write, msg.data)
+                elif isinstance(msg, MmioRequest):
+                    value = dev.mmio(msg.gpa, msg.size, msg.is_write, msg.data)
+                else:
+                    self.log("bad-channel-record", source=source, detail=str(msg))
+                    continue
+                if not msg.is_write:
+                    st[1], st[2] = msg.req_id, value
+            self.requests += len(records)
+            touched.append(source)
+        if touched:
+            self.commit()
+            self._publish_channels(touched)
 
     # -- requests ---------------------------------------------------------
     def _apply_once(self, source: str, req_id: int, apply) -> int:
@@ -136,9 +188,9 @@ class ActorRuntime:
             taken = self._apply_once(msg.source, msg.req_id, lambda: dev.console_input(msg.data))
             return None if taken is None else Ack(msg.req_id, taken)
         if isinstance(msg, IrqLineLevel):
-            dev.irq_line(msg.source, msg.line, msg.level)
+            dev.irq_line(msg.source, msg.line, msg.level)   # a level: applying it twice is harmless
             self.commit()
-            return None
+            return Ack(msg.seq, 1)
         self.log("unexpected-message", type=type(msg).__name__)
         return None
 
@@ -154,6 +206,7 @@ class ActorRuntime:
         ctl.setsockopt_string(zmq.IDENTITY, self.role)
         ctl.connect(self.rundir.endpoint("supervisor"))
         self.device = device_factory(self)
+        self._open_channels()
         restored = self._restore()
         if restored:
             self.log("restored", commits=self.store.commits)
@@ -169,6 +222,12 @@ class ActorRuntime:
         poller = zmq.Poller()
         poller.register(server, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
+        if self.doorbell is not None:
+            # What the previous incarnation committed is final: republish it,
+            # then apply whatever was posted while no actor was running.
+            self._publish_channels(list(self.channels))
+            poller.register(self.doorbell, zmq.POLLIN)
+            self._serve_channels()
         next_beat = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
@@ -182,7 +241,9 @@ class ActorRuntime:
                 continue
             wait = next_beat - now if deadline is None else min(next_beat, deadline) - now
             for sock, _ in poller.poll(max(0, int(wait * 1000)) + 1):
-                if sock is server:
+                if sock == self.doorbell:
+                    self._serve_channels()
+                elif sock is server:
                     self._serve(server)
                 else:
                     msg = self._decode(ctl.recv())

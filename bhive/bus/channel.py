@@ -53,6 +53,31 @@ class ChannelError(RuntimeError):
     pass
 
 
+ENV_FDS = "BHIVE_FDS"   # name=fd,... of the doorbells a child inherits
+
+
+def doorbell_name(actor: str) -> str:
+    return f"door.{actor}"
+
+
+def wake_name(client: str) -> str:
+    return f"wake.{client}"
+
+
+def channel_file(actor: str, client: str) -> str:
+    return f"chan.{actor}.{client}"
+
+
+def encode_fds(fds: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(fds.items()))
+
+
+def inherited_fds() -> dict[str, int]:
+    """The doorbells the supervisor handed this process (see `encode_fds`)."""
+    text = os.environ.get(ENV_FDS, "")
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+
+
 def channel_size(capacity: int = CAPACITY) -> int:
     return HEADER + capacity * SLOT
 
@@ -133,6 +158,12 @@ class ChannelClient(_Ring):
         self.words[PUBLISHED] = index + 1
         ring(self.actor_doorbell)
         return msg.req_id
+
+    def complete(self, msg) -> None:
+        """Post a request and wait until the actor has applied it (a write
+        whose completion the guest may depend on)."""
+        req_id = self.post(msg)
+        self._wait(lambda: self.words[CONSUMED] >= req_id, "a completion")
 
     def call(self, msg) -> int:
         """Post a request and wait for its answer's value."""

@@ -134,12 +134,17 @@ class Msi:
     source: str        # the actor that sent it (for stats and logs)
 
 
-@message(MsgType.IRQ_LINE)
+@message(MsgType.IRQ_LINE, version=2)
 class IrqLineLevel:
-    """A device drives one of its lines (ISA IRQ / GSI) to a level."""
+    """A device drives one of its lines (ISA IRQ / GSI) to a level.
+
+    The controller answers with Ack(seq): a device finishes the guest access
+    that moved its line only once the controllers have applied the change,
+    so a later exit can never overtake it (a wire's causality)."""
 
     TYPE: ClassVar[MsgType]
     source: str
+    seq: int           # increases per message from `source`
     line: int
     level: bool
 

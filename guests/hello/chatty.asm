@@ -1,4 +1,4 @@
 ; The hello guest, greeting many times per vCPU: long enough to kill
 ; actors while it prints (tests/test_chaos.py).
-%define REPEAT 150
+%define REPEAT 1500
 %include "hello.asm"
