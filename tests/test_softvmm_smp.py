@@ -108,6 +108,7 @@ HALT_WAIT = """
         mov rsp, 0x80000
         mov rax, 0xfee000d0
         mov dword [rax], 0x02000000 ; LDR: logical APIC ID bit 1 (flat model)
+        mov dword [rax + 0x20], 0x1ff ; SVR: APIC software-enabled (else fixed IRQs are dropped)
         out 0x81, al                ; ready
         sti
     idle:
@@ -156,7 +157,7 @@ def _run_until_port(m, cpu, port, on_ready=None):
             assert e.code == ExitCode.BOGUS, e
 
 
-@pytest.mark.parametrize("addr", [0xFEE00000, 0xFEE02004, 0xFEEFF000],
+@pytest.mark.parametrize("addr", [0xFEE00000, 0xFEE0200C, 0xFEEFF000],   # logical needs RH+DM (bhyve)
                          ids=["physical", "logical-flat", "broadcast"])
 def test_msi_wakes_halted_vcpu_from_another_thread(addr):
     m = _halt_wait_machine()
@@ -192,6 +193,7 @@ def test_level_triggered_eoi_exits_and_tpr_masks():
     m.write(CODE, code)
     m.long_mode(0)
     setup_idt(m, 0, {0x41: CODE + code.index(bytes.fromhex("49ffc6"))})
+    m.cpus[0].lapic_write(0xF0, 0x1FF)         # SVR: software-enable the APIC
     m.vm.vm_lapic_msi(0xFEE00000, 0xC041)     # level, assert, vector 0x41
     v = m.cpus[0]
     e = v.vm_run()

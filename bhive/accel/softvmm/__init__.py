@@ -122,6 +122,22 @@ class SoftVcpu(Vcpu):
         lib.svm_stats(self._c, self._u64, self._u64 + 1)
         return {"instructions": self._u64[0], "exits": self._u64[1]}
 
+    # -- local APIC (owner thread, while the vCPU is not running) -------------------
+    def lapic_read(self, offset: int) -> int:
+        """Read the xAPIC register at `offset` (0x20 ID ... 0x3E0 DCR) as the guest would."""
+        return lib.svm_lapic_read(self._c, offset)
+
+    def lapic_write(self, offset: int, value: int) -> int | None:
+        """Write an xAPIC register as the guest would; returns the vector of a
+        level-triggered EOI (to forward to the IOAPIC) or None."""
+        r = lib.svm_lapic_write(self._c, offset, value & 0xFFFFFFFF)
+        return None if r < 0 else r
+
+    def lapic_timer_poll(self) -> int | None:
+        """Fire the LAPIC timer if due; the host TSC of its next expiry or None."""
+        r = lib.svm_lapic_timer_poll(self._c)
+        return None if r == 0xFFFFFFFFFFFFFFFF else r
+
 
 class SoftVm(Vm):
     def __init__(self, memory: GuestMemory, ncpus: int, platform_shm: int, options: dict | None):
@@ -147,6 +163,15 @@ class SoftVm(Vm):
     def vm_lapic_msi(self, addr: int, data: int) -> None:
         lib.svm_lapic_msi(self._vm, addr, data & 0xFFFFFFFF)
 
+    def vm_lapic_local_irq(self, vcpuid: int, pin: int, extint_vector: int = 0) -> None:
+        """Assert LINT0 (pin 0) or LINT1 (pin 1) of `vcpuid` (-1: every vCPU),
+        delivered as its LVT says (fixed, NMI, ExtINT with `extint_vector`)."""
+        lib.svm_lapic_local_irq(self._vm, vcpuid, pin, extint_vector)
+
+    def tsc_hz(self) -> int:
+        """Frequency of the VM's TSC (the host TSC, calibrated once per VM)."""
+        return lib.svm_tsc_hz(self._vm)
+
     def kick(self, vcpuid: int) -> None:
         """Make `vcpuid`'s vm_run return BOGUS promptly (from any thread/process)."""
         lib.svm_kick(self._vm, vcpuid)
@@ -166,6 +191,12 @@ class SoftVm(Vm):
         if self._vm is not None:
             lib.svm_vm_close(self._vm)
             self._vm = None
+
+
+def host_tsc() -> int:
+    """The host TSC: the clock a guest's RDTSC reads in every vCPU process."""
+    _require()
+    return lib.svm_host_tsc()
 
 
 class SoftvmmAccelerator(Accelerator):

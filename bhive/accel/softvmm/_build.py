@@ -14,7 +14,8 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = ["run.c", "decode.c", "alu.c", "control.c", "string.c", "system.c",
-           "cpuid.c", "mmu.c", "exceptions.c", "lapic.c", "fast.c"]
+           "cpuid.c", "mmu.c", "exceptions.c", "lapic.c", "fast.c",
+           "tsc.c"]
 
 CDEF = """
 typedef struct svm_exit {
@@ -52,6 +53,13 @@ void svm_invalidate(struct svm_vm *vm, uint64_t gpa, uint64_t len);
 void svm_set_mp_state(struct svm_cpu *c, int runnable);
 void svm_stats(struct svm_cpu *c, uint64_t *instructions, uint64_t *exits);
 void svm_cpuid(struct svm_cpu *c, uint32_t leaf, uint32_t sub, uint32_t *out4);
+/* local APIC extras (lapic.c, tsc.c) */
+uint32_t svm_lapic_read(struct svm_cpu *c, uint32_t off);
+int svm_lapic_write(struct svm_cpu *c, uint32_t off, uint32_t value);
+void svm_lapic_local_irq(struct svm_vm *vm, int vcpuid, int pin, int extint_vec);
+uint64_t svm_lapic_timer_poll(struct svm_cpu *c);
+uint64_t svm_host_tsc(void);
+uint64_t svm_tsc_hz(struct svm_vm *vm);
 """
 
 REPO = HERE.parent.parent.parent

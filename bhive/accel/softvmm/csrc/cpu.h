@@ -151,6 +151,7 @@ typedef struct shm_hdr {
     uint64_t lapic_off;       /* offset of lapic[0] */
     uint64_t gen_off;         /* offset of the uint32 generation array */
     uint32_t code_epoch;      /* bumped whenever any page generation changes */
+    uint64_t tsc_hz;          /* host TSC frequency, calibrated once by the first opener (tsc.c) */
 } shm_hdr_t;
 
 /* Per-vCPU local APIC and run state, 4 KiB each, in the platform shm.
@@ -170,7 +171,13 @@ typedef struct lapic {
     uint32_t pad0;
     uint64_t apic_base;    /* IA32_APIC_BASE */
     uint32_t irr[8], isr[8], tmr[8];
+    /* timer and error state (lapic.c); timer fields are written by the owner only */
+    uint32_t esr_pending;  /* errors since the last ESR write (SDM 11.5.3), atomic OR by senders */
+    uint32_t pad1;
+    uint64_t timer_next;   /* host TSC of the next expiry, LAPIC_NEVER when disarmed */
+    uint64_t tsc_deadline; /* IA32_TSC_DEADLINE (guest TSC), 0 = disarmed */
 } lapic_t;
+#define LAPIC_NEVER (~0ULL)
 enum { LS_OFF = 0, LS_WAIT_SIPI = 1, LS_RUN = 2 };
 #define LAPIC_STRIDE 4096
 
@@ -271,6 +278,10 @@ typedef struct svm_cpu {
     tlbe_t tlb[TLB_SIZE];
     block_t *bcache;
     block_t scratch;
+    /* pause-loop detection (run.c cpu_pause) */
+    uint64_t pause_last;     /* host TSC of the previous PAUSE */
+    uint32_t pause_n;        /* consecutive PAUSEs in the current spin */
+    uint32_t pause_sleep_ns; /* current back-off */
 } svm_cpu_t;
 typedef svm_cpu_t cpu_t;
 
@@ -333,6 +344,14 @@ void lapic_accept(cpu_t *c, int vec);   /* IRR -> ISR */
 void lapic_reset(svm_vm_t *vm, int id, int bsp);
 void lapic_msi(svm_vm_t *vm, uint64_t addr, uint32_t data);
 void lapic_wake(lapic_t *l);
+void lapic_timer_poll(cpu_t *c);        /* owner: fire the timer if it is due */
+void lapic_init_reset(lapic_t *l);      /* INIT: SDM 11.4.7.3, keeps the APIC ID and base */
+int lapic_msr_read(cpu_t *c, uint32_t msr, uint64_t *v);    /* IA32_TSC_DEADLINE; -1 if not ours */
+int lapic_msr_write(cpu_t *c, uint32_t msr, uint64_t v);
+void lapic_local_irq(svm_vm_t *vm, int id, int pin, int extint_vec);
+uint64_t host_tsc_hz(svm_vm_t *vm);     /* tsc.c */
+uint64_t tsc_calibrate(void);
+void cpu_pause(cpu_t *c);               /* run.c: PAUSE with pause-loop back-off */
 
 /* decode.c, fast.c */
 handler_t specialize(const insn_t *d, int long64);

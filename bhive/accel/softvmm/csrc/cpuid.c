@@ -60,6 +60,7 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
         o[1] = (apicid << 24) | ((uint32_t)(n > 1 ? (1 << shift) : 1) << 16) | (8 << 8);
         o[2] = (1u << 31);                        /* hypervisor present (policy above) */
         o[2] |= (1u << 13);                       /* CMPXCHG16B */
+        o[2] |= (1u << 24);                       /* TSC-deadline LAPIC timer (lapic.c) */
         o[3] = (1u << 3)   /* PSE */
              | (1u << 4)   /* TSC */
              | (1u << 5)   /* MSR */

@@ -12,6 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
+#include <x86intrin.h>
 #include "mem.h"
 
 #define WAIT_NS 50000000L   /* bounded internal waits: return BOGUS after 50 ms */
@@ -43,6 +44,7 @@ svm_vm_t *svm_vm_open(void *ram, uint64_t ram_size, const uint64_t *slots, int n
         h->ram_pages = (ram_size + 4095) / 4096;
         h->lapic_off = 4096;
         h->gen_off = 4096 + (uint64_t)ncpus * LAPIC_STRIDE;
+        h->tsc_hz = tsc_calibrate();   /* one factor for every process (tsc.c) */
         for (int k = 0; k < ncpus; k++) lapic_reset(vm, k, k == 0);
         __atomic_store_n(&h->magic, SHM_MAGIC, __ATOMIC_SEQ_CST);
     } else {
@@ -129,6 +131,41 @@ void svm_kick(svm_vm_t *vm, int vcpuid)
 
 void svm_lapic_msi(svm_vm_t *vm, uint64_t addr, uint32_t data) { lapic_msi(vm, addr, data); }
 
+/* PAUSE (SDM Vol 2B) with pause-loop detection, like VMX PAUSE-loop exiting:
+ * a vCPU that keeps spinning on PAUSE gives its host CPU away for a short,
+ * growing interval (10 us .. 500 us), waking at once on any event for it
+ * (IPI, MSI, kick) and never past its own timer deadline.  Without this, a
+ * few spinning APs starve the other vCPU processes of host CPU (seed #4). */
+static int futex_wait(uint32_t *addr, uint32_t val, long ns);
+#define PAUSE_SPIN 64            /* PAUSEs in a row before backing off */
+void cpu_pause(cpu_t *c)
+{
+    __builtin_ia32_pause();
+    uint64_t now = __rdtsc();
+    uint64_t hz = host_tsc_hz(c->vm);
+    if (now - c->pause_last > hz / 50000) {   /* > 20 us since the last PAUSE: a new spin */
+        c->pause_n = 0;
+        c->pause_sleep_ns = 10000;
+    }
+    c->pause_last = now;
+    if (++c->pause_n < PAUSE_SPIN) return;
+    c->pause_n = 0;
+    lapic_t *l = c->lapic;
+    long ns = c->pause_sleep_ns ? c->pause_sleep_ns : 10000;
+    uint64_t tn = __atomic_load_n(&l->timer_next, __ATOMIC_RELAXED);
+    if (tn != LAPIC_NEVER) {
+        if (tn <= now) ns = 0;
+        else {
+            uint64_t left = (uint64_t)((unsigned __int128)(tn - now) * 1000000000u / hz);
+            if ((uint64_t)ns > left) ns = (long)left;
+        }
+    }
+    if (ns > 0 && !__atomic_load_n(&l->event, __ATOMIC_SEQ_CST)) futex_wait(&l->event, 0, ns);
+    if (c->pause_sleep_ns < 500000) c->pause_sleep_ns *= 2;
+    c->pause_last = __rdtsc();
+    c->brk = 1;   /* look at events / the timer now */
+}
+
 void svm_stats(svm_cpu_t *c, uint64_t *insns, uint64_t *exits) { *insns = c->icount; *exits = c->nexits; }
 void svm_cpuid(svm_cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t *o) { do_cpuid(c, leaf, sub, o); }
 
@@ -192,6 +229,7 @@ enum { EV_CONTINUE = 0, EV_BOGUS = 1 };
 static int handle_events(cpu_t *c)
 {
     lapic_t *l = c->lapic;
+    uint64_t wait_end = 0;
     for (;;) {
         int kicked = 0;
         if (__atomic_load_n(&l->event, __ATOMIC_SEQ_CST)) {
@@ -201,6 +239,7 @@ static int handle_events(cpu_t *c)
             if (__atomic_exchange_n(&l->init, 0, __ATOMIC_SEQ_CST)) {
                 /* INIT (SDM Vol 3A 11.4.4 / Table 10-1): APs go to wait-for-SIPI */
                 cpu_reset(c);
+                lapic_init_reset(l);   /* SDM 11.4.7.3: all but APIC ID / base */
                 c->init_seen = 1;
                 c->halted = 0;
                 if (c->vcpuid != 0) __atomic_store_n(&l->state, LS_WAIT_SIPI, __ATOMIC_SEQ_CST);
@@ -242,9 +281,19 @@ static int handle_events(cpu_t *c)
             c->irq_pending = 0;
         }
         if (!c->halted) return EV_CONTINUE;
-        /* HLT: wait for something deliverable (bounded) */
-        if (futex_wait(&l->event, 0, WAIT_NS) != 0 && !__atomic_load_n(&l->event, __ATOMIC_SEQ_CST))
-            return EV_BOGUS;
+        /* HLT: wait for something deliverable, bounded by WAIT_NS and by the
+         * LAPIC timer's next expiry (the timer wakes a halted vCPU) */
+        uint64_t now = __rdtsc();
+        if (!wait_end) wait_end = now + WAIT_NS / 1000 * (host_tsc_hz(c->vm) / 1000000);
+        if (now >= wait_end) return EV_BOGUS;
+        uint64_t until = wait_end, tn = __atomic_load_n(&l->timer_next, __ATOMIC_RELAXED);
+        int timer_wait = 0;
+        if (tn < until) { until = tn; timer_wait = 1; }
+        if (until > now) {
+            long ns = (long)((unsigned __int128)(until - now) * 1000000000u / host_tsc_hz(c->vm));
+            futex_wait(&l->event, 0, ns > 0 ? ns : 1);
+        }
+        if (timer_wait) lapic_timer_poll(c);
     }
 }
 
@@ -278,6 +327,8 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
             if (c->exit_queued) { c->exit_queued = 0; return finish_exit(c, out); }
             continue;
         }
+        if (unlikely(__atomic_load_n(&l->timer_next, __ATOMIC_RELAXED) <= __rdtsc()))
+            lapic_timer_poll(c);   /* LAPIC timer due: IRR + irq_pending */
         if (unlikely(__atomic_load_n(&l->event, __ATOMIC_RELAXED) || c->halted ||
                      (c->irq_pending && (c->rflags & F_IF) && !c->shadow) ||
                      __atomic_load_n(&l->state, __ATOMIC_RELAXED) != LS_RUN)) {
@@ -323,6 +374,10 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 exec_block(c, b, BLK_MAX);
                 if (unlikely(c->brk) || chain == 256 ||
                     __atomic_load_n(&l->event, __ATOMIC_RELAXED))
+                    break;
+                /* a cheap deadline check: one load when the timer is disarmed */
+                uint64_t tn = __atomic_load_n(&l->timer_next, __ATOMIC_RELAXED);
+                if (unlikely(tn != LAPIC_NEVER) && __rdtsc() >= tn)
                     break;
                 struct blink *k = &b->link[0];
                 if (k->rip != c->rip) k = &b->link[1];

@@ -408,6 +408,7 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     case 0x2ff: *v = c->mtrr_def; return 0;
     case 0x10: *v = guest_tsc(c); return 0;
     case 0x1b: *v = c->lapic->apic_base; return 0;
+    case 0x6e0: return lapic_msr_read(c, msr, v);   /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: *v = c->sysenter_cs; return 0;
     case 0x175: *v = c->sysenter_esp; return 0;
     case 0x176: *v = c->sysenter_eip; return 0;
@@ -455,6 +456,7 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
         c->lapic->apic_base = (v & ~0x100ULL) | keep;
         tlb_flush(c);
         return 0; }
+    case 0x6e0: return lapic_msr_write(c, msr, v);  /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: c->sysenter_cs = v & 0xffff; return 0;
     case 0x175: if (!canonical(v)) return 1; c->sysenter_esp = v; return 0;
     case 0x176: if (!canonical(v)) return 1; c->sysenter_eip = v; return 0;
@@ -538,7 +540,7 @@ HANDLER(h_priv_nop)
 }
 HANDLER(h_pause)
 {
-    __builtin_ia32_pause();
+    cpu_pause(c);   /* run.c: pause-loop back-off */
 }
 HANDLER(h_ud) { raise_ud(c); }
 HANDLER(h_unhandled) { exit_unhandled(c); }
