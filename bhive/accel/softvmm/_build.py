@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = ["run.c", "decode.c", "alu.c", "control.c", "string.c", "system.c",
            "cpuid.c", "mmu.c", "exceptions.c", "lapic.c", "fast.c"]
+SOURCES += ["intext.c"]   # wave2/int: GP extensions (BMI, ADX, MOVBE, CRC32, ...)
 
 CDEF = """
 typedef struct svm_exit {
