@@ -537,3 +537,36 @@ def test_nops_hints_fences():
         hlt
     """)
     assert fault(m)[0] == 2**64 - 1 and g(m, R.RBX) == 1
+
+
+def test_locked_rmw_are_atomic_across_vcpus():
+    """Two vCPUs (threads over the same shared RAM) hammer one counter with
+    LOCK INC, LOCK XADD and a LOCK CMPXCHG16B retry loop: no update is lost."""
+    import threading
+    n = 500000
+    m = Machine(2)
+    m.write(CODE, assemble(f"""
+        mov r9, {n}
+        mov r10d, 1
+    l:  lock inc qword [{DATA}]
+        lock xadd [{DATA + 8}], r10
+        mov r10d, 1
+        mov rax, [{DATA + 16}]
+        mov rdx, [{DATA + 24}]
+    r:  lea rbx, [rax + 1]
+        lea rcx, [rdx + 1]
+        lock cmpxchg16b [{DATA + 16}]        ; both halves +1, atomically
+        jnz r
+        dec r9
+        jnz l
+        cli
+        hlt
+    """, 64, CODE))
+    m.long_mode(0)
+    m.long_mode(1, rsp=0x70000, paging=False)
+    t = threading.Thread(target=m.run, args=(1,))
+    t.start()
+    assert m.run(0).code == ExitCode.HLT
+    t.join(60)
+    assert not t.is_alive()
+    assert struct.unpack("<4Q", m.read(DATA, 32)) == (2 * n,) * 4
