@@ -887,3 +887,147 @@ def g_ext(ctx: Ctx):
 
 
 GROUPS["ext"] = [g_ext]
+
+
+def g_ext2(ctx: Ctx):
+    """CRC32 (every source size), 16-bit MOVBE, memory forms of ADCX/ADOX."""
+    rng = ctx.rng
+    k = rng.choice(("crc32", "crc32", "movbe16", "adx_mem"))
+    d = ctx.reg()
+    if k == "crc32":
+        dsize, ssize = rng.choice(((32, 8), (32, 16), (32, 32), (64, 8), (64, 64)))
+        src, _ = _rm(ctx, ssize)
+        ctx.emit(f"crc32 {REGN[dsize][d]}, {src}", 0, 0, 0)
+    elif k == "movbe16":
+        m = ctx.mem(16)
+        ctx.emit(f"movbe {REG16[d]}, {m}" if rng.random() < 0.5 else f"movbe {m}, {REG16[d]}", 0, 0, 0)
+    else:
+        op, f = rng.choice((("adcx", CF), ("adox", OF)))
+        size = rng.choice((32, 64))
+        ctx.emit(f"{op} {REGN[size][d]}, {ctx.mem(size)}", 0, f, f)
+
+
+GROUPS["ext"].append(g_ext2)
+
+
+# --- misc: ENTER/LEAVE, XLAT, LOOPcc/JrCXZ, NOP and hint forms, fences,
+# #UD encodings, LOCKed read-modify-writes, far BT offsets, a32 strings --
+
+_NOPS = ("nop", "pause", "lfence", "mfence", "sfence", "nop dword [rax+rax*1+0]", "nop word [rax+rax*1+0]",
+         "db 0x0f, 0x1f, 0x00", "db 0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00",
+         "db 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00", "prefetcht0 [rax]",
+         "prefetcht1 [rcx+rdx*8]", "prefetcht2 [rsi-1]", "prefetchnta [rdi]", "prefetchw [rax]",
+         "prefetch [rbx]", "db 0x0f, 0x19, 0x04, 0x24", "db 0x0f, 0x1e, 0xc8", "xchg eax, eax")
+_UDS = ("ud2", "ud1 eax, [rax]", "db 0x0f, 0xff, 0xc0", "db 0xce", "db 0xd6", "db 0x27", "db 0x2f",
+        "db 0x37", "db 0x3f", "db 0xd4, 0x0a", "db 0xd5, 0x0a", "db 0x0f, 0xb8, 0xc0",
+        "db 0x0f, 0xc7, 0xc8", "db 0x0f, 0xba, 0xc0, 0x01", "db 0xf0, 0x0f, 0xa3, 0x03",
+        "db 0xf0, 0x01, 0xc0", "db 0xc4, 0xe2, 0x7c, 0xf2, 0xc0", "db 0x66, 0xc4, 0xe2, 0x78, 0xf2, 0xc0",
+        "db 0x0f, 0x38, 0xf0, 0xc0", "db 0x60", "db 0x61", "db 0x06", "db 0x1f", "db 0x9a, 0, 0, 0, 0, 0, 0")
+
+
+def g_misc(ctx: Ctx):
+    rng = ctx.rng
+    k = rng.choice(("enter", "enter", "leave", "xlat", "loop", "loop", "nop", "ud", "lock", "lock",
+                    "bt_far", "cx16", "a32str", "xchg8h"))
+    if k in ("enter", "leave") and (ctx.base == 5 or ctx.lines):
+        k = "xlat"
+    if k == "enter":
+        level = rng.choice((0, 1, 2, 3, 4, 7, 31, 32, 33, rng.randrange(256)))
+        alloc = rng.choice((0, 1, 8, 16, 0x100, 0xFFFF, rng.randrange(0x200)))
+        ctx.regs[5] = (DATA_PTR + rng.randrange(-0x100, 0x380)) & ~(0 if rng.random() < 0.2 else 7)
+        # (RBP stays canonical: a non-canonical stack access must be #SS(0), and
+        # softvmm's MMU still raises #GP for it -- see the report of wave2/int)
+        if rng.random() < 0.05:
+            ctx.regs[5] |= rng.getrandbits(15) << 32
+        o16 = "o16 " if rng.random() < 0.15 else ""
+        ctx.emit(f"{o16}enter {alloc}, {level}", 0, 0, 0)
+        ctx.stop = True
+    elif k == "leave":
+        ctx.regs[5] = (STACK_PTR + rng.randrange(-0x200, 0x180)) & ~(0 if rng.random() < 0.2 else 7)
+        if rng.random() < 0.1:
+            ctx.regs[5] = rand_value(rng) & 0x7FFFFFFFFFF    # #PF far away (canonical: see enter)
+        ctx.emit(rng.choice(("leave", "leave", "o16 leave")), 0, 0, 0)
+        ctx.stop = True
+    elif k == "xlat":
+        if ctx.base != 3:
+            ctx.regs[3] = DATA_PTR + rng.randrange(-0x100, 0x100)
+            ctx.reserved.add(3)
+        ctx.emit(rng.choice(("xlatb", "xlatb", "a32 xlatb")), 0, 0, 0)
+    elif k == "loop":
+        op = rng.choice(("loop", "loope", "loopne", "jrcxz", "jecxz", "loop_a32", "loope_a32"))
+        if 1 in ctx.reserved or ctx.base == 1:
+            return
+        ctx.regs[1] = rng.choice((0, 1, 2, 0x100000000, 0x100000001, 0xFFFFFFFF, M64, rand_value(rng)))
+        ctx.reserved.add(1)
+        lbl = f".t{len(ctx.lines)}"
+        tail = ", ecx" if op.endswith("_a32") else ""
+        op = op.replace("_a32", "")
+        reads = ZF if op in ("loope", "loopne") else 0
+        r = ctx.reg()
+        if ctx.emit(f"{op} {lbl}{tail}", 0, reads, 0):
+            ctx.lines.append(f"not {REG64[r]}")
+            ctx.lines.append(f"{lbl}:")
+    elif k == "nop":
+        ctx.emit(rng.choice(_NOPS) if rng.random() < 0.8 else f"clflush {ctx.mem(8)[5:]}", 0, 0, 0)
+    elif k == "ud":
+        ctx.emit(rng.choice(_UDS), 0, 0, 0)
+        ctx.stop = True
+    elif k == "lock":
+        op = rng.choice(("add", "or", "adc", "sbb", "and", "sub", "xor", "inc", "dec", "neg", "not",
+                         "xchg", "xadd", "cmpxchg", "bts", "btr", "btc"))
+        size = rng.choice((16, 32, 64) if op.startswith("bt") else (8, 16, 32, 64))
+        m = ctx.mem(size)
+        if op in ("inc", "dec", "neg", "not"):
+            writes = {"inc": STATUS & ~CF, "dec": STATUS & ~CF, "neg": STATUS, "not": 0}[op]
+            ctx.emit(f"lock {op} {m}", 0, 0, writes)
+        elif op.startswith("bt"):
+            src = str(rng.randrange(256)) if rng.random() < 0.5 else REGN[size][ctx.reg()]
+            if not src.isdigit():
+                ctx.regs[REGN[size].index(src)] = rng.randrange(-300, 300) & M64
+            ctx.emit(f"lock {op} {m}, {src}", UNDEF_FLAGS[op], 0, CF | OF | SF | AF | PF)
+        else:
+            reads = CF if op in ("adc", "sbb") else 0
+            ctx.emit(f"lock {op} {m}, {REGN[size][ctx.reg()]}", UNDEF_FLAGS.get(op, 0), reads,
+                     0 if op == "xchg" else STATUS)
+    elif k == "bt_far":
+        op = rng.choice(("bt", "bts", "btr", "btc"))
+        size = rng.choice((16, 32, 64))
+        s = ctx.reg()
+        # (an RBP-based operand must stay canonical: SS-relative, see enter)
+        sh = rng.randrange(3, 46 if ctx.base == 5 else 64 if size == 64 else size)
+        v = (1 << sh) + rng.randrange(-64, 64)
+        ctx.regs[s] = (-v if rng.random() < 0.5 else v) & M64
+        ctx.emit(f"{op} {ctx.mem(size)}, {REGN[size][s]}", UNDEF_FLAGS[op], 0, CF | OF | SF | AF | PF)
+        ctx.stop = True
+    elif k == "cx16":
+        if ctx.reserved & {0, 1, 2, 3} or ctx.base in (0, 1, 2, 3):
+            return
+        ctx.regs[ctx.base] = DATA_PTR
+        disp = rng.randrange(-8, 8) * 16 + rng.choice((8, 4, 1, 0))
+        ctx.emit(f"{rng.choice(('', 'lock '))}cmpxchg16b [{REG64[ctx.base]}{disp:+d}]", 0, 0, ZF)
+        ctx.stop = True
+    elif k == "a32str":
+        if ctx.lines or ctx.base in (1, 6, 7):
+            return
+        op = rng.choice(("movs", "stos", "lods", "cmps", "scas"))
+        sfx = rng.choice("bwdq")
+        rp = rng.choice(("", "rep ")) if op in ("movs", "stos", "lods") else rng.choice(("", "repe ", "repne "))
+        hi = lambda: rng.getrandbits(32) << 32 if rng.random() < 0.7 else 0
+        ctx.regs[1] = hi() | rng.choice((0, 1, 2, 3, 7, 16))
+        ctx.regs[6] = hi() | (DATA_PTR + rng.randrange(-0x100, 0x100))
+        ctx.regs[7] = hi() | (DATA_PTR + rng.randrange(-0x100, 0x100))
+        if rng.random() < 0.5:
+            ctx.rflags |= DF
+        ctx.emit(f"a32 {rp}{op}{sfx}", 0, 0, STATUS if op in ("cmps", "scas") else 0)
+        ctx.stop = True
+    else:
+        a, b = rng.choice(REG8H), rng.choice(REG8H)
+        if {0, 1, 2, 3} & ctx.reserved:
+            return
+        line = rng.choice((f"xchg {a}, {b}", f"cmpxchg {a}, {b}", f"xadd {a}, {b}", f"bswap {REG32[ctx.reg()]}"))
+        ctx.emit(line, 0, 0, STATUS if line.startswith(("cmpxchg", "xadd")) else 0)
+
+
+GROUPS["misc"] = [g_misc]
+WEIGHTS["misc"] = 2
+WEIGHTS["ext"] = 1

@@ -5,6 +5,7 @@
  */
 #include "mem.h"
 #include "handlers.h"
+#include "intext.h"
 
 static inline int parity8(uint64_t v) { return !__builtin_parity((unsigned)(v & 0xff)); }
 
@@ -102,6 +103,7 @@ static uint64_t rmw_compute(cpu_t *c, int kind, int sz, uint64_t a, uint64_t b, 
     }
 }
 
+static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int cfin, int atomic);
 /* Read-modify-write of the r/m operand; returns the old value.  LOCK (or
  * XCHG with memory) makes it a host atomic on shared RAM (SDM 8.1.2). */
 static uint64_t rmw(cpu_t *c, const insn_t *i, int sz, int kind, uint64_t b, int cfin, int atomic)
@@ -118,6 +120,10 @@ static uint64_t rmw(cpu_t *c, const insn_t *i, int sz, int kind, uint64_t b, int
         alu(c, 7, sz, a, b, 0);
         return a;
     }
+    return rmw_at(c, lin, sz, kind, b, cfin, atomic);
+}
+static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int cfin, int atomic)
+{
     if (atomic) {
         void *p = mem_host_rmw(c, lin, sz);
         if (p) {
@@ -399,8 +405,9 @@ HANDLER(h_bt)
     int sz = i->osz, kind;
     int64_t off;
     int which;
-    if (i->op == 0xba) { off = i->imm & (sz * 8 - 1); which = i->ext - 4; }
+    if (i->op == 0xba) { if (i->ext < 4) raise_ud(c); off = i->imm & (sz * 8 - 1); which = i->ext - 4; }
     else { off = (int64_t)sext(getreg(c, i->reg, sz), sz); which = (i->op >> 3) & 3; }
+    if (i->lock && which == 0) raise_ud(c);   /* LOCK BT: #UD (only BTS/BTR/BTC are lockable) */
     kind = which == 0 ? -1 : which == 1 ? K_BTS : which == 2 ? K_BTR : K_BTC;
     uint64_t bit, old;
     if (i->mod == 3 || i->op == 0xba) {
@@ -414,14 +421,14 @@ HANDLER(h_bt)
             old = rmw(c, i, sz, kind, bit, 0, i->lock);
         }
     } else {
-        /* register bit offset addresses memory beyond the operand (SDM BT) */
+        /* register bit offset addresses memory beyond the operand: the
+         * operand at EA + (offset SAR log2(bits)) * size, wrapping at the
+         * address size (SDM Vol 2A BT "bit base / bit offset", Vol 1 3.4.3) */
         int64_t bytes = (off >> 3) & ~(int64_t)(sz - 1);
         bit = (uint64_t)off & (sz * 8 - 1);
-        insn_t t = *i;
-        t.disp = (int32_t)(i->disp + bytes);
-        if (bytes != (int32_t)bytes) { /* huge offsets: fall back to adding through the index */ }
-        if (kind < 0) old = rd_rm(c, &t, sz);
-        else old = rmw(c, &t, sz, kind, bit, 0, i->lock);
+        uint64_t lin = lin_addr(c, i->seg, (ea_off(c, i) + (uint64_t)bytes) & szmask(i->asz));
+        if (kind < 0) old = mem_read(c, lin, sz);
+        else old = rmw_at(c, lin, sz, kind, bit, 0, i->lock);
     }
     uint64_t f = flags_materialize(c);
     flags_set_exact(c, (f & ~(uint64_t)F_CF) | ((old >> bit) & 1 ? F_CF : 0));
@@ -429,6 +436,7 @@ HANDLER(h_bt)
 
 HANDLER(h_bsf_bsr)
 {
+    if (i->rep == 0xf3) { h_lzcnt_tzcnt(c, i); return; }   /* TZCNT / LZCNT (CPUID advertises them) */
     int sz = i->osz;
     uint64_t v = rd_rm(c, i, sz);
     uint64_t f = flags_materialize(c) & ~(uint64_t)F_ZF;

@@ -108,6 +108,10 @@ HANDLER(h_enter)
     }
     if (level) { sp = sp_wrap(c, sp - sz); st(c, S_SS, sp, sz, frame); }
     sp = sp_wrap(c, sp - (i->imm & 0xffff));
+    /* SDM ENTER, exceptions: #PF "if a write using the final value of the
+     * stack pointer would cause a page fault".  Checked after the pushes
+     * (which stay in memory when it faults: what the hardware does) */
+    (void)mem_read_rmw(c, lin_addr(c, S_SS, sp), 1);
     setreg(c, R_RBP, sz == 2 ? 2 : (c->ssz == 8 ? 8 : 4), frame);
     sp_set(c, sp);
 }

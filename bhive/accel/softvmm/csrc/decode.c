@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include "mem.h"
 #include "handlers.h"
+#include "intext.h"
 
 /* operand-form flags */
 #define M     0x0001   /* ModRM follows */
@@ -52,6 +53,7 @@ static const opent_t map0[256] = {
     [0x27] = { h_bcd, NO64 }, [0x2f] = { h_bcd, NO64 }, [0x37] = { h_bcd, NO64 }, [0x3f] = { h_bcd, NO64 },
     [0x60] = { h_pusha, NO64 }, [0x61] = { h_popa, NO64 },
     [0x63] = { h_movsxd, M },
+    [0x62] = { h_bound, M | NO64 },
     [0x68] = { h_push_imm, D64 | IZ }, [0x69] = { h_imul, M | IZ }, [0x6a] = { h_push_imm, D64 | IB }, [0x6b] = { h_imul, M | IB },
     [0x6c] = { h_ins, B }, [0x6d] = { h_ins, 0 }, [0x6e] = { h_outs, B }, [0x6f] = { h_outs, 0 },
     [0x70] = { h_jcc, IB | F64 | END }, [0x71] = { h_jcc, IB | F64 | END }, [0x72] = { h_jcc, IB | F64 | END }, [0x73] = { h_jcc, IB | F64 | END },
@@ -118,6 +120,7 @@ static const opent_t map1[256] = {
     [0xb6] = { h_movzx, M | RM8 }, [0xb7] = { h_movzx, M }, [0xba] = { h_bt, M | IB | LK }, [0xbb] = { h_bt, M | LK },
     [0xbc] = { h_bsf_bsr, M }, [0xbd] = { h_bsf_bsr, M }, [0xbe] = { h_movsx, M | RM8 }, [0xbf] = { h_movsx, M },
     [0xc0] = { h_xadd, M | B | LK }, [0xc1] = { h_xadd, M | LK }, [0xc7] = { h_grp9, M | LK },
+    [0xb8] = { h_popcnt, M },
     [0xc8] = { h_bswap, RO }, [0xc9] = { h_bswap, RO }, [0xca] = { h_bswap, RO }, [0xcb] = { h_bswap, RO },
     [0xcc] = { h_bswap, RO }, [0xcd] = { h_bswap, RO }, [0xce] = { h_bswap, RO }, [0xcf] = { h_bswap, RO },
 };
@@ -169,6 +172,29 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
     int map = 0;
     uint8_t op = p[pos++];
     const opent_t *ent;
+    /* VEX (C4/C5; outside 64-bit mode only with ModRM.mod = 11, else LES/LDS):
+     * the BMI1/BMI2 GPR forms (SDM Vol 2A 2.3) */
+    int vex = 0, vexsub = 0, vvvv = 0;
+    static const opent_t vex_ud = { h_ud, M }, map2_int[8] = {
+        [0] = { h_movbe_crc32, M | RM8 }, [1] = { h_movbe_crc32, M }, [6] = { h_adx, M } };
+    opent_t vex_ok;
+    if ((op == 0xc4 || op == 0xc5) && pos < avail && (csz == 8 || p[pos] >= 0xc0)) {
+        uint8_t v1 = p[pos++], v2 = v1;
+        int mm = 1, w = 0, xb = 0x60;
+        if (op == 0xc4) { NEED(1); v2 = p[pos++]; mm = v1 & 31; w = v2 >> 7; xb = v1 & 0x60; }
+        int bad = rex || opsz66 || rep || lock;
+        vvvv = (~v2 >> 3) & 15;
+        rex = csz == 8 ? (0x40 | (~v1 & 0x80) >> 5 | (~xb & 0x60) >> 5 | w << 3) : 0;
+        if (csz != 8) vvvv &= 7;
+        NEED(1);
+        op = p[pos++];
+        map = mm < 4 ? mm : 0;
+        uint8_t sub = 0;
+        handler_t vf = bad || !map ? NULL : vex_lookup(map, op, v2 & 3, (v2 >> 2) & 1, &sub);
+        vex = 1; vexsub = sub;
+        vex_ok = (opent_t){ vf, M | (map == 3 ? IB : 0) };
+        ent = vf ? &vex_ok : &vex_ud;
+    } else
     if (op == 0x0f) {
         NEED(1);
         op = p[pos++];
@@ -180,6 +206,7 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
     d->rep = (uint8_t)rep; d->lock = (uint8_t)lock; d->pfx66 = (uint8_t)opsz66;
     d->segovr = (uint8_t)segovr;
     d->base = d->index = EA_NONE;
+    if (map == 2 && !vex && (op == 0xf0 || op == 0xf1 || op == 0xf6)) ent = &map2_int[op & 7];
     uint16_t f = ent ? ent->f : 0;
     handler_t fn = ent ? ent->fn : NULL;
     int is64 = csz == 8;
@@ -262,7 +289,8 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
         }
     }
     if (map == 0 && op == 0x90 && !(rex & 1)) fn = (rep == 0xf3) ? h_pause : h_nop;
-    if (map == 0 && op == 0x63 && !is64) fn = NULL;   /* ARPL: M2 */
+    if (map == 0 && op == 0x63 && !is64) { fn = h_arpl; osz = 2; }
+    if (vex) { osz = (rex & 8) ? 8 : 4; d->imm2 = (uint16_t)vvvv; d->cc = (uint8_t)vexsub; }
     if (map == 0 && (op == 0x8c) && mod != 3) osz = 2;
     /* immediates */
     if (f & IB) { NEED(1); d->imm = (uint64_t)(int64_t)sign8(p[pos++]); }
