@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include "softvmm.h"
+#include "fpu.h"
 
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -257,6 +258,7 @@ typedef struct svm_cpu {
     tlbe_t tlb[TLB_SIZE];
     block_t *bcache;
     block_t scratch;
+    fpu_state_t fpu;         /* x87/SSE (fpu.h, x87.c, sse.c) */
 } svm_cpu_t;
 typedef svm_cpu_t cpu_t;
 

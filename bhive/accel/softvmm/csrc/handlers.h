@@ -95,4 +95,7 @@ HANDLER(h_popa);
 HANDLER(h_xlat);
 HANDLER(h_bcd);
 HANDLER(h_lar_lsl);
+HANDLER(h_sse);
+HANDLER(h_x87);
+HANDLER(h_fwait);
 #endif
