@@ -133,6 +133,17 @@ static inline void run(cpu_t *c, xfn_t fn, xop_t *o)
     fn(o);
 }
 
+/* Condition-code bits an operation defines.  The SDM calls C0/C2/C3
+ * "undefined" after most arithmetic; real CPUs leave them unchanged. */
+static uint16_t ccm(xfn_t fn)
+{
+    if (fn == x_fprem || fn == x_fprem1 || fn == x_fcom || fn == x_fucom || fn == x_ftst || fn == x_fxam ||
+        fn == x_fcoms || fn == x_fcoml || fn == x_ficoms || fn == x_ficoml)
+        return FSW_CC;
+    if (fn == x_fsin || fn == x_fcos || fn == x_fsincos || fn == x_fptan) return FSW_C1 | FSW_C2;
+    return FSW_C1;
+}
+
 uint16_t x87_full_tag(cpu_t *c)
 {
     uint16_t t = 0;
@@ -206,7 +217,7 @@ static void do_push_result(cpu_t *c, xfn_t fn, xop_t *o)
         return;
     }
     run(c, fn, o);
-    if (status(c, o->sw, FSW_CC, 0)) fpush(c, &o->r0);
+    if (status(c, o->sw, ccm(fn), 0)) fpush(c, &o->r0);
 }
 
 static int cond_fcmov(cpu_t *c, int k)
@@ -223,18 +234,25 @@ static int cond_fcmov(cpu_t *c, int k)
 /* compare ST(0) with a register; mode 0 = FCOM (C0/C2/C3), 1 = FCOMI (EFLAGS) */
 static void compare_reg(cpu_t *c, int k, int unordered, int eflags, int pops)
 {
+    int ok;
+    uint16_t cc;
     if (!valid(c, 0) || !valid(c, k)) {
-        if (!stack_fault(c, 0)) return;
-        if (eflags) flags_set_exact(c, F_ZF | F_PF | F_CF);
-        else c->fpu.fsw |= FSW_C0 | FSW_C2 | FSW_C3;
+        ok = stack_fault(c, 0);
+        cc = FSW_C0 | FSW_C2 | FSW_C3;
     } else {
         xop_t o;
         load_f80(&o.a, ST(c, 0)); load_f80(&o.b, ST(c, k));
         run(c, unordered ? x_fucom : x_fcom, &o);
-        if (!status(c, o.sw, eflags ? FSW_C1 : FSW_CC, 0)) return;
-        if (eflags)
-            flags_set_exact(c, ((o.sw & FSW_C3) ? F_ZF : 0) | ((o.sw & FSW_C2) ? F_PF : 0) | ((o.sw & FSW_C0) ? F_CF : 0));
+        ok = status(c, o.sw, eflags ? 0 : FSW_C1, 0);   /* FCOMI leaves C1 alone (as measured) */
+        cc = o.sw & (FSW_C0 | FSW_C2 | FSW_C3);
     }
+    /* the condition codes / EFLAGS are written even when the exception is
+     * unmasked (there is no destination to protect) */
+    if (eflags)
+        flags_set_exact(c, ((cc & FSW_C3) ? F_ZF : 0) | ((cc & FSW_C2) ? F_PF : 0) | ((cc & FSW_C0) ? F_CF : 0));
+    else
+        c->fpu.fsw = (uint16_t)((c->fpu.fsw & ~(FSW_C0 | FSW_C2 | FSW_C3)) | cc);
+    if (!ok) return;
     while (pops--) fpop(c);
 }
 
@@ -242,13 +260,17 @@ static void compare_reg(cpu_t *c, int k, int unordered, int eflags, int pops)
 static void arith_reg(cpu_t *c, xfn_t fn, int dk, int sk, int pop)
 {
     if (!valid(c, dk) || !valid(c, sk)) {
+        if (fn == x_fprem || fn == x_fprem1) c->fpu.fsw &= (uint16_t)~FSW_C2;
         if (!stack_fault(c, 0)) return;
         set_st(c, dk, &INDEF);
     } else {
         xop_t o;
         load_f80(&o.a, ST(c, dk)); load_f80(&o.b, ST(c, sk));
         run(c, fn, &o);
-        if (!status(c, o.sw, FSW_CC, 0)) return;
+        uint16_t m = ccm(fn);
+        /* FPREM/FPREM1 with a NaN result leave C0/C3 alone (measured) */
+        if (m == FSW_CC && (o.r0.e & 0x7fff) == 0x7fff && (o.r0.m << 1)) m = FSW_C1 | FSW_C2;
+        if (!status(c, o.sw, m, 0)) return;
         set_st(c, dk, &o.r0);
     }
     if (pop) fpop(c);
@@ -266,7 +288,7 @@ static void store_mem(cpu_t *c, const insn_t *i, xfn_t fn, int size, uint64_t in
     } else {
         load_f80(&o.a, ST(c, 0));
         run(c, fn, &o);
-        if (!status(c, o.sw, FSW_CC, 1)) return;
+        if (!status(c, o.sw, ccm(fn), 1)) return;
     }
     fmem_write(c, i->seg, off, o.m, size);
     if (pop) fpop(c);
@@ -303,13 +325,14 @@ static void x87_mem(cpu_t *c, const insn_t *i)
         memset(o.m, 0, sizeof(o.m));
         fmem_read(c, i->seg, ea_off(c, i), o.m, mem_arith_size[t]);
         if (!valid(c, 0)) {
-            if (!stack_fault(c, 0)) return;
+            int masked = stack_fault(c, 0);
             if (ext == 2 || ext == 3) c->fpu.fsw |= FSW_C0 | FSW_C2 | FSW_C3;
-            else set_st(c, 0, &INDEF);
+            if (!masked) return;
+            if (ext != 2 && ext != 3) set_st(c, 0, &INDEF);
         } else {
             load_f80(&o.a, ST(c, 0));
             run(c, mem_arith[t][ext], &o);
-            if (!status(c, o.sw, FSW_CC, 0)) return;
+            if (!status(c, o.sw, ccm(mem_arith[t][ext]), 0)) return;
             if (ext != 2 && ext != 3) set_st(c, 0, &o.r0);
         }
         if (ext == 3) fpop(c);
@@ -400,7 +423,7 @@ static void x87_mem(cpu_t *c, const insn_t *i)
         } else {
             load_f80(&o.a, ST(c, 0));
             run(c, x_fbstp, &o);
-            if (!status(c, o.sw, FSW_CC, 1)) return;
+            if (!status(c, o.sw, FSW_C1, 1)) return;
         }
         fmem_write(c, i->seg, off, o.m, 10);
         fpop(c);
@@ -418,7 +441,7 @@ static void unary(cpu_t *c, xfn_t fn)
     xop_t o;
     load_f80(&o.a, ST(c, 0));
     run(c, fn, &o);
-    if (status(c, o.sw, FSW_CC, 0)) set_st(c, 0, &o.r0);
+    if (status(c, o.sw, ccm(fn), 0)) set_st(c, 0, &o.r0);
 }
 
 /* ST(1) = f(ST(0), ST(1)), pop (FPATAN, FYL2X, FYL2XP1) */
@@ -431,7 +454,7 @@ static void binpop(cpu_t *c, xfn_t fn)
         xop_t o;
         load_f80(&o.a, ST(c, 0)); load_f80(&o.b, ST(c, 1));
         run(c, fn, &o);
-        if (!status(c, o.sw, FSW_CC, 0)) return;
+        if (!status(c, o.sw, ccm(fn), 0)) return;
         set_st(c, 1, &o.r0);
     }
     fpop(c);
@@ -455,7 +478,7 @@ static void one_to_two(cpu_t *c, xfn_t fn)
     xop_t o;
     load_f80(&o.a, ST(c, 0));
     run(c, fn, &o);
-    if (!status(c, o.sw, FSW_CC, 0)) return;
+    if (!status(c, o.sw, ccm(fn), 0)) return;
     if (fn != x_fxtract && (o.sw & FSW_C2)) return;   /* FSINCOS/FPTAN: operand out of range, nothing changes */
     set_st(c, 0, &o.r1);
     fpush(c, &o.r0);
@@ -478,8 +501,9 @@ static void x87_reg(cpu_t *c, const insn_t *i)
     case 0xd9:
         switch (ext) {
         case 0: {                                   /* FLD ST(i) */
-            if ((c->fpu.ftw >> ((top(c) + 7) & 7)) & 1) { if (stack_fault(c, 1)) fpush(c, &INDEF); return; }
+            /* the source is checked before the push (measured: underflow wins) */
             if (!valid(c, k)) { if (stack_fault(c, 0)) fpush(c, &INDEF); return; }
+            if ((c->fpu.ftw >> ((top(c) + 7) & 7)) & 1) { if (stack_fault(c, 1)) fpush(c, &INDEF); return; }
             f80_t v = *ST(c, k);
             c->fpu.fsw &= (uint16_t)~FSW_C1;
             fpush(c, &v);
@@ -507,7 +531,7 @@ static void x87_reg(cpu_t *c, const insn_t *i)
                     c->fpu.fsw = (uint16_t)((c->fpu.fsw & ~FSW_CC) | FSW_C3 | FSW_C0 | sgn);
                     return;
                 }
-                if (!valid(c, 0)) { if (stack_fault(c, 0)) c->fpu.fsw |= FSW_C0 | FSW_C2 | FSW_C3; return; }
+                if (!valid(c, 0)) { (void)stack_fault(c, 0); c->fpu.fsw |= FSW_C0 | FSW_C2 | FSW_C3; return; }
                 xop_t o;
                 load_f80(&o.a, ST(c, 0));
                 run(c, k == 4 ? x_ftst : x_fxam, &o);
@@ -572,7 +596,7 @@ static void x87_reg(cpu_t *c, const insn_t *i)
         break;
     case 0xdd:
         switch (ext) {
-        case 0: c->fpu.ftw &= (uint8_t)~(1u << phys(c, k)); return;   /* FFREE */
+        case 0: c->fpu.ftw &= (uint8_t)~(1u << phys(c, k)); c->fpu.fsw &= (uint16_t)~FSW_C1; return;   /* FFREE */
         case 1: { f80_t a = *ST(c, 0), b = *ST(c, k); int v0 = valid(c, 0), vk = valid(c, k);
                   if (!v0 || !vk) { if (!stack_fault(c, 0)) return; if (!v0) a = INDEF; if (!vk) b = INDEF; }
                   else c->fpu.fsw &= (uint16_t)~FSW_C1;
@@ -595,7 +619,7 @@ static void x87_reg(cpu_t *c, const insn_t *i)
         break;
     case 0xdf:
         switch (ext) {
-        case 0: c->fpu.ftw &= (uint8_t)~(1u << phys(c, k)); fpop(c); return;   /* FFREEP */
+        case 0: c->fpu.ftw &= (uint8_t)~(1u << phys(c, k)); c->fpu.fsw &= (uint16_t)~FSW_C1; fpop(c); return;   /* FFREEP */
         case 2: case 3: goto fstp_reg;
         case 4: if (k == 0) { setreg(c, R_RAX, 2, c->fpu.fsw); return; } break;   /* FNSTSW AX */
         case 5: compare_reg(c, k, 1, 1, 1); return;   /* FUCOMIP */
