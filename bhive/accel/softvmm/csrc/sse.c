@@ -59,7 +59,9 @@ static inline void mx_flags(cpu_t *c, uint32_t f)
     uint32_t unmasked = f & ~(c->fpu.mxcsr >> 7) & 0x3f;
     if (unlikely(unmasked)) {
         uint32_t pre = f & 0x7;
-        c->fpu.mxcsr |= (pre & unmasked) ? pre : f;
+        /* unmasked OE/UE: PE is not recorded (measured; SDM Vol 1 11.5.2.2-3
+         * deliver the exception before the inexact result is written) */
+        c->fpu.mxcsr |= (pre & unmasked) ? pre : (unmasked & 0x18) ? (f & ~0x20u) : f;
         simd_exc(c);
     }
     c->fpu.mxcsr |= f;

@@ -437,7 +437,11 @@ static void x87_mem(cpu_t *c, const insn_t *i)
 /* ---- register forms ----------------------------------------------------------------- */
 static void unary(cpu_t *c, xfn_t fn)
 {
-    if (!valid(c, 0)) { if (stack_fault(c, 0)) set_st(c, 0, &INDEF); return; }
+    if (!valid(c, 0)) {
+        if (fn == x_fsin || fn == x_fcos) c->fpu.fsw &= (uint16_t)~FSW_C2;
+        if (stack_fault(c, 0)) set_st(c, 0, &INDEF);
+        return;
+    }
     xop_t o;
     load_f80(&o.a, ST(c, 0));
     run(c, fn, &o);
@@ -463,6 +467,8 @@ static void binpop(cpu_t *c, xfn_t fn)
 /* ST(0) = r1 then push r0 (FXTRACT, FSINCOS, FPTAN) */
 static void one_to_two(cpu_t *c, xfn_t fn)
 {
+    if (fn != x_fxtract && (!valid(c, 0) || ((c->fpu.ftw >> ((top(c) + 7) & 7)) & 1)))
+        c->fpu.fsw &= (uint16_t)~FSW_C2;     /* #IS: "C2 = 0" of FSINCOS/FPTAN (measured) */
     if (!valid(c, 0)) {
         if (!stack_fault(c, 0)) return;
         set_st(c, 0, &INDEF);
@@ -578,11 +584,10 @@ static void x87_reg(cpu_t *c, const insn_t *i)
             int cc = cond_fcmov(c, ext) ^ (op == 0xdb);
             if (!valid(c, 0) || !valid(c, k)) {
                 if (!stack_fault(c, 0)) return;
-                if (cc) set_st(c, 0, &INDEF);
+                set_st(c, 0, &INDEF);               /* whatever the condition (measured) */
                 return;
             }
-            c->fpu.fsw &= (uint16_t)~FSW_C1;
-            if (cc) { f80_t v = *ST(c, k); set_st(c, 0, &v); }
+            if (cc) { f80_t v = *ST(c, k); set_st(c, 0, &v); }   /* C1 unchanged (measured) */
             return;
         }
         if (op == 0xda && ext == 5 && k == 1) { compare_reg(c, 1, 1, 0, 2); return; }   /* FUCOMPP */
