@@ -67,6 +67,91 @@ static inline void mx_flags(cpu_t *c, uint32_t f)
     c->fpu.mxcsr |= f;
 }
 
+/* ---- unmasked overflow/underflow (SDM Vol 1 11.5.2.2, 11.5.2.3) -----------
+ * With OM or UM clear, OE/UE/PE follow the result rounded to the destination
+ * precision with an unbounded exponent, and UE is raised for any tiny result
+ * (exact or not).  The host ran with everything masked, so those flags are
+ * recomputed lane by lane on the host x87 (15-bit exponent, precision
+ * control 24/53 bits, the guest's rounding control). */
+static uint16_t x87_lane(int op, int din, int pc, int rc, uint64_t a, uint64_t b, uint16_t *exp)
+{
+    struct { uint64_t m; uint16_t e; } __attribute__((packed, aligned(16))) r;
+    uint16_t save = 0, sw, cw = (uint16_t)(0x3f | pc << 8 | rc << 10);
+#define L(ld, insn) __asm__ volatile("fnstcw %[save]\n\tfnclex\n\tfldcw %[cw]\n\t" ld " %[b]\n\t" ld " %[a]\n\t" insn \
+        "\n\tfstpt %[r]\n\tfnstsw %[sw]\n\tfninit\n\tfldcw %[save]" \
+        : [save] "+m"(save), [sw] "=m"(sw), [r] "=m"(r) : [cw] "m"(cw), [a] "m"(a), [b] "m"(b) \
+        : "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)", "memory")
+#define OPS(ld) switch (op) { \
+    case 0x58: L(ld, "fadd %%st(1), %%st"); break; case 0x59: L(ld, "fmul %%st(1), %%st"); break; \
+    case 0x5c: L(ld, "fsub %%st(1), %%st"); break; case 0x5e: L(ld, "fdiv %%st(1), %%st"); break; \
+    case 0x51: L(ld, "fsqrt"); break; default: L(ld, "fldz\n\tfaddp"); break; }
+    if (din) { OPS("fldl") } else { OPS("flds") }
+#undef OPS
+#undef L
+    *exp = r.e & 0x7fff;
+    if (!(r.m >> 63)) *exp = 0;   /* zero */
+    return sw;
+}
+
+static uint32_t scalar_lane_flags(cpu_t *c, int op, int din, uint64_t dv, uint64_t sv);
+
+static uint32_t unbounded_flags(cpu_t *c, int op, int p, const xmm_t *d, const xmm_t *s, int *handled)
+{
+    int dout, din, n;
+    *handled = 0;
+    if (op == 0x5a) {
+        if (p != 1 && p != 3) return 0;
+        din = 1; dout = 0; n = p == 1 ? 2 : 1;
+    } else if (op == 0x51 || op == 0x58 || op == 0x59 || op == 0x5c || op == 0x5e) {
+        din = dout = (p & 1); n = p == 0 ? 4 : p == 1 ? 2 : 1;
+    } else return 0;
+    *handled = 1;
+    int rc = (c->fpu.mxcsr >> 13) & 3, daz = !!(c->fpu.mxcsr & MXCSR_DAZ);
+    int emin = dout ? -1022 : -126, emax = dout ? 1023 : 127;
+    uint32_t f = 0;
+    for (int k = 0; k < n; k++) {
+        uint64_t a, b;
+        uint64_t draw = din ? d->q[k] : d->d[k], sraw = din ? s->q[k] : s->d[k];
+        int nan = 0;
+        if (din) {
+            a = s->q[k]; b = d->q[k];
+            if (op != 0x51 && op != 0x5a) { uint64_t t = a; a = b; b = t; }   /* a = dst op src */
+            for (int j = 0; j < 2; j++) {
+                uint64_t *v = j ? &b : &a;
+                if (((*v >> 52) & 0x7ff) == 0x7ff) nan = 1;
+                if (daz && !((*v >> 52) & 0x7ff)) *v &= 1ull << 63;
+            }
+        } else {
+            a = s->d[k]; b = d->d[k];
+            if (op != 0x51) { uint64_t t = a; a = b; b = t; }
+            for (int j = 0; j < 2; j++) {
+                uint64_t *v = j ? &b : &a;
+                if (((*v >> 23) & 0xff) == 0xff) nan = 1;
+                if (daz && !((*v >> 23) & 0xff)) *v &= 1u << 31;
+            }
+        }
+        if (op == 0x51 || op == 0x5a) nan = din ? ((a >> 52) & 0x7ff) == 0x7ff : ((a >> 23) & 0xff) == 0xff;
+        if (nan) continue;
+        uint16_t e;
+        uint16_t sw = x87_lane(op, din, dout ? 2 : 0, rc, a, b, &e);
+        if (sw & 0x5) continue;                        /* invalid / divide by zero: no result */
+        if (e && e != 0x7fff) {
+            int ue = (int)e - 16383;
+            int bias = dout ? 1536 : 192;        /* exponent wrap of the unmasked response */
+            if (ue > emax) f |= 0x08;
+            else if (ue < emin) {
+                /* UE masked: the lane's masked response (denormal or flushed
+                 * result; UE only if inexact) comes from the host's SSE */
+                if (c->fpu.mxcsr & 0x800) { f |= scalar_lane_flags(c, op, din, draw, sraw) & 0x30; continue; }
+                f |= 0x10;
+            }
+            if (ue > emax + bias || ue < emin - bias) f |= 0x20;   /* still out of range: rounded, inexact */
+        }
+        if (sw & 0x20) f |= 0x20;
+    }
+    return f;
+}
+
 /* ---- the host operations -------------------------------------------------- */
 #define OP(name, insn) \
     static void s_##name(xmm_t *d, const xmm_t *s) { \
@@ -131,6 +216,15 @@ static const sop_t bin_tab[256][4] = {
     [0xf8] = I66(psubb), [0xf9] = I66(psubw), [0xfa] = I66(psubd), [0xfb] = I66(psubq),
     [0xfc] = I66(paddb), [0xfd] = I66(paddw), [0xfe] = I66(paddd),
 };
+
+static uint32_t scalar_lane_flags(cpu_t *c, int op, int din, uint64_t dv, uint64_t sv)
+{
+    sop_t fn = bin_tab[op][din ? 3 : 2];
+    if (op == 0x5a) fn = s_cvtsd2ss;
+    xmm_t d = { .q = { 0, 0 } }, s = { .q = { 0, 0 } };
+    if (din || op == 0x5a) { d.q[0] = dv; s.q[0] = sv; } else { d.d[0] = (uint32_t)dv; s.d[0] = (uint32_t)sv; }
+    return run_op(c, fn, &d, &s);
+}
 
 /* memory operand size of the binary forms: scalar single 4, scalar double and
  * the half-width conversions 8, everything else 16 (and 16-byte aligned) */
@@ -261,6 +355,14 @@ HANDLER(h_sse)
         src_op(c, i, &s, msz, 1);
         t = *d;
         uint32_t f = run_op(c, fn, &t, &s);
+        if (unlikely((~c->fpu.mxcsr & 0x0c00) && !(f & ~(c->fpu.mxcsr >> 7) & 0x7))) {
+            int handled;
+            uint32_t u = unbounded_flags(c, op, p, d, &s, &handled);
+            if (handled && (u & ~(c->fpu.mxcsr >> 7) & 0x18)) {
+                c->fpu.mxcsr |= (f & 0x7) | u;
+                simd_exc(c);
+            }
+        }
         mx_flags(c, f);
         *d = t;
         return;
