@@ -98,42 +98,51 @@ static uint32_t scalar_lane_flags(cpu_t *c, int op, int din, uint64_t dv, uint64
 static uint32_t unbounded_flags(cpu_t *c, int op, int p, const xmm_t *d, const xmm_t *s, int *handled)
 {
     int dout, din, n;
+    uint64_t A[4], B[4];
+    int OP[4];
     *handled = 0;
     if (op == 0x5a) {
         if (p != 1 && p != 3) return 0;
         din = 1; dout = 0; n = p == 1 ? 2 : 1;
     } else if (op == 0x51 || op == 0x58 || op == 0x59 || op == 0x5c || op == 0x5e) {
         din = dout = (p & 1); n = p == 0 ? 4 : p == 1 ? 2 : 1;
+    } else if ((op == 0x7c || op == 0x7d || op == 0xd0) && (p == 1 || p == 3)) {
+        din = dout = p == 1; n = p == 1 ? 2 : 4;
     } else return 0;
     *handled = 1;
+#define LANE(v, k) (din ? (v)->q[k] : (uint64_t)(v)->d[k])
+    for (int k = 0; k < n; k++) {
+        if (op == 0x7c || op == 0x7d) {          /* HADD/HSUB: pairs of the destination, then of the source */
+            const xmm_t *v = k < n / 2 ? d : s;
+            int j = 2 * (k % (n / 2));
+            A[k] = LANE(v, j); B[k] = LANE(v, j + 1); OP[k] = op == 0x7c ? 0x58 : 0x5c;
+        } else {
+            A[k] = LANE(d, k); B[k] = LANE(s, k);
+            OP[k] = op == 0xd0 ? ((k & 1) ? 0x58 : 0x5c) : op;
+            if (op == 0x51 || op == 0x5a) { A[k] = LANE(s, k); B[k] = 0; }   /* unary */
+        }
+    }
+#undef LANE
     int rc = (c->fpu.mxcsr >> 13) & 3, daz = !!(c->fpu.mxcsr & MXCSR_DAZ);
     int emin = dout ? -1022 : -126, emax = dout ? 1023 : 127;
+    int unary = op == 0x51 || op == 0x5a;
     uint32_t f = 0;
     for (int k = 0; k < n; k++) {
-        uint64_t a, b;
-        uint64_t draw = din ? d->q[k] : d->d[k], sraw = din ? s->q[k] : s->d[k];
+        uint64_t a = A[k], b = B[k];
         int nan = 0;
-        if (din) {
-            a = s->q[k]; b = d->q[k];
-            if (op != 0x51 && op != 0x5a) { uint64_t t = a; a = b; b = t; }   /* a = dst op src */
-            for (int j = 0; j < 2; j++) {
-                uint64_t *v = j ? &b : &a;
+        for (int j = 0; j < (unary ? 1 : 2); j++) {
+            uint64_t *v = j ? &b : &a;
+            if (din) {
                 if (((*v >> 52) & 0x7ff) == 0x7ff) nan = 1;
                 if (daz && !((*v >> 52) & 0x7ff)) *v &= 1ull << 63;
-            }
-        } else {
-            a = s->d[k]; b = d->d[k];
-            if (op != 0x51) { uint64_t t = a; a = b; b = t; }
-            for (int j = 0; j < 2; j++) {
-                uint64_t *v = j ? &b : &a;
+            } else {
                 if (((*v >> 23) & 0xff) == 0xff) nan = 1;
                 if (daz && !((*v >> 23) & 0xff)) *v &= 1u << 31;
             }
         }
-        if (op == 0x51 || op == 0x5a) nan = din ? ((a >> 52) & 0x7ff) == 0x7ff : ((a >> 23) & 0xff) == 0xff;
         if (nan) continue;
         uint16_t e;
-        uint16_t sw = x87_lane(op, din, dout ? 2 : 0, rc, a, b, &e);
+        uint16_t sw = x87_lane(OP[k], din, dout ? 2 : 0, rc, a, b, &e);
         if (sw & 0x5) continue;                        /* invalid / divide by zero: no result */
         if (e && e != 0x7fff) {
             int ue = (int)e - 16383;
@@ -142,10 +151,10 @@ static uint32_t unbounded_flags(cpu_t *c, int op, int p, const xmm_t *d, const x
             else if (ue < emin) {
                 /* UE masked: the lane's masked response (denormal or flushed
                  * result; UE only if inexact) comes from the host's SSE */
-                if (c->fpu.mxcsr & 0x800) { f |= scalar_lane_flags(c, op, din, draw, sraw) & 0x30; continue; }
+                if (c->fpu.mxcsr & 0x800) { f |= scalar_lane_flags(c, OP[k], din, A[k], B[k]) & 0x30; continue; }
                 f |= 0x10;
             }
-            if (ue > emax + bias || ue < emin - bias) f |= 0x20;   /* still out of range: rounded, inexact */
+            if (ue > emax + bias) f |= 0x20;     /* still out of range after the wrap: inexact */
         }
         if (sw & 0x20) f |= 0x20;
     }
@@ -222,6 +231,7 @@ static uint32_t scalar_lane_flags(cpu_t *c, int op, int din, uint64_t dv, uint64
     sop_t fn = bin_tab[op][din ? 3 : 2];
     if (op == 0x5a) fn = s_cvtsd2ss;
     xmm_t d = { .q = { 0, 0 } }, s = { .q = { 0, 0 } };
+    if (op == 0x51 || op == 0x5a) sv = dv;      /* unary: the lane value is the source */
     if (din || op == 0x5a) { d.q[0] = dv; s.q[0] = sv; } else { d.d[0] = (uint32_t)dv; s.d[0] = (uint32_t)sv; }
     return run_op(c, fn, &d, &s);
 }
