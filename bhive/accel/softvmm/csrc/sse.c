@@ -146,7 +146,6 @@ static uint32_t unbounded_flags(cpu_t *c, int op, int p, const xmm_t *d, const x
         if (sw & 0x5) continue;                        /* invalid / divide by zero: no result */
         if (e && e != 0x7fff) {
             int ue = (int)e - 16383;
-            int bias = dout ? 1536 : 192;        /* exponent wrap of the unmasked response */
             if (ue > emax) f |= 0x08;
             else if (ue < emin) {
                 /* UE masked: the lane's masked response (denormal or flushed
@@ -154,7 +153,6 @@ static uint32_t unbounded_flags(cpu_t *c, int op, int p, const xmm_t *d, const x
                 if (c->fpu.mxcsr & 0x800) { f |= scalar_lane_flags(c, OP[k], din, A[k], B[k]) & 0x30; continue; }
                 f |= 0x10;
             }
-            if (ue > emax + bias) f |= 0x20;     /* still out of range after the wrap: inexact */
         }
         if (sw & 0x20) f |= 0x20;
     }
