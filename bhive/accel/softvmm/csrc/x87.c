@@ -268,8 +268,8 @@ static void arith_reg(cpu_t *c, xfn_t fn, int dk, int sk, int pop)
         load_f80(&o.a, ST(c, dk)); load_f80(&o.b, ST(c, sk));
         run(c, fn, &o);
         uint16_t m = ccm(fn);
-        /* FPREM/FPREM1 with a NaN result leave C0/C3 alone (measured) */
-        if (m == FSW_CC && (o.r0.e & 0x7fff) == 0x7fff && (o.r0.m << 1)) m = FSW_C1 | FSW_C2;
+        /* FPREM/FPREM1 with a NaN result or #IA leave C0/C3 alone (measured) */
+        if (m == FSW_CC && (((o.r0.e & 0x7fff) == 0x7fff && (o.r0.m << 1)) || (o.sw & FSW_IE))) m = FSW_C1 | FSW_C2;
         if (!status(c, o.sw, m, 0)) return;
         set_st(c, dk, &o.r0);
     }
