@@ -316,3 +316,38 @@ def test_x87_integer_stores_compares_and_fxam():
     assert r(m, "RBX") & 0x3F == 0x01
     assert r(m, "RCX") & 0xFF == 1
     assert r(m, "RAX") & 0x4700 == 0x4100
+
+
+def test_fnstenv_fldenv_fnsave_frstor():
+    m = run(f"""
+        fninit
+        fldz
+        fld1
+        mov word [{DATA + 0x300:#x}], 0x0272     ; PM, UM, OM, DM masked; ZM, IM unmasked; PC=53
+        fldcw [{DATA + 0x300:#x}]
+        fnstenv [{DATA:#x}]                      ; 28-byte protected-mode image, then masks all
+        fnstcw [{DATA + 0x302:#x}]
+        fnsave [{DATA + 0x40:#x}]                ; 108 bytes, then FNINIT
+        fnstcw [{DATA + 0x304:#x}]
+        frstor [{DATA + 0x40:#x}]
+        fstp tword [{DATA + 0x100:#x}]           ; 1.0 back from FRSTOR
+        fstp tword [{DATA + 0x110:#x}]           ; 0.0
+        fnstsw ax
+        fldenv [{DATA:#x}]
+        fnstcw [{DATA + 0x306:#x}]
+    """)
+    assert vector(m) == -1
+    env = m.read(DATA, 28)
+    fcw, fsw, ftw = struct.unpack_from("<HxxHxxHxx", env, 0)
+    assert fcw == 0x0272
+    assert fsw == 6 << 11
+    assert ftw == 0b0100_1111_1111_1111          # R7 zero (01), R6 valid (00), the rest empty (11)
+    assert struct.unpack_from("<HH", m.read(DATA + 0x302, 4)) == (0x027F, 0x037F)   # masked; FNINIT
+    save = m.read(DATA + 0x40, 108)
+    assert save[:12] == env[:12]
+    assert save[28:38] == struct.pack("<QH", 1 << 63, 0x3FFF)       # ST0 = 1.0
+    assert save[38:48] == bytes(10)                                  # ST1 = +0.0
+    assert m.read(DATA + 0x100, 10) == struct.pack("<QH", 1 << 63, 0x3FFF)
+    assert m.read(DATA + 0x110, 10) == bytes(10)
+    assert r(m, "RAX") & 0x3800 == 0             # TOP back to 0 after two pops
+    assert struct.unpack_from("<H", m.read(DATA + 0x306, 2))[0] == 0x0272
