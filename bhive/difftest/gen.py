@@ -611,7 +611,7 @@ def fpu_image(rng: random.Random, x87: bool) -> bytes:
     img[4] = ftw
     img[24:28] = mx.to_bytes(4, "little")
     for i in range(8):
-        v = rand_ext80(rng) if x87 else 0
+        v = rand_ext80(rng) if x87 else rng.getrandbits(64) | 0xFFFF << 64    # MMX registers
         img[32 + 16 * i:42 + 16 * i] = v.to_bytes(10, "little")
     for i in range(16):
         if rng.random() < 0.5:
@@ -874,7 +874,45 @@ def g_x87_ext(ctx: Ctx):
     ctx.fsw_undef = c_undef
 
 
-GROUPS["sse"] = [g_sse, g_sse_ext]
+MMX_BIN = ("paddb", "paddw", "paddd", "paddq", "psubb", "psubw", "psubd", "psubq", "paddsb", "paddsw",
+           "paddusb", "paddusw", "psubsb", "psubsw", "psubusb", "psubusw", "pmullw", "pmulhw", "pmulhuw",
+           "pmuludq", "pmaddwd", "psadbw", "pavgb", "pavgw", "pmaxsw", "pmaxub", "pminsw", "pminub",
+           "pand", "pandn", "por", "pxor", "pcmpeqb", "pcmpeqw", "pcmpeqd", "pcmpgtb", "pcmpgtw", "pcmpgtd",
+           "packsswb", "packssdw", "packuswb", "punpcklbw", "punpcklwd", "punpckldq", "punpckhbw",
+           "punpckhwd", "punpckhdq", "psllw", "pslld", "psllq", "psrlw", "psrld", "psrlq", "psraw", "psrad")
+
+
+def g_mmx(ctx: Ctx):
+    """MMX (the mm registers are the x87 significands: TOP/tags change too)
+    and the MMX<->SSE conversions."""
+    rng = ctx.rng
+    mm = lambda: f"mm{rng.randrange(8)}"
+    x = lambda: f"xmm{rng.randrange(16)}"
+    m = lambda: ctx.mem(64).replace("qword ", "")
+    k = rng.random()
+    if k < 0.45:
+        op = rng.choice(MMX_BIN)
+        if op[:3] in ("psl", "psr") and rng.random() < 0.4:
+            line = f"{op} {mm()}, {rng.choice((0, 1, 7, 15, 16, 31, 32, 63, 64, rng.randrange(256)))}"
+        else:
+            src = mm() if rng.random() < 0.7 else m()
+            line = f"{op} {mm()}, {src}"
+    elif k < 0.75:
+        r32, r64 = REG32[ctx.reg()], REG64[ctx.reg()]
+        line = rng.choice((f"movd {mm()}, {r32}", f"movq {mm()}, {r64}", f"movd {r32}, {mm()}", f"movq {r64}, {mm()}",
+                           f"movq {mm()}, {mm()}", f"movq {mm()}, qword {m()}", f"movq qword {m()}, {mm()}",
+                           f"movd {mm()}, dword {m()}", f"movntq {m()}, {mm()}", "emms",
+                           f"pshufw {mm()}, {mm()}, {rng.randrange(256)}", f"pinsrw {mm()}, {r32}, {rng.randrange(256)}",
+                           f"pextrw {r32}, {mm()}, {rng.randrange(256)}", f"pmovmskb {r32}, {mm()}"))
+    else:
+        line = rng.choice((f"cvtpi2ps {x()}, {mm()}", f"cvtpi2pd {x()}, {mm()}", f"cvtpi2ps {x()}, qword {m()}",
+                           f"cvtps2pi {mm()}, {x()}", f"cvttps2pi {mm()}, {x()}", f"cvtpd2pi {mm()}, {x()}",
+                           f"cvttpd2pi {mm()}, {x()}", f"cvttpd2pi {mm()}, {mem_a16(ctx)}",
+                           f"movq2dq {x()}, {mm()}", f"movdq2q {mm()}, {x()}"))
+    ctx.emit(line, 0, 0, 0)
+
+
+GROUPS["sse"] = [g_sse, g_sse_ext, g_mmx]
 GROUPS["x87"] = [g_x87, g_x87_ext]
 FPU_GROUPS = frozenset({"sse", "x87"})
 

@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = ["run.c", "decode.c", "alu.c", "control.c", "string.c", "system.c",
            "cpuid.c", "mmu.c", "exceptions.c", "lapic.c", "fast.c",
-           "x87.c", "sse.c"]
+           "x87.c", "sse.c", "mmx.c"]
 
 CDEF = """
 typedef struct svm_exit {

@@ -121,7 +121,7 @@ static const opent_t map1[256] = {
     [0xcc] = { h_bswap, RO }, [0xcd] = { h_bswap, RO }, [0xce] = { h_bswap, RO }, [0xcf] = { h_bswap, RO },
 };
 
-/* x87 and SSE/SSE2/SSE3 (x87.c, sse.c): consulted when the tables above
+/* x87, MMX and SSE/SSE2/SSE3 (x87.c, mmx.c, sse.c): consulted when the tables above
  * have no entry for the opcode (map 0: always, for WAIT and D8-DF) */
 #define SSE { h_sse, M }
 #define SSEI { h_sse, M | IB }
@@ -138,7 +138,7 @@ static const opent_t fpu_map1[256] = {
     [0x60] = SSE, [0x61] = SSE, [0x62] = SSE, [0x63] = SSE, [0x64] = SSE, [0x65] = SSE, [0x66] = SSE, [0x67] = SSE,
     [0x68] = SSE, [0x69] = SSE, [0x6a] = SSE, [0x6b] = SSE, [0x6c] = SSE, [0x6d] = SSE, [0x6e] = SSE, [0x6f] = SSE,
     [0x70] = SSEI, [0x71] = SSEI, [0x72] = SSEI, [0x73] = SSEI, [0x74] = SSE, [0x75] = SSE, [0x76] = SSE,
-    [0x7c] = SSE, [0x7d] = SSE, [0x7e] = SSE, [0x7f] = SSE,
+    [0x77] = { h_sse, 0 }, [0x7c] = SSE, [0x7d] = SSE, [0x7e] = SSE, [0x7f] = SSE,
     [0xc2] = SSEI, [0xc3] = SSE, [0xc4] = SSEI, [0xc5] = SSEI, [0xc6] = SSEI,
     [0xd0] = SSE, [0xd1] = SSE, [0xd2] = SSE, [0xd3] = SSE, [0xd4] = SSE, [0xd5] = SSE, [0xd6] = SSE, [0xd7] = SSE,
     [0xd8] = SSE, [0xd9] = SSE, [0xda] = SSE, [0xdb] = SSE, [0xdc] = SSE, [0xdd] = SSE, [0xde] = SSE, [0xdf] = SSE,

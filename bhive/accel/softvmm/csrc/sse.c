@@ -22,6 +22,9 @@
 #include "handlers.h"
 
 typedef void (*sop_t)(xmm_t *d, const xmm_t *s);
+int mmx_opcode(int op);                 /* mmx.c */
+void mmx_check(cpu_t *c);
+void h_mmx(cpu_t *c, const insn_t *i);
 
 /* ---- host MXCSR bracket ------------------------------------------------- */
 static uint32_t host_mxcsr_mask = 0xffbf;
@@ -346,11 +349,56 @@ static void shift_bytes(xmm_t *d, int n, int left)
 }
 
 /* ---- the handler -------------------------------------------------------------- */
+/* MMX <-> SSE conversions (0F 2A/2C/2D without prefix or with 66) */
+static uint32_t cvt_mmx(cpu_t *c, int which, xmm_t *x, uint64_t *m)
+{
+    uint32_t host, g = (c->fpu.mxcsr & ~0x3fu) | 0x1f80u, out;
+    __asm__ volatile("stmxcsr %0\n\tldmxcsr %1" : "=m"(host) : "m"(g) : "memory");
+#define CV(insn, a, b) __asm__ volatile("movq %1, %%mm0\n\tmovdqa %0, %%xmm0\n\t" insn " " a ", " b "\n\t" \
+                                        "movdqa %%xmm0, %0\n\tmovq %%mm0, %1\n\temms" \
+                                        : "+m"(*x), "+m"(*m) : : "xmm0", "mm0", "st")
+    switch (which) {
+    case 0: CV("cvtpi2ps", "%%mm0", "%%xmm0"); break;
+    case 1: CV("cvtpi2pd", "%%mm0", "%%xmm0"); break;
+    case 2: CV("cvtps2pi", "%%xmm0", "%%mm0"); break;
+    case 3: CV("cvttps2pi", "%%xmm0", "%%mm0"); break;
+    case 4: CV("cvtpd2pi", "%%xmm0", "%%mm0"); break;
+    default: CV("cvttpd2pi", "%%xmm0", "%%mm0"); break;
+    }
+#undef CV
+    __asm__ volatile("stmxcsr %0\n\tldmxcsr %1" : "=m"(out) : "m"(host) : "memory");
+    return out & 0x3f;
+}
+
+static void mmx_conv(cpu_t *c, const insn_t *i, int p)
+{
+    xmm_t x, s;
+    uint64_t m;
+    if (i->op == 0x2a) {                     /* CVTPI2PS / CVTPI2PD xmm, mm/m64 */
+        if (i->mod == 3) { mmx_check(c); m = c->fpu.st[i->rm & 7].m; }
+        else m = ld(c, i->seg, ea_off(c, i), 8);
+        x = c->fpu.xmm[i->reg & 15];
+        uint32_t f = cvt_mmx(c, p, &x, &m);
+        if (i->mod == 3) { c->fpu.fsw &= (uint16_t)~0x3800; c->fpu.ftw = 0xff; }   /* MMX transition, even with #XM */
+        mx_flags(c, f);
+        c->fpu.xmm[i->reg & 15] = x;
+        return;
+    }
+    mmx_check(c);                            /* CVT(T)PS2PI / CVT(T)PD2PI mm, xmm/m */
+    src_op(c, i, &s, p ? 16 : 8, 1);
+    m = 0;
+    uint32_t f = cvt_mmx(c, 2 + 2 * p + (i->op == 0x2c), &s, &m);
+    c->fpu.fsw &= (uint16_t)~0x3800; c->fpu.ftw = 0xff;     /* MMX transition, even with #XM */
+    mx_flags(c, f);
+    c->fpu.st[i->reg & 7].m = m; c->fpu.st[i->reg & 7].e = 0xffff;
+}
+
 HANDLER(h_sse)
 {
-    sse_check(c);
     int op = i->op;
     int p = i->rep == 0xf3 ? 2 : i->rep == 0xf2 ? 3 : i->pfx66 ? 1 : 0;
+    if (p == 0 && mmx_opcode(op)) { h_mmx(c, i); return; }
+    sse_check(c);
     xmm_t s, t;
     xmm_t *d = X(i->reg);
     uint8_t ib = (uint8_t)i->imm;
@@ -417,7 +465,7 @@ moves:
         else store_op(c, i, d, 16, 1);
         return;
     case 0x2a: {                      /* CVTSI2SS/SD */
-        if (p < 2) break;
+        if (p < 2) { mmx_conv(c, i, p); return; }
         int q = gsz(i) == 8;
         uint64_t v = rd_rm(c, i, q ? 8 : 4);
         t = *d;
@@ -431,7 +479,7 @@ moves:
         store_op(c, i, d, 16, 1);
         return;
     case 0x2c: case 0x2d: {           /* CVT(T)SS2SI / CVT(T)SD2SI */
-        if (p < 2) break;
+        if (p < 2) { mmx_conv(c, i, p); return; }
         int dbl = p == 3, q = gsz(i) == 8;
         src_op(c, i, &s, dbl ? 8 : 4, 0);
         uint64_t r;
@@ -520,7 +568,14 @@ moves:
         }
         *d = t;
         return;
-    case 0xd6:                        /* MOVQ xmm/m64, xmm */
+    case 0xd6:                        /* MOVQ xmm/m64, xmm; MOVQ2DQ; MOVDQ2Q */
+        if ((p == 2 || p == 3) && i->mod == 3) {
+            mmx_check(c);
+            c->fpu.fsw &= (uint16_t)~0x3800; c->fpu.ftw = 0xff;
+            if (p == 2) { X(i->reg)->q[0] = c->fpu.st[i->rm & 7].m; X(i->reg)->q[1] = 0; }
+            else { c->fpu.st[i->reg & 7].m = X(i->rm)->q[0]; c->fpu.st[i->reg & 7].e = 0xffff; }
+            return;
+        }
         if (p != 1) break;
         if (i->mod == 3) { X(i->rm)->q[0] = d->q[0]; X(i->rm)->q[1] = 0; }
         else store_op(c, i, &d->q[0], 8, 0);
