@@ -351,3 +351,44 @@ def test_fnstenv_fldenv_fnsave_frstor():
     assert m.read(DATA + 0x110, 10) == bytes(10)
     assert r(m, "RAX") & 0x3800 == 0             # TOP back to 0 after two pops
     assert struct.unpack_from("<H", m.read(DATA + 0x306, 2))[0] == 0x0272
+
+
+# ---------------------------------------------------------------- MMX
+
+def test_mmx_aliases_x87_registers_tags_and_emms():
+    m = run(f"""
+        fninit
+        fld1                                      ; TOP = 7
+        mov rax, 0x00FF_7FFF_8000_0001
+        movq mm3, rax
+        paddsw mm3, mm3                           ; 0x00ff+.. saturating words
+        movq rbx, mm3
+        fxsave [{DATA:#x}]
+        emms
+        fxsave [{DATA + 0x200:#x}]
+    """)
+    assert vector(m) == -1
+    assert r(m, "RBX") == 0x01FE_7FFF_8000_0002
+    img = m.read(DATA, 512)
+    fsw, ftw = struct.unpack_from("<HB", img, 2)
+    assert fsw & 0x3800 == 0 and ftw == 0xFF          # TOP = 0, all valid
+    assert img[32 + 16 * 3:42 + 16 * 3] == struct.pack("<QH", 0x01FE_7FFF_8000_0002, 0xFFFF)   # R3 = MM3
+    assert m.read(DATA + 0x200, 5)[4] == 0            # EMMS: all empty
+    m = run("paddb mm0, mm1", cr0_set=0x4)            # CR0.EM: #UD for MMX (x87 would be #NM)
+    assert vector(m) == 6
+    m = run("""
+        fninit
+        mov word [0x30100], 0x037E                ; IM clear
+        fldcw [0x30100]
+        fld1
+        fld1
+        fld1
+        fld1
+        fld1
+        fld1
+        fld1
+        fld1
+        fld1                                      ; unmasked #IS: ES pending
+        paddb mm0, mm1                            ; #MF
+    """)
+    assert vector(m) == 16
