@@ -209,3 +209,19 @@ def test_kvm_vs_softvmm(group, n):
         t.close()
     assert st.cases == n and st.skipped == 0
     assert st.divergences == 0, "\n\n".join(st.reports)
+
+
+@needs_kvm
+def test_kvm_vs_softvmm_x87_and_sse():
+    why = _softvmm_reason()
+    if why:
+        pytest.skip(why)
+    from bhive.difftest.runner import DiffTester
+    t = DiffTester("kvm", "softvmm", batch=1000)
+    try:
+        for group, seed in (("sse", 4243), ("x87", 4244)):
+            st = t.run(seed, 15000, group, max_reports=5, out=None)
+            assert st.cases == 15000 and st.skipped == 0, group
+            assert st.divergences == 0, "\n\n".join(st.reports)
+    finally:
+        t.close()

@@ -611,7 +611,7 @@ def fpu_image(rng: random.Random, x87: bool) -> bytes:
     img[4] = ftw
     img[24:28] = mx.to_bytes(4, "little")
     for i in range(8):
-        v = rand_ext80(rng) if x87 else 0
+        v = rand_ext80(rng) if x87 else rng.getrandbits(64) | 0xFFFF << 64    # MMX registers
         img[32 + 16 * i:42 + 16 * i] = v.to_bytes(10, "little")
     for i in range(16):
         if rng.random() < 0.5:
@@ -745,8 +745,175 @@ def g_x87(ctx: Ctx):
     ctx.fsw_undef = c_undef
 
 
-GROUPS["sse"] = [g_sse]
-GROUPS["x87"] = [g_x87]
+SSE_PACKED = ("addps", "addpd", "mulps", "mulpd", "subps", "subpd", "divps", "divpd", "minps", "maxpd",
+              "sqrtps", "sqrtpd", "rcpps", "rsqrtps", "andnps", "xorpd", "unpckhps", "cvtdq2ps", "cvtps2dq",
+              "cvttps2dq", "cvtpd2dq", "cvttpd2dq", "cvtpd2ps", "haddps", "haddpd", "hsubps", "hsubpd",
+              "addsubps", "addsubpd", "movsldup", "movshdup", "paddq", "psubq", "pmuludq", "pcmpgtd",
+              "punpckhqdq", "packuswb", "psadbw", "pmaddwd", "psraw", "pslld", "psrlq", "pavgw")
+
+
+def mem_a16(ctx: Ctx) -> str:
+    """A 16-byte aligned memory operand (packed SSE forms).  Misaligned ones
+    are not generated: architecturally #GP(0), but the nested KVM oracle
+    reports #UD for them (its #GP intercept cannot emulate SSE)."""
+    disp = ctx.rng.randrange(-192, 192)
+    disp -= (ctx.regs[ctx.base] + disp) % 16
+    return f"[{REG64[ctx.base]}{disp:+d}]"
+
+
+def g_sse_ext(ctx: Ctx):
+    """More SSE/SSE2/SSE3: compares with every predicate, moves of every
+    form (register, unaligned and aligned memory: misaligned m128 operands
+    take #GP), MXCSR round trips, memory operands of packed arithmetic."""
+    rng = ctx.rng
+    x = lambda: f"xmm{rng.randrange(16)}"
+    m = lambda: ctx.mem(64).replace("qword ", "")
+    ma = lambda: mem_a16(ctx)
+    k = rng.random()
+    if k < 0.2:
+        op = rng.choice(("cmpps", "cmppd", "cmpss", "cmpsd"))
+        src = x() if rng.random() < 0.8 else (ma() if op in ("cmpps", "cmppd") else m())
+        line = f"{op} {x()}, {src}, {rng.randrange(8)}"
+    elif k < 0.45:
+        line = rng.choice((
+            f"movss {x()}, {x()}", f"movsd {x()}, {x()}", f"movss {x()}, dword {m()}", f"movsd {x()}, qword {m()}",
+            f"movss dword {m()}, {x()}", f"movsd qword {m()}, {x()}", f"movaps {x()}, {x()}", f"movapd {x()}, {ma()}",
+            f"movaps {ma()}, {x()}", f"movups {x()}, {m()}", f"movupd {m()}, {x()}", f"movdqa {x()}, {ma()}",
+            f"movdqa {ma()}, {x()}", f"movlps {x()}, {m()}", f"movhps {x()}, {m()}", f"movlpd {x()}, {m()}",
+            f"movhpd {x()}, {m()}", f"movlps {m()}, {x()}", f"movhps {m()}, {x()}", f"movhlps {x()}, {x()}",
+            f"movlhps {x()}, {x()}", f"movq {x()}, {x()}", f"movq {x()}, qword {m()}", f"movq qword {m()}, {x()}",
+            f"movd {x()}, dword {m()}", f"movd dword {m()}, {x()}", f"movntdq {ma()}, {x()}", f"movntps {ma()}, {x()}",
+            f"movnti {m()}, {REGN[rng.choice((32, 64))][ctx.reg()]}", f"lddqu {x()}, {m()}",
+            f"movddup {x()}, {x()}", f"movddup {x()}, qword {m()}", f"movupd {x()}, {x()}", f"movdqu {x()}, {x()}"))
+    elif k < 0.65:
+        op = rng.choice(SSE_PACKED)
+        line = f"{op} {x()}, {x() if rng.random() < 0.6 else ma()}"
+    elif k < 0.75:
+        op = rng.choice(("pshufd", "pshufhw", "pshuflw", "shufps", "shufpd"))
+        line = f"{op} {x()}, {ma()}, {rng.randrange(256)}"
+    elif k < 0.85:
+        kind = rng.choice(("pinsrw", "pinsrw_m", "pextrw", "cvtsi2sd_m", "cvtss2si_m", "comisd_m", "rcpss", "rsqrtss"))
+        if kind == "pinsrw":
+            line = f"pinsrw {x()}, {REG32[ctx.reg()]}, {rng.randrange(256)}"
+        elif kind == "pinsrw_m":
+            line = f"pinsrw {x()}, word {m()}, {rng.randrange(8)}"
+        elif kind == "pextrw":
+            line = f"pextrw {REG32[ctx.reg()]}, {x()}, {rng.randrange(256)}"
+        elif kind == "cvtsi2sd_m":
+            line = f"{rng.choice(('cvtsi2sd', 'cvtsi2ss'))} {x()}, {rng.choice(('dword', 'qword'))} {m()}"
+        elif kind == "cvtss2si_m":
+            sz = rng.choice((32, 64))
+            op = rng.choice(("cvtss2si", "cvttss2si", "cvtsd2si", "cvttsd2si"))
+            line = f"{op} {REGN[sz][ctx.reg()]}, {'dword' if 'ss' in op else 'qword'} {m()}"
+        elif kind == "comisd_m":
+            op = rng.choice(("comisd", "ucomisd", "comiss", "ucomiss"))
+            ctx.emit(f"{op} {x()}, {'qword' if op.endswith('d') else 'dword'} {m()}", 0, 0, STATUS)
+            return
+        else:
+            line = f"{kind} {x()}, {x()}"
+    else:
+        # an MXCSR round trip through memory with new rounding/DAZ/FTZ/masks, then an operation
+        addr = m()
+        bits = rng.choice((0x6000, 0x2000, 0x4000, 0x8040, 0x0040, 0x8000, 0x1f80, 0x0080 << rng.randrange(6)))
+        ctx.emit(f"stmxcsr dword {addr}", 0, 0, 0)
+        ctx.emit(f"xor dword {addr}, {bits:#x}", 0, 0, STATUS)
+        ctx.emit(f"ldmxcsr dword {addr}", 0, 0, 0)
+        op = rng.choice([o for o in SSE_FP if o not in SSE_APPROX] + ["cvtsd2si", "cvtss2si"])
+        if op in ("cvtsd2si", "cvtss2si"):
+            line = f"{op} {REG64[ctx.reg()]}, {x()}"
+        else:
+            line = f"{op} {x()}, {x()}"
+    ctx.emit(line, 0, 0, 0)
+
+
+def g_x87_ext(ctx: Ctx):
+    """More x87: integer and m64 memory arithmetic, FCMOVcc, transcendentals
+    (bit-exact: softvmm runs them on the host's x87), control/status
+    instructions, FBSTP, FISTTP of every size, WAIT with a pending exception."""
+    rng = ctx.rng
+    st = lambda: f"st{rng.randrange(8)}"
+    m = lambda: ctx.mem(8).replace("byte ", "")
+    c_undef = FSW_C023
+    k = rng.random()
+    if k < 0.25:
+        op = rng.choice(("fiadd", "fimul", "ficom", "ficomp", "fisub", "fisubr", "fidiv", "fidivr",
+                         "fadd", "fmul", "fcom", "fcomp", "fsub", "fsubr", "fdiv", "fdivr"))
+        size = rng.choice(("word", "dword")) if op.startswith("fi") else rng.choice(("dword", "qword"))
+        line = f"{op} {size} {m()}"
+        if "com" in op:
+            c_undef = 0
+    elif k < 0.4:
+        cc = rng.choice(("b", "e", "be", "u", "nb", "ne", "nbe", "nu"))
+        if ctx.undef & STATUS:
+            return
+        line = f"fcmov{cc} st0, {st()}"
+    elif k < 0.6:
+        line = rng.choice(("fsin", "fcos", "fsincos", "fptan", "fpatan", "f2xm1", "fyl2x", "fyl2xp1",
+                           "fldl2t", "fldlg2", "fldln2", "fnop", "fsubp", "fdivrp", "faddp", "fmulp"))
+        if line in ("fsin", "fcos", "fsincos", "fptan"):
+            c_undef = FSW_C023 & ~0x400       # C2 = "operand out of range"
+    elif k < 0.8:
+        line = rng.choice((f"fnstsw word {m()}", f"fnstcw word {m()}", "fnclex", "fninit", "fwait",
+                           f"fbstp tword {m()}", f"fisttp word {m()}", f"fisttp dword {m()}",
+                           f"fistp qword {m()}", f"fist word {m()}", f"fst dword {m()}", f"fstp st{rng.randrange(8)}",
+                           f"ffreep st{rng.randrange(8)}", f"fxch st{rng.randrange(8)}"))
+        if line in ("fnclex", "fninit") or line.startswith("fnst"):
+            c_undef = 0
+        if line.startswith("fnstsw"):
+            c_undef = 0
+    else:
+        # FLDCW with a new precision/rounding control and masks, then arithmetic
+        addr = m()
+        ctx.emit(f"fnstcw word {addr}", 0, 0, 0)
+        bits = rng.choice((0x0c00, 0x0400, 0x0800, 0x0300, 0x0200, 0x0100, 0x0001, 0x0004, 0x0008, 0x0010, 0x0020))
+        ctx.emit(f"xor word {addr}, {bits:#x}", 0, 0, STATUS)
+        ctx.emit(f"fldcw word {addr}", 0, 0, 0)
+        op = rng.choice(X87_ARITH + ("fsqrt", "frndint", "fscale", "fld1", "fldpi"))
+        line = f"{op} st0, {st()}" if op in X87_ARITH else op
+    ctx.emit(line, 0, 0, 0)
+    ctx.fsw_undef = c_undef
+
+
+MMX_BIN = ("paddb", "paddw", "paddd", "paddq", "psubb", "psubw", "psubd", "psubq", "paddsb", "paddsw",
+           "paddusb", "paddusw", "psubsb", "psubsw", "psubusb", "psubusw", "pmullw", "pmulhw", "pmulhuw",
+           "pmuludq", "pmaddwd", "psadbw", "pavgb", "pavgw", "pmaxsw", "pmaxub", "pminsw", "pminub",
+           "pand", "pandn", "por", "pxor", "pcmpeqb", "pcmpeqw", "pcmpeqd", "pcmpgtb", "pcmpgtw", "pcmpgtd",
+           "packsswb", "packssdw", "packuswb", "punpcklbw", "punpcklwd", "punpckldq", "punpckhbw",
+           "punpckhwd", "punpckhdq", "psllw", "pslld", "psllq", "psrlw", "psrld", "psrlq", "psraw", "psrad")
+
+
+def g_mmx(ctx: Ctx):
+    """MMX (the mm registers are the x87 significands: TOP/tags change too)
+    and the MMX<->SSE conversions."""
+    rng = ctx.rng
+    mm = lambda: f"mm{rng.randrange(8)}"
+    x = lambda: f"xmm{rng.randrange(16)}"
+    m = lambda: ctx.mem(64).replace("qword ", "")
+    k = rng.random()
+    if k < 0.45:
+        op = rng.choice(MMX_BIN)
+        if op[:3] in ("psl", "psr") and rng.random() < 0.4:
+            line = f"{op} {mm()}, {rng.choice((0, 1, 7, 15, 16, 31, 32, 63, 64, rng.randrange(256)))}"
+        else:
+            src = mm() if rng.random() < 0.7 else m()
+            line = f"{op} {mm()}, {src}"
+    elif k < 0.75:
+        r32, r64 = REG32[ctx.reg()], REG64[ctx.reg()]
+        line = rng.choice((f"movd {mm()}, {r32}", f"movq {mm()}, {r64}", f"movd {r32}, {mm()}", f"movq {r64}, {mm()}",
+                           f"movq {mm()}, {mm()}", f"movq {mm()}, qword {m()}", f"movq qword {m()}, {mm()}",
+                           f"movd {mm()}, dword {m()}", f"movntq {m()}, {mm()}", "emms",
+                           f"pshufw {mm()}, {mm()}, {rng.randrange(256)}", f"pinsrw {mm()}, {r32}, {rng.randrange(256)}",
+                           f"pextrw {r32}, {mm()}, {rng.randrange(256)}", f"pmovmskb {r32}, {mm()}"))
+    else:
+        line = rng.choice((f"cvtpi2ps {x()}, {mm()}", f"cvtpi2pd {x()}, {mm()}", f"cvtpi2ps {x()}, qword {m()}",
+                           f"cvtps2pi {mm()}, {x()}", f"cvttps2pi {mm()}, {x()}", f"cvtpd2pi {mm()}, {x()}",
+                           f"cvttpd2pi {mm()}, {x()}", f"cvttpd2pi {mm()}, {mem_a16(ctx)}",
+                           f"movq2dq {x()}, {mm()}", f"movdq2q {mm()}, {x()}"))
+    ctx.emit(line, 0, 0, 0)
+
+
+GROUPS["sse"] = [g_sse, g_sse_ext, g_mmx]
+GROUPS["x87"] = [g_x87, g_x87_ext]
 FPU_GROUPS = frozenset({"sse", "x87"})
 
 

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include "softvmm.h"
+#include "fpu.h"
 
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -282,6 +283,7 @@ typedef struct svm_cpu {
     uint64_t pause_last;     /* host TSC of the previous PAUSE */
     uint32_t pause_n;        /* consecutive PAUSEs in the current spin */
     uint32_t pause_sleep_ns; /* current back-off */
+    fpu_state_t fpu;         /* x87/SSE (fpu.h, x87.c, sse.c) */
 } svm_cpu_t;
 typedef svm_cpu_t cpu_t;
 

@@ -76,6 +76,8 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
              | (1u << 17)  /* PSE-36 */
              | (1u << 19); /* CLFSH */
         if (n > 1) o[3] |= (1u << 28);           /* HTT: EBX[23:16] is valid */
+        o[3] |= (1u << 0) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);   /* FPU, MMX, FXSR, SSE, SSE2 (x87.c, mmx.c, sse.c) */
+        o[2] |= (1u << 0);                        /* SSE3 (no MONITOR/MWAIT) */
         break;
     case 4:
         /* SDM Vol 2A CPUID leaf 4; EAX[31:26] = cores per package - 1 */

@@ -125,6 +125,35 @@ static const opent_t map1[256] = {
     [0xcc] = { h_bswap, RO }, [0xcd] = { h_bswap, RO }, [0xce] = { h_bswap, RO }, [0xcf] = { h_bswap, RO },
 };
 
+/* x87, MMX and SSE/SSE2/SSE3 (x87.c, mmx.c, sse.c): consulted when the tables above
+ * have no entry for the opcode (map 0: always, for WAIT and D8-DF) */
+#define SSE { h_sse, M }
+#define SSEI { h_sse, M | IB }
+static const opent_t fpu_map0[256] = {
+    [0x9b] = { h_fwait, 0 },
+    [0xd8] = { h_x87, M }, [0xd9] = { h_x87, M }, [0xda] = { h_x87, M }, [0xdb] = { h_x87, M },
+    [0xdc] = { h_x87, M }, [0xdd] = { h_x87, M }, [0xde] = { h_x87, M }, [0xdf] = { h_x87, M },
+};
+static const opent_t fpu_map1[256] = {
+    [0x10] = SSE, [0x11] = SSE, [0x12] = SSE, [0x13] = SSE, [0x14] = SSE, [0x15] = SSE, [0x16] = SSE, [0x17] = SSE,
+    [0x28] = SSE, [0x29] = SSE, [0x2a] = SSE, [0x2b] = SSE, [0x2c] = SSE, [0x2d] = SSE, [0x2e] = SSE, [0x2f] = SSE,
+    [0x50] = SSE, [0x51] = SSE, [0x52] = SSE, [0x53] = SSE, [0x54] = SSE, [0x55] = SSE, [0x56] = SSE, [0x57] = SSE,
+    [0x58] = SSE, [0x59] = SSE, [0x5a] = SSE, [0x5b] = SSE, [0x5c] = SSE, [0x5d] = SSE, [0x5e] = SSE, [0x5f] = SSE,
+    [0x60] = SSE, [0x61] = SSE, [0x62] = SSE, [0x63] = SSE, [0x64] = SSE, [0x65] = SSE, [0x66] = SSE, [0x67] = SSE,
+    [0x68] = SSE, [0x69] = SSE, [0x6a] = SSE, [0x6b] = SSE, [0x6c] = SSE, [0x6d] = SSE, [0x6e] = SSE, [0x6f] = SSE,
+    [0x70] = SSEI, [0x71] = SSEI, [0x72] = SSEI, [0x73] = SSEI, [0x74] = SSE, [0x75] = SSE, [0x76] = SSE,
+    [0x77] = { h_sse, 0 }, [0x7c] = SSE, [0x7d] = SSE, [0x7e] = SSE, [0x7f] = SSE,
+    [0xc2] = SSEI, [0xc3] = SSE, [0xc4] = SSEI, [0xc5] = SSEI, [0xc6] = SSEI,
+    [0xd0] = SSE, [0xd1] = SSE, [0xd2] = SSE, [0xd3] = SSE, [0xd4] = SSE, [0xd5] = SSE, [0xd6] = SSE, [0xd7] = SSE,
+    [0xd8] = SSE, [0xd9] = SSE, [0xda] = SSE, [0xdb] = SSE, [0xdc] = SSE, [0xdd] = SSE, [0xde] = SSE, [0xdf] = SSE,
+    [0xe0] = SSE, [0xe1] = SSE, [0xe2] = SSE, [0xe3] = SSE, [0xe4] = SSE, [0xe5] = SSE, [0xe6] = SSE, [0xe7] = SSE,
+    [0xe8] = SSE, [0xe9] = SSE, [0xea] = SSE, [0xeb] = SSE, [0xec] = SSE, [0xed] = SSE, [0xee] = SSE, [0xef] = SSE,
+    [0xf0] = SSE, [0xf1] = SSE, [0xf2] = SSE, [0xf3] = SSE, [0xf4] = SSE, [0xf5] = SSE, [0xf6] = SSE, [0xf7] = SSE,
+    [0xf8] = SSE, [0xf9] = SSE, [0xfa] = SSE, [0xfb] = SSE, [0xfc] = SSE, [0xfd] = SSE, [0xfe] = SSE,
+};
+#undef SSE
+#undef SSEI
+
 /* 0F AE and 0F C7 groups */
 HANDLER(h_grp15)
 {
@@ -133,6 +162,7 @@ HANDLER(h_grp15)
         exit_unhandled(c);
     }
     if (i->ext == 7) { (void)ld(c, i->seg, ea_off(c, i), 1); return; }   /* CLFLUSH: coherent, but must fault like a read */
+    if (i->ext <= 3) { h_fxgrp(c, i); return; }   /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (sse.c) */
     exit_unhandled(c);   /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR/XSAVE: M2 (FPU/SSE) */
 }
 HANDLER(h_grp9)
@@ -201,6 +231,7 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
         if (op == 0x38 || op == 0x3a) { NEED(1); map = op == 0x38 ? 2 : 3; op = p[pos++]; ent = NULL; }
         else { map = 1; ent = &map1[op]; }
     } else ent = &map0[op];
+    if (map == 0 ? fpu_map0[op].fn != NULL : (map == 1 && !ent->fn && fpu_map1[op].fn)) ent = map ? &fpu_map1[op] : &fpu_map0[op];
     memset(d, 0, sizeof(*d));
     d->op = op; d->map = (uint8_t)map;
     d->rep = (uint8_t)rep; d->lock = (uint8_t)lock; d->pfx66 = (uint8_t)opsz66;

@@ -97,4 +97,7 @@ HANDLER(h_bcd);
 HANDLER(h_lar_lsl);
 HANDLER(h_sysenter);
 HANDLER(h_sysexit);
+HANDLER(h_sse);
+HANDLER(h_x87);
+HANDLER(h_fwait);
 #endif

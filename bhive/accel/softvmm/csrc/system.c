@@ -567,6 +567,7 @@ void cpu_reset(cpu_t *c)
     c->star = c->lstar = c->cstar = c->sfmask = c->kgs_base = 0;
     c->halted = 0; c->shadow = 0; c->nmi_blocked = 0; c->cpl = 0;
     c->io_n = c->io_pos = 0; c->msr_pending = 0;
+    fpu_reset(c);
     tlb_flush(c);
     update_mode(c);
 }
