@@ -122,11 +122,17 @@ def test_seed7_msi_into_killed_vcpu_returns_immediately(bhive, tmp_path, cpus):
         # it landed in the dead vCPU's APIC (the shm outlives the process)
         assert vm.vcpu_open(victim).lapic_read(0x230) & 1, "vector 0x60 not in the IRR"
         t0 = time.perf_counter()
-        vm.vm_lapic_msi(0xFEEFF000, 0x61)                           # broadcast, dead one included
+        vm.vm_lapic_msi(0xFEEFF000, 0x50)                           # broadcast, dead one included
         assert time.perf_counter() - t0 < 0.01
-        # the supervisor notices the dead vCPU and ends the VM; nothing hangs
-        proc.wait(timeout=60)
-        assert proc.returncode == 4, proc.stderr.read()
+        # The supervisor records the lost CPU and the VM goes on with the
+        # others (bhive.supervisor: a SIGKILLed vCPU is "cpu-lost"); it
+        # still stops cleanly on request, and nothing hangs.
+        sup_log = rd / "logs" / "supervisor.log"
+        wait_for(lambda: f"cpu-lost role=vcpu{victim}" in sup_log.read_text(), 10, what="cpu-lost")
+        assert proc.poll() is None, "losing one vCPU ended the VM"
+        assert bhive.run("stop", name).returncode == 0
+        proc.wait(timeout=30)
+        assert proc.returncode == 0, proc.stderr.read()
         vm.close()
     finally:
         if proc.poll() is None:

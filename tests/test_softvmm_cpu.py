@@ -277,11 +277,11 @@ def test_triple_fault_suspends():
 def test_unhandled_opcode_reports_bytes():
     m = machine64("""
         nop
-        emms                ; MMX: not implemented (x87/SSE are, since the FPU work)
+        pshufb xmm0, xmm1   ; SSSE3: not implemented yet (nor advertised)
     """)
     e = m.run()
     assert e.code == ExitCode.UNHANDLED
-    assert e.insn.startswith(b"\x0f\x77")
+    assert e.insn.startswith(b"\x66\x0f\x38\x00")
     assert e.rip == CODE + 1
 
 

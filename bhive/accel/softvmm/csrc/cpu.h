@@ -312,8 +312,8 @@ void tlb_flush_page(cpu_t *c, uint64_t lin);
 void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
 void tlb_retag(cpu_t *c);             /* CPL or CR0.WP changed: re-derive the fast-path tags */
 int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */
-uint64_t guest_tsc(cpu_t *c);         /* the TSC: CLOCK_MONOTONIC at a fixed 2 GHz, same in every process */
-#define GUEST_TSC_HZ 2000000000ULL
+uint64_t guest_tsc(cpu_t *c);         /* the TSC: the host's invariant TSC + this vCPU's offset */
+#define APIC_BUS_HZ (128ULL * 1024 * 1024) /* LAPIC timer input clock: bhyve's VLAPIC_BUS_FREQ */
 uint8_t *gpa_host(svm_vm_t *vm, uint64_t gpa, uint32_t *gidx);
 void code_written(cpu_t *c, uint32_t gidx);
 int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault);

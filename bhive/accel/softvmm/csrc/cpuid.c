@@ -1,10 +1,11 @@
 /*
  * CPUID: one coherent GenuineIntel model that advertises only what softvmm
  * implements.  Topology: 1 package, ncpus cores, 1 thread per core, APIC ID
- * = vcpuid (leaf 1 EBX, leaf 4 EAX[31:26], leaf 0xB).  The TSC runs at a
- * fixed 2 GHz (guest_tsc): leaf 0x15 (25 MHz crystal x 80/1) and leaf 0x16
- * say so, so Linux takes the frequency from CPUID instead of calibrating
- * against the PIT; 0x80000007 EDX[8] advertises the invariant TSC.
+ * = vcpuid (leaf 1 EBX, leaf 4 EAX[31:26], leaf 0xB).  The TSC is the
+ * host's invariant TSC (guest_tsc) at the frequency calibrated into the
+ * platform shm: leaf 0x15 and 0x16 say so, so Linux takes the frequency from
+ * CPUID instead of calibrating against the PIT; 0x80000007 EDX[8] advertises
+ * the invariant TSC.
  *
  * Hypervisor bit policy: CPUID.1:ECX[31] is set and leaf 0x40000000 returns
  * the vendor signature "bhivebhivebh" with no further paravirtual leaves.
@@ -106,14 +107,19 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
         else if (sub == 1) { o[0] = shift; o[1] = (uint32_t)n; o[2] = 0x200 | sub; }
         else { o[2] = sub & 0xff; }
         break;
-    case 0x15:
-        /* TSC = crystal * EBX / EAX = 25 MHz * 80 = 2 GHz (GUEST_TSC_HZ) */
-        o[0] = 1; o[1] = (uint32_t)(GUEST_TSC_HZ / 25000000ULL); o[2] = 25000000;
+    case 0x15: {
+        /* TSC = crystal * EBX / EAX (SDM Vol. 2A CPUID leaf 15H).  The
+         * crystal is the LAPIC timer's clock, because Linux derives its APIC
+         * timer period from ECX (native_calibrate_tsc); EAX = ECX makes the
+         * ratio exact: TSC = EBX Hz. */
+        uint64_t hz = host_tsc_hz(c->vm);
+        o[0] = (uint32_t)APIC_BUS_HZ; o[1] = (uint32_t)hz; o[2] = (uint32_t)APIC_BUS_HZ;
         break;
+    }
     case 0x16:
-        o[0] = (uint32_t)(GUEST_TSC_HZ / 1000000ULL);   /* base MHz */
-        o[1] = o[0];                                    /* max MHz */
-        o[2] = 100;                                     /* bus MHz */
+        o[0] = (uint32_t)(host_tsc_hz(c->vm) / 1000000ULL);   /* base MHz */
+        o[1] = o[0];                                          /* max MHz */
+        o[2] = (uint32_t)(APIC_BUS_HZ / 1000000ULL);          /* bus MHz */
         break;
     case 0x80000000: o[0] = MAX_EXT; break;
     case 0x80000001:

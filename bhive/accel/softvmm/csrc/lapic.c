@@ -18,8 +18,6 @@
 #include "mem.h"
 
 #define APIC_VERSION 0x00050014u   /* version 0x14, max LVT entry 5 (6 LVTs), no EOI-broadcast suppression */
-/* APIC timer input clock: bhyve's VLAPIC_BUS_FREQ (128 MiHz) */
-#define APIC_BUS_HZ (128ULL * 1024 * 1024)
 
 enum { LVT_CMCI = 0, LVT_TIMER, LVT_THERMAL, LVT_PERF, LVT_LINT0, LVT_LINT1, LVT_ERROR };
 #define LVT_MASKED 0x10000u

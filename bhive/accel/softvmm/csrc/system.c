@@ -109,16 +109,14 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
 
 /* ---- TSC ----------------------------------------------------------------
  * Every vCPU is its own process, so the TSC must not depend on anything
- * per-process: it is CLOCK_MONOTONIC (system-wide, invariant) scaled to a
- * fixed 2 GHz, which CPUID 0x15/0x16 advertise (crystal 25 MHz x 80/1), so
- * Linux needs no calibration and sees synchronised TSCs on all vCPUs.
+ * per-process: it is the host's invariant TSC (one clock for every process
+ * on the machine, and the one the LAPIC timer's deadlines use), at the
+ * frequency calibrated once into the platform shm (tsc.c) and advertised by
+ * CPUID 0x15/0x16, so Linux needs no calibration and sees synchronised TSCs.
  * tsc_offset is the architectural per-vCPU offset created by WRMSR TSC. */
 uint64_t guest_tsc(cpu_t *c)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-    return ns * (GUEST_TSC_HZ / 1000000000ULL) + (uint64_t)c->tsc_offset;
+    return __rdtsc() + (uint64_t)c->tsc_offset;
 }
 
 /* ---- RFLAGS -------------------------------------------------------------- */
@@ -401,7 +399,7 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     case 0x48: *v = c->spec_ctrl; return 0;             /* IA32_SPEC_CTRL */
     case 0x49: return 1;                                /* IA32_PRED_CMD is write-only */
     case 0x8b: *v = 0; return 0;                        /* IA32_BIOS_SIGN_ID: microcode revision 0 */
-    case 0xce: *v = (uint64_t)(GUEST_TSC_HZ / 100000000ULL) << 8; return 0;   /* PLATFORM_INFO: ratio 20 x 100 MHz */
+    case 0xce: *v = (host_tsc_hz(c->vm) / 100000000ULL) << 8; return 0;   /* PLATFORM_INFO: max non-turbo ratio x 100 MHz */
     case 0xfe: *v = 0x508; return 0;                    /* MTRRcap: 8 variable, fixed, WC */
     case 0x10a: *v = ARCH_CAP_VAL; return 0;
     case 0x1d9: *v = 0; return 0;                       /* IA32_DEBUGCTL */
