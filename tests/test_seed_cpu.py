@@ -25,7 +25,7 @@ SEED = REPO / "guests" / "seed"
 CPUS = [1, 2, 4, 8]
 
 
-def config(tmp_path: Path, image: str, cpus: int) -> Path:
+def config(tmp_path: Path, image: str, cpus: int, extra: str = "") -> Path:
     cfg = tmp_path / f"{Path(image).stem}-{cpus}.toml"
     cfg.write_text(f"""
 [vm]
@@ -38,12 +38,12 @@ port = 0x3f8
 [devices.debug_exit]
 port = 0xf4
 iosize = 4
-""")
+""" + extra)
     return cfg
 
 
-def run_seed(bhive, tmp_path, image, cpus, name):
-    proc = bhive.run("run", config(tmp_path, image, cpus), "--name", name, timeout=120)
+def run_seed(bhive, tmp_path, image, cpus, name, extra=""):
+    proc = bhive.run("run", config(tmp_path, image, cpus, extra), "--name", name, timeout=120)
     out = proc.stdout.decode(errors="replace")
     assert proc.returncode == 1, (proc.returncode, out, proc.stderr.decode(errors="replace"))
     assert "FAIL" not in out, out
@@ -138,3 +138,29 @@ def test_seed7_msi_into_killed_vcpu_returns_immediately(bhive, tmp_path, cpus):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("policy", ["gp", "ignore"])
+@pytest.mark.parametrize("cpus", CPUS)
+def test_seed1_benign_unknown_msr_follows_the_policy_on_every_cpu(bhive, tmp_path, cpus, policy):
+    name = f"seed1-{policy}-{cpus}"
+    out = run_seed(bhive, tmp_path, "seed1_msr.asm", cpus, name, f'[msr]\nunknown = "{policy}"\n')
+    reports = re.findall(r"seed1: vCPU (\d+) rdmsr (\S+) wrmsr (\S+)", out)
+    assert sorted(int(c) for c, _, _ in reports) == list(range(cpus)), out
+    expected = ("#GP", "#GP") if policy == "gp" else ("0", "ok")
+    assert all((rd, wr) == expected for _, rd, wr in reports), out
+    assert f"seed1: all vCPUs reported: {cpus}" in out
+    # ... and each vCPU logged what it did with the MSR, host side
+    logs = Path(os.environ["BHIVE_RUN_ROOT"]) / name / "logs"
+    action = "#GP" if policy == "gp" else "ignored"
+    for cpu in range(cpus):
+        text = (logs / f"vcpu{cpu}.log").read_text()
+        assert "unknown-msr msr=0x1b0" in text and f"action={action}" in text, text
+
+
+@pytest.mark.parametrize("cpus", CPUS)
+def test_seed2_in_out_loop_runs_exactly_n_times_with_rax_and_rip_right(bhive, tmp_path, cpus):
+    out = run_seed(bhive, tmp_path, "seed2_inout.asm", cpus, f"seed2-{cpus}")
+    exact = sorted(int(c) for c in re.findall(r"seed2: vCPU (\d+) exits exact: 500", out))
+    assert exact == list(range(cpus)), out
+    assert f"seed2: all vCPUs exact: {cpus}" in out
