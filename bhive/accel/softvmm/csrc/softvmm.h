@@ -1,7 +1,7 @@
 /*
- * softvmm public C API (what the cffi wrapper calls).  Kept in sync with
- * the cdef in _build.py.  None of these functions touch Python objects, so
- * cffi releases the GIL around every call.
+ * softvmm public C API (what the cffi wrapper calls).  _build.py feeds this
+ * file to cffi's cdef, so keep it to declarations.  None of these functions
+ * touch Python objects, so cffi releases the GIL around every call.
  */
 #ifndef SOFTVMM_H
 #define SOFTVMM_H
