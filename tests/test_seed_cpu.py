@@ -164,3 +164,13 @@ def test_seed2_in_out_loop_runs_exactly_n_times_with_rax_and_rip_right(bhive, tm
     exact = sorted(int(c) for c in re.findall(r"seed2: vCPU (\d+) exits exact: 500", out))
     assert exact == list(range(cpus)), out
     assert f"seed2: all vCPUs exact: {cpus}" in out
+
+
+@pytest.mark.parametrize("cpus", CPUS)
+def test_level_triggered_pin_redelivers_after_eoi_while_asserted_and_never_after(bhive, tmp_path, cpus):
+    """Remote IRR and EOI end to end: the vCPU's EOI of a level vector goes
+    back to the IOAPIC actor, which delivers again only while the line is
+    still asserted (each round: exactly 2 deliveries)."""
+    extra = "[devices.ioapic]\nmmio = 0xfec00000\n[devices.testdev]\nport = 0x2000\n"
+    out = run_seed(bhive, tmp_path, "level_eoi.asm", cpus, f"level-{cpus}", extra)
+    assert "level: deliveries 100" in out, out
