@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MD = REPO / "BENCHMARKS.md"
+sys.path.insert(0, str(REPO))
 
 
 def percentile(sorted_values, q: float):
