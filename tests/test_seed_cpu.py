@@ -174,3 +174,10 @@ def test_level_triggered_pin_redelivers_after_eoi_while_asserted_and_never_after
     extra = "[devices.ioapic]\nmmio = 0xfec00000\n[devices.testdev]\nport = 0x2000\n"
     out = run_seed(bhive, tmp_path, "level_eoi.asm", cpus, f"level-{cpus}", extra)
     assert "level: deliveries 100" in out, out
+
+
+def test_pic_delivers_extint_to_the_bsp_while_the_ioapic_is_masked(bhive, tmp_path):
+    extra = ("[devices.ioapic]\nmmio = 0xfec00000\n[devices.pic]\n"
+             "[devices.testdev]\nport = 0x2000\n")
+    out = run_seed(bhive, tmp_path, "pic_extint.asm", 2, "pic-extint", extra)
+    assert "pic: extint deliveries 50" in out, out

@@ -66,7 +66,7 @@ def test_seed5_every_pin_arrives_on_the_cpu_its_rte_names(bhive, tmp_path, cpus)
         assert r["sent"] == cpus and r["dropped"] == 0
 
 
-@pytest.mark.parametrize("cpus", [1, 8])
+@pytest.mark.parametrize("cpus", [1, 2, 4, 8])
 def test_seed6_pit_irq0_never_starves_irq14(bhive, tmp_path, cpus):
     name = f"starve{cpus}"
     proc = bhive.run("run", config_for(tmp_path, "starve"), "--smp", cpus, "--name", name, timeout=120)
@@ -85,7 +85,7 @@ def test_seed6_pit_irq0_never_starves_irq14(bhive, tmp_path, cpus):
     assert row(data, 0x30)["pins"] == [2]                          # IRQ0 -> GSI 2
 
 
-@pytest.mark.parametrize("cpus", [2, 4])
+@pytest.mark.parametrize("cpus", [1, 2, 4, 8])
 def test_seed8_vector_0x20_programmed_after_boot_is_received_exactly_m_times(bhive, tmp_path, cpus):
     name = f"exact{cpus}"
     proc = bhive.run("run", config_for(tmp_path, "exact"), "--smp", cpus, "--name", name, timeout=120)
