@@ -127,6 +127,15 @@ typedef struct block {
 
 /* ---- TLB --------------------------------------------------------------- */
 #define TLB_SIZE 256
+/* Slot of a linear address in the direct-mapped TLB.  Higher address bits
+ * are folded in so that buffers a multiple of 1 MiB apart (page 0x100 and
+ * page 0x200: a copy loop's source and destination) do not share a slot and
+ * evict each other on every access.  Every lookup and fill goes through here. */
+static inline unsigned tlb_slot(uint64_t lin)
+{
+    uint64_t page = lin >> 12;
+    return (unsigned)((page ^ (page >> 8) ^ (page >> 16)) & (TLB_SIZE - 1));
+}
 #define TLB_INVALID 1ULL   /* never equals a page-aligned address */
 typedef struct tlbe {
     uint64_t tag_r, tag_w, tag_x;   /* linear page or TLB_INVALID */

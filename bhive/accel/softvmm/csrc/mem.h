@@ -92,14 +92,14 @@ static inline void host_st(void *p, int size, uint64_t v)
 
 static inline uint64_t mem_read(cpu_t *c, uint64_t lin, int size)
 {
-    tlbe_t *e = &c->tlb[(lin >> 12) & (TLB_SIZE - 1)];
+    tlbe_t *e = &c->tlb[tlb_slot(lin)];
     if (likely(e->tag_r == (lin & ~0xfffULL) && (lin & 0xfff) <= 0x1000u - size))
         return host_ld((void *)(e->addend + lin), size);
     return mem_read_slow(c, lin, size, user_acc(c));
 }
 static inline void mem_write(cpu_t *c, uint64_t lin, int size, uint64_t v)
 {
-    tlbe_t *e = &c->tlb[(lin >> 12) & (TLB_SIZE - 1)];
+    tlbe_t *e = &c->tlb[tlb_slot(lin)];
     if (likely(e->tag_w == (lin & ~0xfffULL) && (lin & 0xfff) <= 0x1000u - size)) {
         host_st((void *)(e->addend + lin), size, v);
         __atomic_signal_fence(__ATOMIC_SEQ_CST);   /* store, then check (see decode_block) */
@@ -114,7 +114,7 @@ static inline void mem_write(cpu_t *c, uint64_t lin, int size, uint64_t v)
  * faults, with W=1 in the #PF error code) as a write, like hardware does. */
 static inline uint64_t mem_read_rmw(cpu_t *c, uint64_t lin, int size)
 {
-    tlbe_t *e = &c->tlb[(lin >> 12) & (TLB_SIZE - 1)];
+    tlbe_t *e = &c->tlb[tlb_slot(lin)];
     if (likely(e->tag_w == (lin & ~0xfffULL) && (lin & 0xfff) <= 0x1000u - size))
         return host_ld((void *)(e->addend + lin), size);
     return mem_read_slow(c, lin, size, ACC_W | user_acc(c));

@@ -265,7 +265,7 @@ static inline int translate(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int 
 
 static void tlb_fill(cpu_t *c, uint64_t lin, uint64_t gpa, uint8_t *host, uint32_t gidx, int perm)
 {
-    tlbe_t *e = &c->tlb[(lin >> 12) & (TLB_SIZE - 1)];
+    tlbe_t *e = &c->tlb[tlb_slot(lin)];
     uint64_t page = lin & ~0xfffULL;
     e->addend = (uintptr_t)(host - (gpa & 0xfff)) - (uintptr_t)page;
     e->gpa = gpa & ~0xfffULL;

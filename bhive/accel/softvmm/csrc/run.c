@@ -181,7 +181,7 @@ static inline block_t *get_block(cpu_t *c)
     c->nrip = c->rip;
     uint64_t lin = c->segbase[S_CS] + c->rip;
     if (!c->long64) lin = (uint32_t)lin;
-    tlbe_t *e = &c->tlb[(lin >> 12) & (TLB_SIZE - 1)];
+    tlbe_t *e = &c->tlb[tlb_slot(lin)];
     uint64_t gpa;
     c->code_epoch_seen = __atomic_load_n(c->vm->code_epoch, __ATOMIC_SEQ_CST);
     if (likely(e->tag_x == (lin & ~0xfffULL))) gpa = e->gpa | (lin & 0xfff);
