@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,6 +27,24 @@ def cache_dir() -> Path:
     return d
 
 
+_INCLUDE = re.compile(rb'^\s*%include\s+"([^"]+)"', re.M)
+
+
+def _sources(src: Path) -> list[Path]:
+    """`src` and every file it %includes, recursively (resolved the way
+    build_nasm's -I makes nasm resolve them): all of them key the cache."""
+    seen: list[Path] = []
+    todo = [src]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.append(path)
+        for name in _INCLUDE.findall(path.read_bytes()):
+            todo.append((src.parent / name.decode()).resolve())
+    return seen
+
+
 def build_nasm(source: str | os.PathLike, fmt: str = "bin", defines: dict[str, object] | None = None) -> Path:
     """Assemble `source` (a path, absolute or relative to guests/) with nasm.
 
@@ -38,7 +57,10 @@ def build_nasm(source: str | os.PathLike, fmt: str = "bin", defines: dict[str, o
     if shutil.which("nasm") is None:
         raise GuestBuildError("nasm is not installed (make deps installs it)")
     args = [f"-D{k}={v}" for k, v in sorted((defines or {}).items())]
-    key = hashlib.sha256(src.read_bytes() + fmt.encode() + " ".join(args).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(fmt.encode() + " ".join(args).encode())
+    for part in _sources(src):
+        digest.update(part.read_bytes())
+    key = digest.hexdigest()[:16]
     out = cache_dir() / f"{src.stem}-{key}.{fmt}"
     if not out.exists():
         tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")

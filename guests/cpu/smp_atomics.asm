@@ -154,69 +154,7 @@ ap_done:
         hlt
         jmp ap_done
 
-; ---- helpers (64-bit) ----
-lock_acquire:
-        mov eax, 1
-.spin:  xchg eax, [rel print_lock]          ; implicitly locked
-        test eax, eax
-        jz .got
-.wait:  pause
-        cmp dword [rel print_lock], 0
-        jne .wait
-        mov eax, 1
-        jmp .spin
-.got:   ret
-
-lock_release:
-        mov dword [rel print_lock], 0
-        ret
-
-; putc: AL -> COM1, polling LSR.THRE (bit 5) first
-putc:
-        push rdx
-        push rax
-        mov dx, COM1 + 5
-.busy:  in al, dx
-        test al, 0x20
-        jz .busy
-        pop rax
-        mov dx, COM1
-        out dx, al
-        pop rdx
-        ret
-
-; puts: NUL-terminated string at RSI
-puts:
-        push rax
-.next:  lodsb
-        test al, al
-        jz .done
-        call putc
-        jmp .next
-.done:  pop rax
-        ret
-
-; putdec: unsigned EAX in decimal
-putdec:
-        push rbx
-        push rcx
-        push rdx
-        mov ebx, 10
-        xor ecx, ecx
-.div:   xor edx, edx
-        div ebx
-        push rdx
-        inc ecx
-        test eax, eax
-        jnz .div
-.out:   pop rax
-        add al, '0'
-        call putc
-        loop .out
-        pop rdx
-        pop rcx
-        pop rbx
-        ret
+%include "../lib/console64.inc"
 
 ; ---- data ----
         align 8
@@ -230,7 +168,6 @@ gdt_desc:
         dd gdt
 
         align 4
-print_lock: dd 0
 reported:   dd 0
 counter:    dd 0
 

@@ -640,49 +640,7 @@ run_test:
 %endif
 
 ; ---- COM1 output (BSP only; the exception path may race, rarely) ----
-putc:
-        push rdx
-        push rax
-        mov dx, COM1 + 5
-.busy:  in al, dx
-        test al, 0x20
-        jz .busy
-        pop rax
-        mov dx, COM1
-        out dx, al
-        pop rdx
-        ret
-
-puts:
-        push rax
-.next:  lodsb
-        test al, al
-        jz .done
-        call putc
-        jmp .next
-.done:  pop rax
-        ret
-
-putdec:
-        push rbx
-        push rcx
-        push rdx
-        mov ebx, 10
-        xor ecx, ecx
-.div:   xor edx, edx
-        div ebx
-        push rdx
-        inc ecx
-        test eax, eax
-        jnz .div
-.out:   pop rax
-        add al, '0'
-        call putc
-        loop .out
-        pop rdx
-        pop rcx
-        pop rbx
-        ret
+%include "../lib/console64.inc"
 
 ; ---- data ----
         align 8
