@@ -26,10 +26,28 @@ def error(msg: str, status: int = 2) -> int:
 
 # -- run ----------------------------------------------------------------------
 
+# `bhive run` with no config: Debian's kernel and the busybox initramfs
+# on the PC platform; also the base for `bhive run --kernel K`.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+def _cli_path(value: str | None) -> str | None:
+    """A file named on the command line is relative to the working
+    directory (one in a config is relative to the config)."""
+    if value is None or value.startswith(config_mod.GUESTKIT_PREFIX):
+        return value
+    return ",".join(str(Path(v).expanduser().absolute()) for v in value.split(",") if v)
+
+
 def cmd_run(args) -> int:
     overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory}
+    boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
+    if args.kernel:
+        boot["kind"] = "kernel"
+        if args.initrd is None:
+            boot["initrd"] = ""            # the config's initrd belongs to the config's kernel
     try:
-        cfg = config_mod.load(args.config, overrides)
+        cfg = config_mod.load(args.config or DEFAULT_CONFIG, overrides, boot)
         if RunDir(cfg.name).is_live():
             raise config_mod.ConfigError(f"a VM named {cfg.name!r} is already running "
                                          f"(bhive stop {cfg.name}, or pick --name)")
@@ -202,7 +220,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bhive", description="A virtual-machine monitor built as a hive of processes.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a VM (console on this terminal; Ctrl-A x quits)")
-    r.add_argument("config", help="VM config (TOML)")
+    r.add_argument("config", nargs="?",
+                   help="VM config (TOML); default: configs/default.toml, Debian Linux to a shell")
+    r.add_argument("--kernel", help="kernel to boot: a Linux bzImage or a Multiboot image (ELF or a.out kludge)")
+    r.add_argument("--initrd", help="Linux initramfs; for Multiboot, modules separated by commas")
+    r.add_argument("--append", help="kernel command line")
     r.add_argument("--name", help="VM name (default: from the config)")
     r.add_argument("--detach", "-d", action="store_true", help="run in the background")
     r.add_argument("--smp", type=int, help="number of vCPUs")

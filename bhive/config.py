@@ -26,7 +26,12 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MIN_MEMORY = 1 << 20
 MAX_MEMORY = 64 << 30
 MAX_CPUS = 64
-BOOT_KINDS = ("flat",)
+# "flat": a raw image entered in real mode; "kernel": a kernel image whose
+# format (Linux bzImage, Multiboot) the loader recognises from its bytes.
+BOOT_KINDS = ("flat", "kernel")
+# A [boot] kernel/initrd of "guestkit:NAME" is fetched (and cached) by
+# bhive.guestkit: a Debian kernel name, or "initramfs" for the busybox one.
+GUESTKIT_PREFIX = "guestkit:"
 MSR_POLICIES = ("gp", "ignore")
 
 
@@ -77,6 +82,9 @@ class VmConfig:
     load_address: int
     entry: int
     unknown_msr: str
+    kernel: Path | None = None
+    initrd: list[Path] = field(default_factory=list)   # Linux: one; Multiboot: modules
+    append: str = ""
     devices: dict[str, DeviceConfig] = field(default_factory=dict)
     exit_transport: str = "shm"
     source: Path | None = None
@@ -96,7 +104,7 @@ _VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport"}
 # change is acknowledged by the controllers before the access that caused it
 # completes (bhive.devices_worker.IrqBus).
 EXIT_TRANSPORTS = ("shm", "zmq")
-_BOOT_KEYS = {"kind", "image", "load_address", "entry"}
+_BOOT_KEYS = {"kind", "image", "load_address", "entry", "kernel", "initrd", "append"}
 _MSR_KEYS = {"unknown"}
 
 
@@ -116,9 +124,34 @@ def _typed(value, opt_kind: type, where: str):
     return value
 
 
-def load(path: str | Path, overrides: dict | None = None) -> VmConfig:
+def _asset(spec: str, base_dir: Path, where: str) -> Path:
+    """A file named by the config: a path (relative to the config's
+    directory) or guestkit:NAME, fetched and cached on first use."""
+    spec = spec.strip()
+    if spec.startswith(GUESTKIT_PREFIX):
+        from . import guestkit
+        name = spec[len(GUESTKIT_PREFIX):]
+        try:
+            if name == "initramfs":
+                return guestkit.build_initramfs()
+            if name not in guestkit.KERNELS:
+                raise ConfigError(f"{where}: unknown guest-kit asset {name!r} "
+                                  f"(known: initramfs, {', '.join(guestkit.KERNELS)})")
+            return guestkit.fetch_kernel(name).vmlinuz
+        except guestkit.FetchError as exc:
+            raise ConfigError(f"{where}: {spec}: {exc}") from None
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = (base_dir / path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path}: no such file")
+    return path
+
+
+def load(path: str | Path, overrides: dict | None = None, boot_overrides: dict | None = None) -> VmConfig:
     """Read and validate a config file.  `overrides` are CLI settings
-    (``{"name": ..., "cpus": ..., "memory": ...}``) that win over the file."""
+    (``{"name": ..., "cpus": ..., "memory": ...}``) that win over the file;
+    `boot_overrides` likewise for [boot] (``kernel``, ``initrd``, ``append``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -128,11 +161,13 @@ def load(path: str | Path, overrides: dict | None = None) -> VmConfig:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
-    return from_dict(raw, base_dir=path.parent, default_name=path.stem, overrides=overrides, source=path)
+    return from_dict(raw, base_dir=path.parent, default_name=path.stem, overrides=overrides, source=path,
+                     boot_overrides=boot_overrides)
 
 
 def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
-              overrides: dict | None = None, source: Path | None = None) -> VmConfig:
+              overrides: dict | None = None, source: Path | None = None,
+              boot_overrides: dict | None = None) -> VmConfig:
     _reject_unknown(raw, _TOP, "config")
     vm = raw.get("vm", {})
     boot = raw.get("boot", {})
@@ -157,22 +192,30 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     if accel_name not in accel.NAMES:
         raise ConfigError(f"[vm] accel: unknown accelerator {accel_name!r} (known: {', '.join(accel.NAMES)})")
 
-    kind = _typed(boot.get("kind", "flat"), str, "[boot] kind")
+    boot = {**boot, **{k: v for k, v in (boot_overrides or {}).items() if v is not None}}
+    kind = _typed(boot.get("kind", "kernel" if "kernel" in boot else "flat"), str, "[boot] kind")
     if kind not in BOOT_KINDS:
         raise ConfigError(f"[boot] kind: {kind!r} is not one of {', '.join(BOOT_KINDS)}")
-    if "image" not in boot:
-        raise ConfigError("[boot] image: missing (the guest image to load)")
-    image = Path(_typed(boot["image"], str, "[boot] image"))
-    if not image.is_absolute():
-        image = (base_dir / image).resolve()
-    if not image.is_file():
-        raise ConfigError(f"[boot] image: {image}: no such file")
-    load_address = _typed(boot.get("load_address", 0x8000), int, "[boot] load_address")
-    entry = _typed(boot.get("entry", load_address), int, "[boot] entry")
-    if not 0 <= load_address < memory:
-        raise ConfigError(f"[boot] load_address: {load_address:#x} is outside guest RAM")
-    if not 0 <= entry < 0x100000:
-        raise ConfigError(f"[boot] entry: {entry:#x} is not reachable in real mode (below 1M)")
+    kernel, initrd, append = None, [], _typed(boot.get("append", ""), str, "[boot] append")
+    load_address = entry = 0
+    if kind == "kernel":
+        if "kernel" not in boot:
+            raise ConfigError("[boot] kernel: missing (the kernel image to boot)")
+        kernel = _asset(_typed(boot["kernel"], str, "[boot] kernel"), base_dir, "[boot] kernel")
+        spec = boot.get("initrd", "")
+        initrd = [_asset(part, base_dir, "[boot] initrd")
+                  for part in _typed(spec, str, "[boot] initrd").split(",") if part.strip()]
+        image = kernel
+    else:
+        if "image" not in boot:
+            raise ConfigError("[boot] image: missing (the guest image to load)")
+        image = _asset(_typed(boot["image"], str, "[boot] image"), base_dir, "[boot] image")
+        load_address = _typed(boot.get("load_address", 0x8000), int, "[boot] load_address")
+        entry = _typed(boot.get("entry", load_address), int, "[boot] entry")
+        if not 0 <= load_address < memory:
+            raise ConfigError(f"[boot] load_address: {load_address:#x} is outside guest RAM")
+        if not 0 <= entry < 0x100000:
+            raise ConfigError(f"[boot] entry: {entry:#x} is not reachable in real mode (below 1M)")
 
     exit_transport = _typed(vm.get("exit_transport", "shm"), str, "[vm] exit_transport")
     if exit_transport not in EXIT_TRANSPORTS:
@@ -183,7 +226,8 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
 
     cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind,
                    image=image, load_address=load_address, entry=entry,
-                   unknown_msr=unknown_msr, source=source, exit_transport=exit_transport)
+                   unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
+                   kernel=kernel, initrd=initrd, append=append)
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -242,6 +286,8 @@ def to_json(cfg: VmConfig) -> dict:
         "boot_kind": cfg.boot_kind, "image": str(cfg.image), "load_address": cfg.load_address,
         "entry": cfg.entry, "unknown_msr": cfg.unknown_msr, "exit_transport": cfg.exit_transport,
         "source": str(cfg.source) if cfg.source else None,
+        "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
+        "append": cfg.append,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -258,4 +304,6 @@ def from_json(data: dict) -> VmConfig:
                     load_address=data["load_address"], entry=data["entry"],
                     unknown_msr=data["unknown_msr"], devices=devices,
                     exit_transport=data["exit_transport"],
-                    source=Path(data["source"]) if data["source"] else None)
+                    source=Path(data["source"]) if data["source"] else None,
+                    kernel=Path(data["kernel"]) if data.get("kernel") else None,
+                    initrd=[Path(p) for p in data.get("initrd", [])], append=data.get("append", ""))

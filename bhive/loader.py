@@ -7,10 +7,12 @@ APs start in wait-for-SIPI, as on real hardware.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from .accel.base import SegDesc, VmReg
 from .config import ConfigError, VmConfig
+from .firmware.tables import FIRMWARE_BASE, FIRMWARE_SIZE, RSDP_ADDR as FIRMWARE_RSDP
 from .guestbuild import GuestBuildError, build_nasm
 
 # VMX access rights of a real-mode segment: present, accessed, read/write
@@ -50,7 +52,7 @@ def ram_slots(memory: int) -> list[tuple[int, int, int]]:
 
 def image_bytes(cfg: VmConfig) -> bytes:
     """The image, assembled first if the config names a nasm source."""
-    if cfg.image.suffix == ".asm":
+    if cfg.boot_kind == "flat" and cfg.image.suffix == ".asm":
         try:
             return build_nasm(cfg.image).read_bytes()
         except GuestBuildError as exc:
@@ -68,6 +70,49 @@ def real_mode_state(entry: int) -> BootState:
     state.registers[VmReg.RFLAGS] = 0x2
     state.registers[VmReg.RSP] = 0x7000
     return state
+
+
+def kernel_format(data: bytes) -> str:
+    """What a --kernel image is, from its bytes: "linux" (a bzImage: "HdrS"
+    at 0x202, boot.rst) or "multiboot" (the magic 0x1BADB002 in the first
+    8 KiB, Multiboot 0.6.96 §3.1.1)."""
+    from .linux.bzimage import HDRS_MAGIC
+    if len(data) >= 0x206 and struct.unpack_from("<I", data, 0x202)[0] == HDRS_MAGIC:
+        return "linux"
+    for off in range(0, min(len(data), 8192) - 11, 4):
+        magic, flags, checksum = struct.unpack_from("<III", data, off)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return "multiboot"
+    return "unknown"
+
+
+MULTIBOOT_MAGIC = 0x1BADB002
+
+
+def load_kernel(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
+    fmt = kernel_format(data)
+    if fmt == "linux":
+        return load_linux(cfg, data, ram)
+    raise ConfigError(f"[boot] kernel: {cfg.kernel}: not a Linux bzImage or a Multiboot image")
+
+
+def load_linux(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
+    """A bzImage: payload decompressed here, vmlinux entered at startup_64
+    (the 64-bit boot protocol), ACPI tables in the BIOS area."""
+    from . import linux
+    if len(cfg.initrd) > 1:
+        raise ConfigError("[boot] initrd: Linux takes one initrd, not a list")
+    firmware = place_firmware(cfg, ram)
+    rsdp = next((gpa for gpa, _ in firmware if gpa == FIRMWARE_RSDP), 0)
+    try:
+        image = linux.parse_bzimage(data)
+        initrd = cfg.initrd[0].read_bytes() if cfg.initrd else b""
+        plan = linux.plan_load(image, cfg.memory, cfg.append, initrd, acpi_rsdp_addr=rsdp,
+                               reserved=[(FIRMWARE_BASE, FIRMWARE_SIZE)] if firmware else [])
+        plan.copy_into(ram, ram_slots(cfg.memory))
+    except (linux.BzImageError, linux.ElfError, ValueError) as exc:
+        raise ConfigError(f"[boot] kernel: {cfg.kernel}: {exc}") from None
+    return BootState(dict(plan.registers), dict(plan.descriptors))
 
 
 def place_firmware(cfg: VmConfig, ram: memoryview) -> list[tuple[int, int]]:
@@ -91,6 +136,8 @@ def place_firmware(cfg: VmConfig, ram: memoryview) -> list[tuple[int, int]]:
 def load(cfg: VmConfig, ram: memoryview) -> BootState:
     """Copy the image into `ram` (the whole shared RAM mapping)."""
     data = image_bytes(cfg)
+    if cfg.boot_kind == "kernel":
+        return load_kernel(cfg, data, ram)
     if cfg.boot_kind == "flat":
         end = cfg.load_address + len(data)
         if end > min(cfg.memory, LOW_MEMORY_TOP):

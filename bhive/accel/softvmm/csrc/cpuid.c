@@ -23,6 +23,22 @@
 #define MAX_STD 0x16
 #define MAX_EXT 0x80000008u
 
+/* Best rational approximation num/den of a/b with num <= max_num
+ * (continued fractions: each convergent is the closest fraction with a
+ * denominator that small). */
+static void tsc_crystal_ratio(uint64_t a, uint64_t b, uint32_t max_num, uint32_t *num, uint32_t *den)
+{
+    uint64_t p0 = 0, q0 = 1, p1 = 1, q1 = 0;
+    while (b) {
+        uint64_t t = a / b, p2 = p0 + t * p1, q2 = q0 + t * q1, r = a % b;
+        if (p2 > max_num || q2 > 0xFFFFFFFFu)
+            break;
+        p0 = p1; q0 = q1; p1 = p2; q1 = q2;
+        a = b; b = r;
+    }
+    *num = (uint32_t)p1; *den = (uint32_t)(q1 ? q1 : 1);
+}
+
 static void put_str(uint32_t *o, const char *s)
 {
     memcpy(o, s, 16);
@@ -110,10 +126,13 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
     case 0x15: {
         /* TSC = crystal * EBX / EAX (SDM Vol. 2A CPUID leaf 15H).  The
          * crystal is the LAPIC timer's clock, because Linux derives its APIC
-         * timer period from ECX (native_calibrate_tsc); EAX = ECX makes the
-         * ratio exact: TSC = EBX Hz. */
+         * timer period from ECX.  Linux computes crystal_khz * EBX / EAX in
+         * 32 bits (native_calibrate_tsc), so EBX/EAX is the best rational
+         * approximation of TSC/crystal with crystal_khz * EBX < 2^32. */
         uint64_t hz = host_tsc_hz(c->vm);
-        o[0] = (uint32_t)APIC_BUS_HZ; o[1] = (uint32_t)hz; o[2] = (uint32_t)APIC_BUS_HZ;
+        uint32_t num, den;
+        tsc_crystal_ratio(hz, APIC_BUS_HZ / 1000 * 1000, 0xFFFFFFFFu / (uint32_t)(APIC_BUS_HZ / 1000), &num, &den);
+        o[0] = den; o[1] = num; o[2] = (uint32_t)APIC_BUS_HZ;
         break;
     }
     case 0x16:

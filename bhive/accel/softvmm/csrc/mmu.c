@@ -314,7 +314,7 @@ static void io_log_access(cpu_t *c, uint64_t addr, int size, int is_write, int i
 /* I/O permission (SDM Vol 1 19.5): with CR0.PE and CPL > IOPL (or in
  * virtual-8086 mode) every port of the access needs a clear bit in the
  * TSS I/O bitmap; a bitmap beyond the TSS limit means "denied". */
-static void io_perm_check(cpu_t *c, uint16_t port, int size)
+void io_check(cpu_t *c, uint16_t port, int size)
 {
     if (!(c->cr0 & CR0_PE)) return;
     int iopl = (c->rflags >> 12) & 3;
@@ -331,7 +331,7 @@ static void io_perm_check(cpu_t *c, uint16_t port, int size)
 
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val)
 {
-    io_perm_check(c, port, size);
+    io_check(c, port, size);
     io_log_access(c, port, size, is_write, 1, val);
     if (!is_write) *val &= szmask(size);
     return 0;

@@ -16,15 +16,6 @@ static inline void idx_add(cpu_t *c, int r, int asz, int64_t d)
 }
 static inline void elem_done(cpu_t *c) { if (unlikely(c->io_n)) { c->io_n = 0; c->io_pos = 0; } }
 
-static int io_allowed(cpu_t *c, uint16_t port, int size)
-{
-    (void)port; (void)size;
-    if (!(c->cr0 & CR0_PE)) return 1;
-    if (c->cpl <= ((c->rflags >> 12) & 3)) return 1;
-    /* TODO(M2): consult the TSS I/O permission bitmap (SDM Vol 1 19.5.2) */
-    return 0;
-}
-
 /* Generic REP driver: runs `body` for each element; returns when done or the chunk ran out. */
 #define REP_LOOP(c, i, BODY, TERMINATE)                                   \
     do {                                                                  \
@@ -96,7 +87,7 @@ HANDLER(h_ins)
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
     uint16_t port = (uint16_t)c->r[R_RDX];
-    if (!io_allowed(c, port, sz)) raise_gp(c, 0);
+    io_check(c, port, sz);
     REP_LOOP(c, i, {
         uint64_t v = 0;
         uint64_t lin = lin_addr(c, S_ES, getreg(c, R_RDI, as));
@@ -112,7 +103,7 @@ HANDLER(h_outs)
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
     uint16_t port = (uint16_t)c->r[R_RDX];
-    if (!io_allowed(c, port, sz)) raise_gp(c, 0);
+    io_check(c, port, sz);
     REP_LOOP(c, i, {
         uint64_t v = ld(c, i->seg, getreg(c, R_RSI, as), sz);
         pio_access(c, port, sz, 1, &v);
@@ -125,7 +116,7 @@ HANDLER(h_inout)
 {
     int sz = i->osz;
     uint16_t port = (i->op & 8) ? (uint16_t)c->r[R_RDX] : (uint16_t)(i->imm & 0xff);
-    if (!io_allowed(c, port, sz)) raise_gp(c, 0);
+    io_check(c, port, sz);
     uint64_t v;
     if (i->op & 2) {
         v = getreg(c, 0, sz);
