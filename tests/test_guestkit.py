@@ -223,10 +223,9 @@ def test_fetch_kernel(online, name, compressed):
 def test_kit_boots_under_qemu(online):
     """End to end: the kit's cloud kernel and initramfs reach BOOT-OK on 2 CPUs
     and the guest ends QEMU through isa-debug-exit."""
-    import sys
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import qemu_peer
-    r = qemu_peer.boot_once(guestkit.kernel_path("bookworm-cloud"), guestkit.build_initramfs(), smp=2, timeout=120)
+    from bhive.guestkit import bootrun
+    r = bootrun.boot_once(bootrun.qemu_argv(guestkit.kernel_path("bookworm-cloud"), guestkit.build_initramfs(),
+                                            smp=2), timeout=120)
     assert r.cpus == 2
-    assert r.exit_code == qemu_peer.DEBUG_EXIT_OK, r.console[-2000:]
+    assert r.exit_code == bootrun.DEBUG_EXIT_OK, r.console[-2000:]
     assert "CPU0" in r.console and "CPU1" in r.console           # the /proc/interrupts dump

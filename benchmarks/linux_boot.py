@@ -1,0 +1,93 @@
+"""Time to `BOOT-OK cpus=N`: bhive against QEMU TCG, same kernel,
+initramfs, memory, -smp and command line, measured in the same run.
+
+    python benchmarks/linux_boot.py                                  # bookworm-cloud, SMP 1 2 4 8, 3 runs
+    python benchmarks/linux_boot.py --kernel trixie-generic --smp 1 2 --runs 3 --json
+
+Runs alternate bhive, QEMU, bhive, QEMU ... so that machine noise falls
+on both alike; each figure is the median of `runs`.  bhive's instructions
+per second over the boot come from its vCPUs' retired-instruction counts
+(`bhive stats`), which the supervisor records at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bhive import guestkit  # noqa: E402
+from bhive.guestkit import bootrun  # noqa: E402
+
+
+@dataclass
+class Comparison:
+    kernel: str
+    smp: int
+    bhive_runs: list[float]
+    qemu_runs: list[float]
+    bhive_median: float
+    qemu_median: float
+
+    @property
+    def ratio(self) -> float:
+        return self.bhive_median / self.qemu_median
+
+
+def compare(kernel: str = "bookworm-cloud", smp: int = 1, runs: int = 3, memory_mb: int = 1024,
+            append: str = bootrun.TEST_APPEND, timeout: float = 300.0, qemu: bool = True) -> Comparison:
+    kpath = Path(kernel) if Path(kernel).is_file() else guestkit.kernel_path(kernel)
+    initrd = guestkit.build_initramfs()
+    ours, peer = [], []
+    for i in range(runs):
+        argvs = [("bhive", bootrun.bhive_argv(kpath, initrd, smp, memory_mb, append, name=f"bootbench{smp}"))]
+        if qemu:
+            argvs.append(("qemu", bootrun.qemu_argv(kpath, initrd, smp, memory_mb, append)))
+        for vmm, argv in (argvs if i % 2 == 0 else argvs[::-1]):
+            r = bootrun.boot_once(argv, timeout, vmm=vmm)
+            if r.cpus != smp:
+                raise bootrun.BootError(f"{vmm} guest reported BOOT-OK cpus={r.cpus}, expected {smp}")
+            (ours if vmm == "bhive" else peer).append(r.seconds)
+    return Comparison(str(kernel), smp, ours, peer, statistics.median(ours),
+                      statistics.median(peer) if peer else float("nan"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernel", nargs="+", default=["bookworm-cloud"],
+                    help="guest-kit kernel names or bzImage paths")
+    ap.add_argument("--smp", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("-m", "--memory", type=int, default=1024, help="MiB")
+    ap.add_argument("--append", default=bootrun.TEST_APPEND)
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--no-qemu", action="store_true", help="bhive only")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    results = []
+    try:
+        for k in a.kernel:
+            for n in a.smp:
+                c = compare(k, n, a.runs, a.memory, a.append, a.timeout, qemu=not a.no_qemu)
+                results.append(c)
+                if not a.json:
+                    print(f"{c.kernel} smp={n}: bhive {c.bhive_median:.2f} s, qemu-tcg {c.qemu_median:.2f} s, "
+                          f"ratio {c.ratio:.2f}  (bhive {' '.join(f'{t:.2f}' for t in c.bhive_runs)}; "
+                          f"qemu {' '.join(f'{t:.2f}' for t in c.qemu_runs)})", flush=True)
+    except bootrun.BootError as exc:
+        print(f"linux_boot: {exc}", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps([{**asdict(c), "ratio": c.ratio} for c in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
