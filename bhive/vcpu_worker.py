@@ -40,6 +40,9 @@ RETRY_INTERVAL_MS = 200        # an actor that does not answer by then is asked 
 GIVE_UP_AFTER_S = 30.0         # ... and after this long the VM is failed
 HEARTBEAT_INTERVAL = 1.0
 STATS_INTERVAL = 0.25          # stats-vcpuN.json refresh
+# BHIVE_PROFILE=N: sample the guest RIP every N instructions (softvmm) into
+# <rundir>/profile-vcpuK.bin for `python -m bhive.profile`.
+PROFILE_ENV = "BHIVE_PROFILE"
 
 # Exit status conventions shared with the supervisor.
 STATUS_GUEST_CRASH = 3
@@ -353,6 +356,9 @@ class VcpuWorker:
             for reg, value in self.boot.registers.items():
                 self.vcpu.vm_set_register(VmReg(reg), value)
         self.vcpu.vm_activate_cpu()
+        profiling = PROFILE_ENV in os.environ and hasattr(self.vcpu, "profile_start")
+        if profiling:
+            self.vcpu.profile_start(period=int(os.environ[PROFILE_ENV] or 10000))
         control.start()
         self.log("started", accel=self.cfg.accel, bsp=self.vcpuid == 0)
         try:
@@ -362,6 +368,9 @@ class VcpuWorker:
             self.log("actor-unavailable", detail=str(exc))
             self.event("fatal", status, str(exc))
         self.log("stopped", **self.vcpu.stats())
+        if profiling:
+            samples = array.array("Q", self.vcpu.profile_samples())
+            (self.rundir.path / f"profile-{self.role}.bin").write_bytes(samples.tobytes())
         if self.latency is not None:
             Path(os.environ["BHIVE_EXIT_LATENCY"] + f".{self.role}").write_bytes(self.latency.tobytes())
         self.control_events.send(b"")

@@ -107,6 +107,29 @@ def fetch_kernel(name: str, refresh: bool = False) -> Kernel:
     return _kernel_from_info(d)
 
 
+def kallsyms(name: str) -> Path:
+    """The kernel's /proc/kallsyms (as loaded without KASLR, the way bhive
+    loads it), read once under QEMU TCG and cached beside the kernel."""
+    k = fetch_kernel(name)
+    out = k.vmlinuz.parent / "kallsyms"
+    if out.is_file():
+        return out
+    from .bootrun import BootError, boot_once, qemu_argv
+    append = "console=ttyS0 panic=-1 nokaslr bhive.kallsyms=1 bhive.test=1"
+    try:
+        run = boot_once(qemu_argv(k.vmlinuz, build_initramfs(), 1, 512, append), timeout=300)
+    except BootError as exc:
+        raise FetchError(f"kallsyms of {name}: {exc}") from None
+    text = run.console
+    begin, end = text.find("bhive: kallsyms begin\n"), text.find("bhive: kallsyms end")
+    if begin < 0 or end < 0:
+        raise FetchError(f"kallsyms of {name}: the guest printed no symbol table")
+    tmp = out.with_suffix(".part")
+    tmp.write_text(text[begin + len("bhive: kallsyms begin\n"):end])
+    os.replace(tmp, out)
+    return out
+
+
 def kernel_path(name: str) -> Path:
     return fetch_kernel(name).vmlinuz
 

@@ -120,7 +120,26 @@ class SoftVcpu(Vcpu):
 
     def stats(self) -> dict[str, int]:
         lib.svm_stats(self._c, self._u64, self._u64 + 1)
-        return {"instructions": self._u64[0], "exits": self._u64[1]}
+        out = {"instructions": self._u64[0], "exits": self._u64[1]}
+        cache = ffi.new("uint64_t[5]")
+        lib.svm_cache_stats(self._c, cache)
+        out.update(zip(("block_lookups", "blocks_decoded", "block_cache_flushes", "block_arena_bytes",
+                        "chain_epoch"), cache))
+        return out
+
+    def profile_start(self, capacity: int = 1 << 20, period: int = 10000) -> None:
+        """Sample the guest RIP every `period` retired instructions into a
+        ring of `capacity` entries (see profile_samples)."""
+        self._prof = ffi.new("uint64_t[]", capacity)
+        lib.svm_profile(self._c, self._prof, capacity, period)
+
+    def profile_samples(self) -> list[int]:
+        """The RIPs sampled so far (the latest `capacity` of them)."""
+        if getattr(self, "_prof", None) is None:
+            return []
+        n = lib.svm_profile_count(self._c)
+        cap = len(self._prof)
+        return list(self._prof[0:min(n, cap)])
 
     # -- local APIC (owner thread, while the vCPU is not running) -------------------
     def lapic_read(self, offset: int) -> int:

@@ -109,21 +109,28 @@ typedef struct insn {
 } insn_t;
 
 /* A predecoded block: straight-line code inside one 4K guest-physical
- * page, ending at the first control transfer / mode-changing instruction. */
+ * page, ending at the first control transfer / mode-changing instruction.
+ * Blocks live in a per-vCPU arena, each exactly as long as its insns[],
+ * found through a hash table on (gpa, code size); the whole cache is
+ * dropped at once when the arena fills, as QEMU's TB cache does. */
 #define BLK_MAX 48
 typedef struct block {
-    uint64_t gpa;        /* guest-physical address of the first byte; ~0 = empty */
+    uint64_t gpa;        /* guest-physical address of the first byte; ~0 = not cacheable */
     uint32_t gen;        /* code generation of the page when decoded */
     uint32_t gidx;       /* page index into the generation array */
     uint8_t  key;        /* code size (2/4/8) the block was decoded for */
     uint8_t  n;
     uint8_t  ninsn;      /* architectural instructions (fused pairs count 2) */
-    /* direct chaining to the last two successors: valid while the TLB epoch
-     * (linear->physical mapping, CS base and mode) is unchanged */
+    struct block *next;  /* hash chain */
+    /* direct chaining to the last two successors: valid while the epoch
+     * (TLB / mode / code writes / cache flush) is unchanged */
     struct blink { uint64_t rip; struct block *blk; uint64_t epoch; } link[2];
-    insn_t insns[BLK_MAX];
+    insn_t insns[];      /* n entries (BLK_MAX in the scratch block) */
 } block_t;
-#define BCACHE_SIZE 2048  /* blocks, direct-mapped on the gpa */
+#define BHASH_SIZE 65536             /* hash buckets (pointers) */
+#define JCACHE_SIZE 4096             /* rip -> block, for returns and indirect jumps */
+typedef struct jcache_ent { uint64_t rip; struct block *blk; uint64_t epoch; } jcache_ent_t;
+#define BARENA_BYTES (48u << 20)     /* decoded-block arena per vCPU, mapped lazily */
 
 /* ---- TLB --------------------------------------------------------------- */
 #define TLB_SIZE 256
@@ -282,12 +289,22 @@ typedef struct svm_cpu {
     jmp_buf jb;
     svm_exit_t exit;
     uint64_t icount, nexits;
-    uint64_t epoch;          /* bumped on every TLB flush / mode change / block decode */
+    uint64_t epoch;          /* bumped on every TLB flush / mode change / code write / cache flush */
     uint32_t code_epoch_seen;
     uint32_t *code_epoch;    /* = vm->code_epoch, one load less on the chaining path */
     tlbe_t tlb[TLB_SIZE];
-    block_t *bcache;
-    block_t scratch;
+    block_t **bhash;         /* BHASH_SIZE chains of cached blocks */
+    jcache_ent_t jcache[JCACHE_SIZE];  /* valid while the epoch is unchanged, like chain links */
+    uint8_t *barena;         /* BARENA_BYTES of blocks */
+    size_t barena_used;
+    uint64_t bflushes;       /* times the arena filled and the cache was dropped */
+    uint64_t nlookups;       /* block lookups (chain links that could not be followed) */
+    uint64_t ndecodes;       /* blocks decoded into the cache */
+    block_t *scratch;        /* BLK_MAX entries: uncacheable and single-step decodes */
+    uint64_t prof_next;      /* icount of the next RIP sample; ~0 when off (svm_profile) */
+    uint64_t prof_period, prof_n;
+    uint64_t *prof_buf;
+    uint32_t prof_cap;
     /* pause-loop detection (run.c cpu_pause) */
     uint64_t pause_last;     /* host TSC of the previous PAUSE */
     uint32_t pause_n;        /* consecutive PAUSEs in the current spin */

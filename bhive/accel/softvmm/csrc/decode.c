@@ -368,9 +368,6 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
     b->n = 0;
     b->ninsn = 0;
     b->gpa = ~0ULL;
-    c->epoch++;   /* a cache slot changes: invalidates every chain link */
-    b->link[0].blk = b->link[1].blk = NULL;
-    b->link[0].rip = b->link[1].rip = ~0ULL;
     if (!h) exit_unhandled(c);   /* executing from MMIO: not supported */
     uint32_t old = __atomic_fetch_or(&c->vm->gen[gidx], 1, __ATOMIC_SEQ_CST);
     if (!(old & 1) && c->vm->membarrier_cmd) {

@@ -11,6 +11,7 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <linux/membarrier.h>
 #include <x86intrin.h>
 #include "mem.h"
@@ -72,18 +73,30 @@ svm_cpu_t *svm_cpu_open(svm_vm_t *vm, int vcpuid)
     svm_cpu_t *c = aligned_alloc(64, (sizeof(svm_cpu_t) + 63) & ~63UL);
     if (!c) return NULL;
     memset(c, 0, sizeof(*c));
-    c->bcache = calloc(BCACHE_SIZE, sizeof(block_t));
-    if (!c->bcache) { free(c); return NULL; }
-    for (int k = 0; k < BCACHE_SIZE; k++) c->bcache[k].gpa = ~0ULL;
-    c->scratch.gpa = ~0ULL;
+    c->bhash = calloc(BHASH_SIZE, sizeof(block_t *));
+    c->scratch = calloc(1, sizeof(block_t) + BLK_MAX * sizeof(insn_t));
+    c->barena = mmap(NULL, BARENA_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (!c->bhash || !c->scratch || c->barena == MAP_FAILED) {
+        if (c->barena != MAP_FAILED) munmap(c->barena, BARENA_BYTES);
+        free(c->bhash); free(c->scratch); free(c);
+        return NULL;
+    }
+    c->scratch->gpa = ~0ULL;
     c->vm = vm; c->vcpuid = vcpuid; c->lapic = vm_lapic(vm, vcpuid);
     c->code_epoch = vm->code_epoch;
     c->exc_vec = -1;
+    c->prof_next = ~0ULL;
     cpu_reset(c);
     return c;
 }
 
-void svm_cpu_close(svm_cpu_t *c) { if (c) { free(c->bcache); free(c); } }
+void svm_cpu_close(svm_cpu_t *c)
+{
+    if (!c) return;
+    munmap(c->barena, BARENA_BYTES);
+    free(c->bhash); free(c->scratch); free(c);
+}
 
 void svm_activate(svm_cpu_t *c)
 {
@@ -167,6 +180,25 @@ void cpu_pause(cpu_t *c)
 }
 
 void svm_stats(svm_cpu_t *c, uint64_t *insns, uint64_t *exits) { *insns = c->icount; *exits = c->nexits; }
+
+void svm_cache_stats(svm_cpu_t *c, uint64_t *out)
+{
+    out[0] = c->nlookups; out[1] = c->ndecodes; out[2] = c->bflushes; out[3] = c->barena_used;
+    out[4] = c->epoch;
+}
+
+void svm_profile(svm_cpu_t *c, uint64_t *buf, uint32_t cap, uint64_t period)
+{
+    c->prof_buf = buf; c->prof_cap = cap; c->prof_period = period ? period : 1; c->prof_n = 0;
+    c->prof_next = buf && cap ? c->icount + c->prof_period : ~0ULL;
+}
+uint64_t svm_profile_count(svm_cpu_t *c) { return c->prof_n; }
+
+static void profile_sample(cpu_t *c)
+{
+    c->prof_buf[c->prof_n++ % c->prof_cap] = c->rip;
+    c->prof_next = c->icount + c->prof_period;
+}
 void svm_cpuid(svm_cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t *o) { do_cpuid(c, leaf, sub, o); }
 
 static int futex_wait(uint32_t *addr, uint32_t val, long ns)
@@ -176,27 +208,74 @@ static int futex_wait(uint32_t *addr, uint32_t val, long ns)
 }
 
 /* ---- block lookup and execution ------------------------------------------------- */
+static block_t *lookup_block(cpu_t *c);
+
+/* Copy a freshly decoded block from the scratch block into the arena and
+ * hash it; a full arena drops the whole cache first. */
+static block_t *cache_block(cpu_t *c, block_t **bucket)
+{
+    block_t *s = c->scratch;
+    size_t size = (sizeof(block_t) + s->n * sizeof(insn_t) + 15) & ~(size_t)15;
+    if (unlikely(c->barena_used + size > BARENA_BYTES)) {
+        memset(c->bhash, 0, BHASH_SIZE * sizeof(block_t *));
+        c->barena_used = 0;
+        c->bflushes++;
+        c->epoch++;   /* every chain link pointed into the arena */
+    }
+    block_t *b = (block_t *)(c->barena + c->barena_used);
+    c->barena_used += size;
+    c->ndecodes++;
+    memcpy(b, s, sizeof(block_t) + s->n * sizeof(insn_t));
+    b->link[0].blk = b->link[1].blk = NULL;
+    b->link[0].rip = b->link[1].rip = ~0ULL;
+    b->next = *bucket;
+    *bucket = b;
+    return b;
+}
+
 static inline block_t *get_block(cpu_t *c)
 {
     c->nrip = c->rip;
+    uint32_t ce = __atomic_load_n(c->vm->code_epoch, __ATOMIC_SEQ_CST);
+    if (unlikely(ce != c->code_epoch_seen)) {
+        /* code was written somewhere: links may lead to stale blocks */
+        c->code_epoch_seen = ce;
+        c->epoch++;
+    }
+    /* the jump cache: a return or indirect jump to a recent target costs
+     * one probe (QEMU's tb_jmp_cache) */
+    jcache_ent_t *j = &c->jcache[(c->rip ^ (c->rip >> 12)) & (JCACHE_SIZE - 1)];
+    if (likely(j->rip == c->rip && j->epoch == c->epoch)) return j->blk;
+    block_t *b = lookup_block(c);
+    if (b != c->scratch) { j->rip = c->rip; j->blk = b; j->epoch = c->epoch; }
+    return b;
+}
+
+static block_t *lookup_block(cpu_t *c)
+{
+    c->nlookups++;
     uint64_t lin = c->segbase[S_CS] + c->rip;
     if (!c->long64) lin = (uint32_t)lin;
     tlbe_t *e = &c->tlb[tlb_slot(lin)];
     uint64_t gpa;
-    c->code_epoch_seen = __atomic_load_n(c->vm->code_epoch, __ATOMIC_SEQ_CST);
     if (likely(e->tag_x == (lin & ~0xfffULL))) gpa = e->gpa | (lin & 0xfff);
     else fetch_translate(c, lin, &gpa, 1);
-    block_t *b = &c->bcache[(uint32_t)((gpa * 0x9E3779B97F4A7C15ULL) >> 53) & (BCACHE_SIZE - 1)];
-    if (likely(b->gpa == gpa && b->key == c->csz &&
-               b->gen == __atomic_load_n(&c->vm->gen[b->gidx], __ATOMIC_RELAXED)))
-        return b;
-    decode_block(c, b, lin, gpa, 0);
-    if (b->gpa == ~0ULL) {
-        /* not cacheable (crosses a page): decode into the scratch block */
-        decode_block(c, &c->scratch, lin, gpa, 1);
-        return &c->scratch;
+    block_t **bucket = &c->bhash[(uint32_t)((gpa * 0x9E3779B97F4A7C15ULL) >> 40) & (BHASH_SIZE - 1)];
+    for (block_t **pp = bucket, *b; (b = *pp) != NULL; pp = &b->next) {
+        if (b->gpa == gpa && b->key == c->csz) {
+            if (likely(b->gen == __atomic_load_n(&c->vm->gen[b->gidx], __ATOMIC_RELAXED)))
+                return b;
+            *pp = b->next;   /* stale: its page was written; the arena space is reclaimed at the next flush */
+            break;
+        }
     }
-    return b;
+    decode_block(c, c->scratch, lin, gpa, 0);
+    if (c->scratch->gpa == ~0ULL) {
+        /* not cacheable (crosses a page): decode it alone */
+        decode_block(c, c->scratch, lin, gpa, 1);
+        return c->scratch;
+    }
+    return cache_block(c, bucket);
 }
 
 static inline void exec_block(cpu_t *c, const block_t *b, int max)
@@ -345,12 +424,12 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
              * (no macro-fused pairs), then a #DB trap with DR6.BS unless the
              * instruction delivered a software interrupt (which clears TF) */
             block_t *sb = get_block(c);
-            if (sb->n > 1 || sb->insns[0].ninsn > 1 || sb == &c->scratch) {
+            if (sb->n > 1 || sb->insns[0].ninsn > 1 || sb == c->scratch) {
                 uint64_t lin = c->segbase[S_CS] + c->rip, gpa;
                 if (!c->long64) lin = (uint32_t)lin;
                 fetch_translate(c, lin, &gpa, 1);
-                decode_block(c, &c->scratch, lin, gpa, 1);
-                sb = &c->scratch;
+                decode_block(c, c->scratch, lin, gpa, 1);
+                sb = c->scratch;
             }
             c->tf_trap = 1; c->sw_event = 0;
             exec_block(c, sb, 1);
@@ -372,6 +451,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
             /* run chained blocks while nothing needs attention */
             for (int chain = 0;; chain++) {
                 exec_block(c, b, BLK_MAX);
+                if (unlikely(c->icount >= c->prof_next)) profile_sample(c);
                 if (unlikely(c->brk) || chain == 256 ||
                     __atomic_load_n(&l->event, __ATOMIC_RELAXED))
                     break;
@@ -390,7 +470,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 /* slow path: look the successor up and remember it */
                 block_t *from = b;
                 b = get_block(c);
-                if (b == &c->scratch || from == &c->scratch) break;
+                if (b == c->scratch || from == c->scratch) break;
                 struct blink *w = &from->link[from->link[0].blk && from->link[0].epoch == c->epoch ? 1 : 0];
                 w->rip = c->rip; w->blk = b; w->epoch = c->epoch;
             }
@@ -415,9 +495,9 @@ static void replay(cpu_t *c)
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa;
     fetch_translate(c, lin, &gpa, 1);
-    decode_block(c, &c->scratch, lin, gpa, 1);
+    decode_block(c, c->scratch, lin, gpa, 1);
     c->brk = 0;
-    exec_block(c, &c->scratch, 1);
+    exec_block(c, c->scratch, 1);
     c->io_n = c->io_pos = 0;
     c->brk = 0;
     if (c->tf_trap) {   /* single-stepped instruction completed by the VMM: #DB trap */

@@ -51,6 +51,14 @@ void svm_kick(struct svm_vm *vm, int vcpuid);
 void svm_invalidate(struct svm_vm *vm, uint64_t gpa, uint64_t len);
 void svm_set_mp_state(struct svm_cpu *c, int runnable);
 void svm_stats(struct svm_cpu *c, uint64_t *instructions, uint64_t *exits);
+/* decoded-block cache: out[0] lookups, [1] blocks decoded, [2] arena flushes,
+ * [3] arena bytes in use, [4] chain epoch (link invalidations) */
+void svm_cache_stats(struct svm_cpu *c, uint64_t *out);
+/* Guest-RIP sampling: every `period` retired instructions (at the next block
+ * boundary) the RIP goes into buf[count % cap]; returns the count so far.
+ * buf = NULL turns it off.  For `bhive profile`: where does guest time go? */
+void svm_profile(struct svm_cpu *c, uint64_t *buf, uint32_t cap, uint64_t period);
+uint64_t svm_profile_count(struct svm_cpu *c);
 void svm_cpuid(struct svm_cpu *c, uint32_t leaf, uint32_t sub, uint32_t *out4);
 /* local APIC extras (lapic.c, tsc.c) */
 uint32_t svm_lapic_read(struct svm_cpu *c, uint32_t off);

@@ -12,6 +12,8 @@
 void update_mode(cpu_t *c)
 {
     seg_t *cs = &c->seg[S_CS];
+    int old_csz = c->csz, old_long64 = c->long64;
+    uint64_t old_csbase = c->segbase[S_CS];
     int lma = !!(c->efer & EFER_LMA);
     c->long64 = lma && (cs->access & 0x2000);
     if (c->long64) c->csz = 8;
@@ -24,8 +26,11 @@ void update_mode(cpu_t *c)
     if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
     int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
     if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
-    if (ncpl != c->cpl) { c->cpl = ncpl; tlb_retag(c); }   /* TLB rights are CPL-independent */
-    c->epoch++;
+    if (ncpl != c->cpl) { c->cpl = ncpl; tlb_retag(c); }   /* TLB rights are CPL-independent; bumps the epoch */
+    /* chain links hold (rip -> block) pairs decoded for one code size and CS
+     * base: drop them only when those change (an interrupt or IRET within
+     * ring 0 keeps them) */
+    if (c->csz != old_csz || c->long64 != old_long64 || c->segbase[S_CS] != old_csbase) c->epoch++;
     c->brk = 1;
 }
 
