@@ -40,7 +40,7 @@ def _cli_path(value: str | None) -> str | None:
 
 
 def cmd_run(args) -> int:
-    overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory}
+    overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
         boot["kind"] = "kernel"
@@ -229,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", "-d", action="store_true", help="run in the background")
     r.add_argument("--smp", type=int, help="number of vCPUs")
     r.add_argument("-m", "--memory", help="guest RAM, e.g. 512M")
+    r.add_argument("--watchdog", type=float, metavar="SECONDS",
+                   help="end the VM with status 124 if the guest has not ended by then (for tests)")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("ps", help="list VMs and their processes")
     s.add_argument("vm", nargs="?")

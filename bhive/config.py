@@ -88,6 +88,7 @@ class VmConfig:
     devices: dict[str, DeviceConfig] = field(default_factory=dict)
     exit_transport: str = "shm"
     source: Path | None = None
+    watchdog: float = 0.0       # seconds of wall time before the VM is ended (0: never)
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
@@ -97,7 +98,7 @@ class VmConfig:
 
 
 _TOP = {"vm", "boot", "msr", "devices"}
-_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport"}
+_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog"}
 # How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
 # for comparison and debugging).  Either is safe because a device's IRQ line
@@ -220,6 +221,9 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     exit_transport = _typed(vm.get("exit_transport", "shm"), str, "[vm] exit_transport")
     if exit_transport not in EXIT_TRANSPORTS:
         raise ConfigError(f"[vm] exit_transport: {exit_transport!r} is not one of {', '.join(EXIT_TRANSPORTS)}")
+    watchdog = vm.get("watchdog", 0)
+    if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or watchdog < 0:
+        raise ConfigError(f"[vm] watchdog: {watchdog!r} must be a number of seconds (0: none)")
     unknown_msr = _typed(msr.get("unknown", "gp"), str, "[msr] unknown")
     if unknown_msr not in MSR_POLICIES:
         raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
@@ -227,7 +231,7 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind,
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
-                   kernel=kernel, initrd=initrd, append=append)
+                   kernel=kernel, initrd=initrd, append=append, watchdog=float(watchdog))
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -287,7 +291,7 @@ def to_json(cfg: VmConfig) -> dict:
         "entry": cfg.entry, "unknown_msr": cfg.unknown_msr, "exit_transport": cfg.exit_transport,
         "source": str(cfg.source) if cfg.source else None,
         "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
-        "append": cfg.append,
+        "append": cfg.append, "watchdog": cfg.watchdog,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -306,4 +310,5 @@ def from_json(data: dict) -> VmConfig:
                     exit_transport=data["exit_transport"],
                     source=Path(data["source"]) if data["source"] else None,
                     kernel=Path(data["kernel"]) if data.get("kernel") else None,
-                    initrd=[Path(p) for p in data.get("initrd", [])], append=data.get("append", ""))
+                    initrd=[Path(p) for p in data.get("initrd", [])], append=data.get("append", ""),
+                    watchdog=data.get("watchdog", 0.0))

@@ -14,8 +14,10 @@ Exit statuses of `bhive run`:
     0           the guest halted or was stopped
     (V<<1)|1    the guest wrote V to isa-debug-exit (QEMU's convention)
     2           bad config or image (nothing was started)
-    3           the guest crashed (triple fault, unhandled instruction)
+    3           the guest crashed (triple fault, unhandled instruction,
+                a kernel panic on the console)
     4           bhive itself failed (a process died, an actor gave up)
+    124         the watchdog ([vm] watchdog, --watchdog) expired first
 """
 
 from __future__ import annotations
@@ -45,12 +47,17 @@ STATUS_STOPPED = 0
 STATUS_CONFIG = 2
 STATUS_GUEST_CRASH = 3
 STATUS_INTERNAL = 4
+STATUS_WATCHDOG = 124     # as timeout(1) says it
 
 STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
 STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
 HALT_GRACE = 0.3          # all vCPUs halted: wait this long for a pending exit event
+# A guest kernel that panics prints this and then spins or halts with
+# interrupts on, which no CPU-level event reveals: the console does.
+PANIC_MARKER = b"Kernel panic - not syncing"
+PANIC_GRACE = 1.0         # let the panic's backtrace reach the console first
 ESCAPE = 0x01  # Ctrl-A, then 'x' quits (like QEMU's -nographic)
 
 
@@ -101,6 +108,9 @@ class Supervisor:
         self.escape_pending = False
         self.console_req = 0
         self.pending_input = b""
+        self.console_tail = b""                 # the last bytes, for markers split across reads
+        self.panic_at: float | None = None
+        self.panic_line = ""
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
@@ -316,6 +326,18 @@ class Supervisor:
             if self.console_out is not None:
                 self.console_out.write(data)
                 self.console_out.flush()
+            self.watch_console(data)
+
+    def watch_console(self, data: bytes) -> None:
+        """Notice a guest kernel panic on the console."""
+        text = self.console_tail + data
+        self.console_tail = text[-512:]
+        if self.panic_at is None:
+            k = text.find(PANIC_MARKER)
+            if k >= 0:
+                self.panic_at = time.monotonic()
+                self.panic_line = text[k:].split(b"\n")[0].decode(errors="replace").strip()
+                self.log("guest-panic", line=self.panic_line)
 
     def pump_input(self) -> None:
         if self.console_in_fd is None:
@@ -361,8 +383,13 @@ class Supervisor:
             self.pump_input()
             self.flush_input()
             self.check_children()
-            if self.all_halted_at is not None and time.monotonic() - self.all_halted_at > HALT_GRACE:
+            now = time.monotonic()
+            if self.all_halted_at is not None and now - self.all_halted_at > HALT_GRACE:
                 self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
+            elif self.panic_at is not None and now - self.panic_at > PANIC_GRACE:
+                self.finish(STATUS_GUEST_CRASH, f"guest kernel panic: {self.panic_line}")
+            elif self.cfg.watchdog and now - self.t0 > self.cfg.watchdog:
+                self.finish(STATUS_WATCHDOG, f"watchdog: the guest did not end within {self.cfg.watchdog:g} s")
             if time.monotonic() > next_table:
                 self.write_procs()
                 next_table = time.monotonic() + 1.0

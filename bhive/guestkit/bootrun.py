@@ -87,7 +87,7 @@ class BootRun:
         out: dict[str, list[int]] = {}
         for l in lines[start + 1:]:
             parts = l.split()
-            if not parts or not parts[0].endswith(":"):
+            if not parts or not re.fullmatch(r"[0-9A-Z]+:", parts[0]):
                 break
             counts = []
             for p in parts[1:1 + ncpu]:
@@ -99,9 +99,11 @@ class BootRun:
 
 
 def bhive_argv(kernel, initrd, smp: int = 1, memory_mb: int = 1024, append: str = TEST_APPEND,
-               name: str | None = None) -> list[str]:
+               name: str | None = None, watchdog: float | None = None) -> list[str]:
     argv = [sys.executable, "-m", "bhive", "run", "--kernel", str(kernel), "--initrd", str(initrd),
             "--append", append, "--smp", str(smp), "-m", f"{memory_mb}M"]
+    if watchdog:
+        argv += ["--watchdog", str(watchdog)]
     return argv + (["--name", name] if name else [])
 
 

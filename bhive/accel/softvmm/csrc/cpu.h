@@ -264,6 +264,7 @@ typedef struct svm_cpu {
     uint64_t star, lstar, cstar, sfmask, kgs_base, tsc_aux, pat, misc_enable;
     uint64_t sysenter_cs, sysenter_esp, sysenter_eip;
     int64_t tsc_offset;
+    int64_t tsc_adjust;      /* IA32_TSC_ADJUST */
     uint64_t pdpte[4];       /* PAE paging: PDPTEs loaded at MOV CR3/CR0/CR4 (SDM 4.4.1) */
     uint8_t pdpte_valid;
     uint8_t tf_trap;         /* TF was set when the current instruction began */

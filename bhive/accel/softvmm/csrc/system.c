@@ -410,6 +410,7 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     case 0x1d9: *v = 0; return 0;                       /* IA32_DEBUGCTL */
     case 0x2ff: *v = c->mtrr_def; return 0;
     case 0x10: *v = guest_tsc(c); return 0;
+    case 0x3b: *v = (uint64_t)c->tsc_adjust; return 0;     /* IA32_TSC_ADJUST */
     case 0x1b: *v = c->lapic->apic_base; return 0;
     case 0x6e0: return lapic_msr_read(c, msr, v);   /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: *v = c->sysenter_cs; return 0;
@@ -452,7 +453,13 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
     case 0x8b: return 0;                                                /* microcode update trigger: ignored */
     case 0x1d9: if (v & ~3ULL) return 1; return 0;                      /* DEBUGCTL: LBR/BTF not kept */
     case 0x2ff: if ((v & ~0xcffULL) || !mem_type_ok(v & 0xff)) return 1; c->mtrr_def = v; return 0;
-    case 0x10: c->tsc_offset += (int64_t)(v - guest_tsc(c)); return 0;   /* this vCPU's TSC only */
+    case 0x10: {   /* this vCPU's TSC only; SDM Vol 3B 17.17.3: TSC_ADJUST follows the same delta */
+        int64_t delta = (int64_t)(v - guest_tsc(c));
+        c->tsc_offset += delta; c->tsc_adjust += delta;
+        return 0; }
+    case 0x3b:     /* IA32_TSC_ADJUST: writing it moves the TSC by the change */
+        c->tsc_offset += (int64_t)v - c->tsc_adjust; c->tsc_adjust = (int64_t)v;
+        return 0;
     case 0x1b: {
         if (v & ~0xffffffffff900ULL) return 1;   /* reserved bits: #GP */
         uint64_t keep = c->lapic->apic_base & 0x100;   /* BSP flag is read-only */
