@@ -33,6 +33,12 @@ class DeviceType:
     mmio_size: int = 0                  # bytes of MMIO from the `mmio` option
     irq_controller: bool = False        # receives IrqLineLevel messages
     posted_writes: bool = False         # port writes need no completion: the vCPU goes on at once
+    # A port (offset from `port`) whose reads the vCPU may answer from the
+    # actor's register mirror (bhive.bus.channel MIRROR), and the offsets
+    # whose writes cannot change that register.  With posted writes, this
+    # lets softvmm serve the device's hot ports without exits.
+    mirror_offset: int = -1
+    neutral_writes: tuple = ()
 
 
 # Keys every device table accepts.
@@ -49,12 +55,13 @@ TESTDEV_LINES = 24
 
 DEVICE_TYPES: dict[str, DeviceType] = {
     # Posted writes: THR output needs no answer, and the LSR read that
-    # paces it comes after the writes on the same channel.
+    # paces it comes after the writes on the same channel.  LSR is
+    # mirrored; writes to THR/DLL (offset 0) leave it alone.
     "uart": DeviceType("uart", 8, {
         "port": Option(int, 0x3F8, minimum=0, maximum=0xFFF8),
         "irq": Option(int, 4, minimum=0, maximum=23),
         "console": Option(bool, True),
-    }, posted_writes=True),
+    }, posted_writes=True, mirror_offset=5, neutral_writes=(0,)),
     "debug_exit": DeviceType("debug_exit", 0, {
         "port": Option(int, 0xF4, minimum=0, maximum=0xFFFF),
         "iosize": Option(int, 4, choices=(1, 2, 4)),

@@ -132,6 +132,9 @@ class BusIrqLine:
         self.bus.send(self.line, self.level)
 
 
+TX_STALL_POLL = 0.005     # seconds between looks at a full console ring
+
+
 class UartHost(HostedDevice):
     """A 16550 whose transmitter feeds the VM console ring."""
 
@@ -156,10 +159,27 @@ class UartHost(HostedDevice):
         self.written += 1
         return True
 
-    def pio(self, port, size, is_write, data):
+    def _resume_tx(self) -> None:
         if self.tx_blocked and self.ring.space(self.written) > 0:
             self.tx_blocked = False
             self.model.tx_drained()
+
+    def busy(self):
+        # The console is not taking bytes and the TX FIFO is full: leave the
+        # guest's next writes in the channel rather than drop them.
+        self._resume_tx()
+        return self.model.tx_fifo_full()
+
+    def next_deadline(self):
+        return time.monotonic() + TX_STALL_POLL if self.tx_blocked else None
+
+    def on_timer(self, now):
+        self._resume_tx()
+        self.runtime.commit()
+        self.runtime.serve_channels()
+
+    def pio(self, port, size, is_write, data):
+        self._resume_tx()
         offset = port - self.base
         if is_write:
             self.model.write(offset, size, data)
@@ -183,6 +203,9 @@ class UartHost(HostedDevice):
     def after_commit(self):
         if self.ring is not None:
             self.ring.publish(self.written)
+
+    def mirror_value(self):
+        return self.model.lsr_mirror()
 
 
 class DebugExitHost(HostedDevice):

@@ -396,23 +396,28 @@ class Supervisor:
 
     # -- stop -------------------------------------------------------------
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.popen is not None and proc.popen.poll() is None:
+        """vCPUs first, then the actors: an actor that is told to stop
+        applies what the (now stopped) vCPUs posted to it before it exits,
+        so the guest's last console bytes before an isa-debug-exit write
+        are not lost."""
+        for kind in ("vcpu", "actor"):
+            procs = [p for p in self.procs.values() if p.kind == kind and p.popen is not None]
+            for proc in procs:
+                if proc.popen.poll() is None:
+                    try:
+                        self.ctl.send_multipart([proc.role.encode(), schema.encode(Control("stop"))],
+                                                zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+                    proc.popen.terminate()
+            deadline = time.monotonic() + STOP_GRACE
+            for proc in procs:
                 try:
-                    self.ctl.send_multipart([proc.role.encode(), schema.encode(Control("stop"))], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-                proc.popen.terminate()
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in self.procs.values():
-            if proc.popen is None:
-                continue
-            try:
-                proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-            proc.state = "exited"
+                    proc.popen.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.popen.kill()
+                    proc.popen.wait()
+                proc.state = "exited"
         self.pump_console()
         self.write_procs()
         info = self.rundir.read_json("supervisor.json") or {}

@@ -16,6 +16,7 @@ never blocks, whatever the destination vCPU is doing.
 from __future__ import annotations
 
 import array
+import collections
 import os
 import signal
 import sys
@@ -43,6 +44,8 @@ STATS_INTERVAL = 0.25          # stats-vcpuN.json refresh
 # BHIVE_PROFILE=N: sample the guest RIP every N instructions (softvmm) into
 # <rundir>/profile-vcpuK.bin for `python -m bhive.profile`.
 PROFILE_ENV = "BHIVE_PROFILE"
+# BHIVE_NO_PORT_LANES=1: every port access exits to Python (for comparison).
+NO_LANES_ENV = "BHIVE_NO_PORT_LANES"
 
 # Exit status conventions shared with the supervisor.
 STATUS_GUEST_CRASH = 3
@@ -247,9 +250,34 @@ class VcpuWorker:
                 self.mmio_windows.append((base, base + size, self._client(dev.name)))
         self.eoi_client = next((self._client(d.name) for d in self.cfg.devices.values()
                                 if d.type == "ioapic"), None)
+        self._open_port_lanes()
         self.level_eois: dict[int, int] = {}
+        self.exits_by_device: collections.Counter = collections.Counter()   # logged at stop
         self.unclaimed_seen: set[int] = set()
         self.latency = self._latency_log()
+
+    def _open_port_lanes(self) -> None:
+        """Let the accelerator serve a posted-write device's ports without
+        exits (softvmm's port lane, csrc/pio_lane.c): it writes the same
+        PioRequest records into the same channel as ChannelActorClient and
+        reads the mirrored register the actor publishes there.  An
+        accelerator without lanes (kvm) takes every exit as before."""
+        open_lane = getattr(self.vcpu, "pio_lane", None)
+        if open_lane is None or os.environ.get(NO_LANES_ENV):
+            return
+        for dev in self.cfg.devices.values():
+            dtype = DEVICE_TYPES[dev.type]
+            client = self.clients.get(dev.name)
+            if not dtype.posted_writes or not isinstance(client, ChannelActorClient) or not dev.ports:
+                continue
+            spans = dev.port_spans
+            if len(spans) != 1:
+                continue
+            template = schema.encode(PioRequest(self.role, 0, 0, 1, True, 0))
+            prefix = template[:-5]          # less req_id 0, port 0, size 1, True, data 0
+            neutral = sum(1 << off for off in dtype.neutral_writes)
+            open_lane(spans[0][0], spans[0][1] - spans[0][0], client.chan.region.address,
+                      client.chan.capacity, client.chan.actor_doorbell, prefix, dtype.mirror_offset, neutral)
 
     def _client(self, name: str) -> ActorClient:
         client = self.clients.get(name)
@@ -285,6 +313,7 @@ class VcpuWorker:
     # -- exits --------------------------------------------------------------
     def handle_inout(self, ex: VmExit) -> None:
         client = self.port_owner[ex.port]
+        self.exits_by_device[client.role if client is not None else "unclaimed-port"] += 1
         if client is None:
             # Nothing decodes this port: reads float high, writes vanish,
             # exactly what an ISA bus does.
@@ -299,6 +328,7 @@ class VcpuWorker:
     def handle_mmio(self, ex: VmExit) -> None:
         for base, end, client in self.mmio_windows:
             if base <= ex.gpa < end:
+                self.exits_by_device[client.role] += 1
                 value = client.mmio(ex.gpa, ex.size, ex.is_write, ex.data if ex.is_write else 0)
                 self.vcpu.vm_complete_mmio(ex, value)
                 return
@@ -367,7 +397,8 @@ class VcpuWorker:
             status = STATUS_INTERNAL
             self.log("actor-unavailable", detail=str(exc))
             self.event("fatal", status, str(exc))
-        self.log("stopped", **self.vcpu.stats())
+        self.log("stopped", **self.vcpu.stats(),
+                 **{f"exits_{name}": n for name, n in self.exits_by_device.most_common()})
         if profiling:
             samples = array.array("Q", self.vcpu.profile_samples())
             (self.rundir.path / f"profile-{self.role}.bin").write_bytes(samples.tobytes())

@@ -68,6 +68,18 @@ class HostedDevice:
     def after_commit(self) -> None:
         """Runs once the state that covers the last request is durable."""
 
+    def busy(self) -> bool:
+        """True while the device cannot take another request: the rest stay
+        in the channel (flow control; the vCPU waits when its ring fills)
+        until a timer (next_deadline) finds it ready and calls
+        runtime.serve_channels()."""
+        return False
+
+    def mirror_value(self) -> int | None:
+        """The register the device type mirrors (`DeviceType.mirror_offset`),
+        if a guest read of it now would have no side effect; else None."""
+        return None
+
     # Time ----------------------------------------------------------------
     def next_deadline(self) -> float | None:
         return None
@@ -101,6 +113,10 @@ class ActorRuntime:
                               "channels": self.channel_state}, use_bin_type=True)
         self.store.commit(blob)
         self.device.after_commit()
+        if self.channels:
+            mirror = self.device.mirror_value()
+            for server in self.channels.values():
+                server.publish_mirror(mirror)
 
     def _restore(self) -> bool:
         blob = self.store.load()
@@ -131,7 +147,7 @@ class ActorRuntime:
             consumed, answered_id, answer = self.channel_state[source]
             self.channels[source].publish(consumed, answered_id, answer)
 
-    def _serve_channels(self) -> None:
+    def serve_channels(self) -> None:
         """Apply every record waiting on every channel, in order; one
         commit covers the batch, then the clients are told."""
         channel.drain_doorbell(self.doorbell)
@@ -143,6 +159,8 @@ class ActorRuntime:
             if not records:
                 continue
             for msg in records:
+                if dev.busy():
+                    break
                 st[0] += 1
                 if isinstance(msg, PioRequest):
                     value = dev.pio(msg.port, msg.size, msg.is_write, msg.data)
@@ -227,7 +245,7 @@ class ActorRuntime:
             # then apply whatever was posted while no actor was running.
             self._publish_channels(list(self.channels))
             poller.register(self.doorbell, zmq.POLLIN)
-            self._serve_channels()
+            self.serve_channels()
         next_beat = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
@@ -242,13 +260,15 @@ class ActorRuntime:
             wait = next_beat - now if deadline is None else min(next_beat, deadline) - now
             for sock, _ in poller.poll(max(0, int(wait * 1000)) + 1):
                 if sock == self.doorbell:
-                    self._serve_channels()
+                    self.serve_channels()
                 elif sock is server:
                     self._serve(server)
                 else:
                     msg = self._decode(ctl.recv())
                     if isinstance(msg, Control) and msg.command == "stop":
                         self.stopping = True
+        if self.channels:
+            self.serve_channels()     # what the vCPUs posted before they stopped
         self.log("stopped", requests=self.requests)
         server.close()
         ctl.close()

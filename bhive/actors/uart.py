@@ -363,6 +363,21 @@ class Serial16550:
         if self.regs.ier & IER_ETBEI:
             self.regs.thr_interrupt = True
 
+    def tx_fifo_full(self) -> bool:
+        """A THR write now would be dropped (the host stalled the line)."""
+        return len(self.regs.tx_fifo) >= self._fifo_capacity()
+
+    def lsr_mirror(self) -> int | None:
+        """LSR as a read would return it, when that read changes nothing and
+        stays true until the next write or console input: not in loopback
+        (posted THR writes would change it), no overrun (the read clears
+        it), and the transmitter empty (a stalled one is restarted by the
+        host on the next access, which a mirrored read would never make)."""
+        r = self.regs
+        if r.mcr & MCR_LOOP or r.overrun or r.tx_fifo:
+            return None
+        return self._line_status()
+
     def _line_status(self) -> int:
         r = self.regs
         lsr = 0

@@ -42,9 +42,19 @@ HEADER = 256         # counters, each on its own cache line
 
 # u64 indexes into the header (cache-line separated: producer vs consumer)
 PUBLISHED = 0        # client: records written
+NONNEUTRAL = 1       # client: records below this index may change the mirrored register
 CONSUMED = 8         # actor: records applied and committed
+MIRROR = 9           # actor: MIRROR_VALID | the mirrored register (see below), or 0
 ANSWERED_ID = 16     # actor: request id of the last answer
 ANSWER = 17          # actor: the value of that answer
+
+# The register mirror: a device whose type names a `mirror_offset` (the
+# UART's LSR) publishes that register here after every commit, while
+# reading it has no side effect.  softvmm's port lane (csrc/pio_lane.c)
+# answers an IN from it without an exit once every posted write that could
+# change it (NONNEUTRAL) has been applied (CONSUMED).  The actor stores
+# MIRROR before CONSUMED; the lane loads them in the other order.
+MIRROR_VALID = 1 << 63
 
 SPIN_SECONDS = 30e-6  # an answer usually comes quicker than a sleep/wake
 
@@ -155,6 +165,8 @@ class ChannelClient(_Ring):
         off = self.slot_offset(index)
         struct.pack_into("<H", self.region.map, off, len(raw))
         self.region.map[off + 2: off + 2 + len(raw)] = raw
+        if msg.is_write:
+            self.words[NONNEUTRAL] = index + 1     # this side does not know which writes are neutral
         self.words[PUBLISHED] = index + 1
         ring(self.actor_doorbell)
         return msg.req_id
@@ -190,6 +202,11 @@ class ChannelServer(_Ring):
             except schema.SchemaError as exc:
                 out.append(exc)
         return out
+
+    def publish_mirror(self, value: int | None) -> None:
+        """After a commit, before `publish`: the mirrored register, or None
+        when a read of it must go to the actor."""
+        self.words[MIRROR] = 0 if value is None else MIRROR_VALID | (value & 0xFFFFFFFF)
 
     def publish(self, consumed: int, answered_id: int | None, answer: int) -> None:
         """After a commit: the records up to `consumed` are durable."""

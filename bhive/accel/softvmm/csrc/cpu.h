@@ -127,6 +127,7 @@ typedef struct block {
     struct blink { uint64_t rip; struct block *blk; uint64_t epoch; } link[2];
     insn_t insns[];      /* n entries (BLK_MAX in the scratch block) */
 } block_t;
+#define PIO_LANES_MAX 8
 #define BHASH_SIZE 65536             /* hash buckets (pointers) */
 #define JCACHE_SIZE 4096             /* rip -> block, for returns and indirect jumps */
 typedef struct jcache_ent { uint64_t rip; struct block *blk; uint64_t epoch; } jcache_ent_t;
@@ -302,6 +303,10 @@ typedef struct svm_cpu {
     uint64_t nlookups;       /* block lookups (chain links that could not be followed) */
     uint64_t ndecodes;       /* blocks decoded into the cache */
     block_t *scratch;        /* BLK_MAX entries: uncacheable and single-step decodes */
+    /* port I/O lanes (pio_lane.c): ports served without an exit */
+    uint8_t *port_lane;      /* 64K entries: lane index + 1, 0 = exit as usual */
+    struct pio_lane *lanes[PIO_LANES_MAX];
+    int nlanes;
     uint64_t prof_next;      /* icount of the next RIP sample; ~0 when off (svm_profile) */
     uint64_t prof_period, prof_n;
     uint64_t *prof_buf;
@@ -347,6 +352,8 @@ int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault);
 /* #GP(0) unless CPL <= IOPL or the TSS I/O bitmap allows every port of the access (mmu.c) */
 void io_check(cpu_t *c, uint16_t port, int size);
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);
+int pio_lane_try(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);   /* pio_lane.c */
+void pio_lanes_free(cpu_t *c);
 enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8 };
 
 /* system.c */

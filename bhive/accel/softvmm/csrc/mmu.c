@@ -332,6 +332,7 @@ void io_check(cpu_t *c, uint16_t port, int size)
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val)
 {
     io_check(c, port, size);
+    if (c->port_lane && c->port_lane[port] && pio_lane_try(c, port, size, is_write, val)) return 0;
     io_log_access(c, port, size, is_write, 1, val);
     if (!is_write) *val &= szmask(size);
     return 0;

@@ -95,6 +95,7 @@ void svm_cpu_close(svm_cpu_t *c)
 {
     if (!c) return;
     munmap(c->barena, BARENA_BYTES);
+    pio_lanes_free(c);
     free(c->bhash); free(c->scratch); free(c);
 }
 
