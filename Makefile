@@ -1,4 +1,4 @@
-# bhive: `make run` boots the hello guest, `make test` runs the tests.
+# bhive: `make run` boots Debian Linux to a shell, `make test` runs the tests.
 # Both install what they need on a fresh Debian machine.
 PYTHON ?= python3
 VENV   := .venv
@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CSRC   := $(wildcard bhive/accel/softvmm/csrc/*.c bhive/accel/softvmm/csrc/*.h) bhive/accel/softvmm/_build.py
 
-.PHONY: all deps run test test-all bench difftest softvmm clean
+.PHONY: all deps run hello test test-all bench difftest softvmm clean
 
 all: deps
 
@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml setup.py $(CSRC) scripts/install-deps.sh
 softvmm: deps
 	$(VPY) bhive/accel/softvmm/_build.py
 
+# The default VM (configs/default.toml): Debian's kernel and a busybox
+# initramfs, fetched and cached on first use; Ctrl-A x quits.
 run: deps
+	$(VENV)/bin/bhive run
+
+# The smallest guest: a greeting from every vCPU, then isa-debug-exit.
+hello: deps
 	@$(VENV)/bin/bhive run configs/hello.toml; status=$$?; \
 	  if [ $$status -eq 1 ]; then echo "(status 1 is the hello guest's success: it wrote 0 to isa-debug-exit)"; \
 	  else exit $$status; fi

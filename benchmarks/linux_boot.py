@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ if str(REPO) not in sys.path:
 
 from bhive import guestkit  # noqa: E402
 from bhive.guestkit import bootrun  # noqa: E402
+from bhive.rundir import RunDir  # noqa: E402
 
 
 @dataclass
@@ -35,17 +37,30 @@ class Comparison:
     qemu_runs: list[float]
     bhive_median: float
     qemu_median: float
+    bhive_instructions: int = 0        # median of the runs: guest instructions, all vCPUs, launch to end
+    bhive_mips: float = 0.0            # median of instructions / (launch to the VM's end) / 1e6
 
     @property
     def ratio(self) -> float:
         return self.bhive_median / self.qemu_median
 
 
+def guest_instructions(vm: str) -> int:
+    """Instructions the VM's vCPUs retired, from their `stopped` log lines."""
+    total = 0
+    for log in RunDir(vm).logs.glob("vcpu*.log"):
+        for line in log.read_text().splitlines():
+            m = re.search(r" stopped instructions=(\d+)", line)
+            if m:
+                total += int(m.group(1))
+    return total
+
+
 def compare(kernel: str = "bookworm-cloud", smp: int = 1, runs: int = 3, memory_mb: int = 1024,
             append: str = bootrun.TEST_APPEND, timeout: float = 300.0, qemu: bool = True) -> Comparison:
     kpath = Path(kernel) if Path(kernel).is_file() else guestkit.kernel_path(kernel)
     initrd = guestkit.build_initramfs()
-    ours, peer = [], []
+    ours, peer, insns, mips = [], [], [], []
     for i in range(runs):
         argvs = [("bhive", bootrun.bhive_argv(kpath, initrd, smp, memory_mb, append, name=f"bootbench{smp}"))]
         if qemu:
@@ -55,8 +70,13 @@ def compare(kernel: str = "bookworm-cloud", smp: int = 1, runs: int = 3, memory_
             if r.cpus != smp:
                 raise bootrun.BootError(f"{vmm} guest reported BOOT-OK cpus={r.cpus}, expected {smp}")
             (ours if vmm == "bhive" else peer).append(r.seconds)
+            if vmm == "bhive":
+                n = guest_instructions(f"bootbench{smp}")
+                insns.append(n)
+                mips.append(n / r.total_seconds / 1e6)
     return Comparison(str(kernel), smp, ours, peer, statistics.median(ours),
-                      statistics.median(peer) if peer else float("nan"))
+                      statistics.median(peer) if peer else float("nan"),
+                      int(statistics.median(insns)), statistics.median(mips))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(c)
                 if not a.json:
                     print(f"{c.kernel} smp={n}: bhive {c.bhive_median:.2f} s, qemu-tcg {c.qemu_median:.2f} s, "
-                          f"ratio {c.ratio:.2f}  (bhive {' '.join(f'{t:.2f}' for t in c.bhive_runs)}; "
+                          f"ratio {c.ratio:.2f}, {c.bhive_instructions / 1e9:.2f} G instructions at "
+                          f"{c.bhive_mips:.0f} MIPS  (bhive {' '.join(f'{t:.2f}' for t in c.bhive_runs)}; "
                           f"qemu {' '.join(f'{t:.2f}' for t in c.qemu_runs)})", flush=True)
     except bootrun.BootError as exc:
         print(f"linux_boot: {exc}", file=sys.stderr)

@@ -263,6 +263,7 @@ class VcpuWorker:
         reads the mirrored register the actor publishes there.  An
         accelerator without lanes (kvm) takes every exit as before."""
         open_lane = getattr(self.vcpu, "pio_lane", None)
+        self.lane_regions: list[SharedRegion] = []      # kept mapped while the lanes live
         if open_lane is None or os.environ.get(NO_LANES_ENV):
             return
         for dev in self.cfg.devices.values():
@@ -276,8 +277,13 @@ class VcpuWorker:
             template = schema.encode(PioRequest(self.role, 0, 0, 1, True, 0))
             prefix = template[:-5]          # less req_id 0, port 0, size 1, True, data 0
             neutral = sum(1 << off for off in dtype.neutral_writes)
+            # every vCPU's channel to this actor: a mirrored read waits for their writes too
+            peers = [SharedRegion(self.rundir.shm / channel.channel_file(dev.name, f"vcpu{i}"))
+                     for i in range(self.cfg.cpus)]
+            self.lane_regions += peers
             open_lane(spans[0][0], spans[0][1] - spans[0][0], client.chan.region.address,
-                      client.chan.capacity, client.chan.actor_doorbell, prefix, dtype.mirror_offset, neutral)
+                      [r.address for r in peers], client.chan.capacity, client.chan.actor_doorbell, prefix,
+                      dtype.mirror_offset, neutral)
 
     def _client(self, name: str) -> ActorClient:
         client = self.clients.get(name)

@@ -31,7 +31,7 @@ def serve(path, doorbell, wake, store_path, kill_after=None):
         if not records:
             continue
         answer_id, answer = None, 0
-        for msg in records:
+        for _stamp, _index, msg in records:
             if msg.is_write:
                 state["regs"][msg.port] = msg.data
                 state["log"].append(msg.data)
@@ -103,3 +103,22 @@ def test_oversized_message_is_refused(chan):
     client, _ = chan
     with pytest.raises(channel.ChannelError, match="does not fit"):
         client.post(PioRequest("vcpu0" * 20, 0, 0x80, 1, True, 0))
+
+
+def test_records_of_several_channels_come_out_in_the_guests_order(tmp_path):
+    """Two vCPUs taking turns on a device (as a lock would make them): the
+    actor applies their posted records in that order, not channel by
+    channel."""
+    servers, clients = {}, {}
+    for name in ("vcpu0", "vcpu1"):
+        path = tmp_path / name
+        channel.create(path, capacity=64)
+        clients[name] = channel.ChannelClient(path, channel.eventfd(), channel.eventfd())
+        servers[name] = channel.ChannelServer(path, channel.eventfd())
+    expected = []
+    for k in range(40):
+        name = "vcpu0" if k % 3 else "vcpu1"
+        clients[name].post(PioRequest(name, 0, 0x3F8, 1, True, k))
+        expected.append((name, k))
+    got = channel.gather_in_order(servers, {"vcpu0": 0, "vcpu1": 0})
+    assert [(name, msg.data) for name, msg in got] == expected

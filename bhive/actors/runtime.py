@@ -148,34 +148,32 @@ class ActorRuntime:
             self.channels[source].publish(consumed, answered_id, answer)
 
     def serve_channels(self) -> None:
-        """Apply every record waiting on every channel, in order; one
-        commit covers the batch, then the clients are told."""
+        """Apply every record waiting on every channel, in the guest's order
+        across channels (bhive.bus.channel.gather_in_order); one commit
+        covers the batch, then the clients are told."""
         channel.drain_doorbell(self.doorbell)
-        touched = []
+        touched = set()
         dev = self.device
-        for source, server in self.channels.items():
+        consumed = {source: self.channel_state[source][0] for source in self.channels}
+        for source, msg in channel.gather_in_order(self.channels, consumed):
+            if dev.busy():
+                break              # flow control: the rest wait in their rings
             st = self.channel_state[source]
-            records = server.pending(st[0])
-            if not records:
+            st[0] += 1
+            touched.add(source)
+            self.requests += 1
+            if isinstance(msg, PioRequest):
+                value = dev.pio(msg.port, msg.size, msg.is_write, msg.data)
+            elif isinstance(msg, MmioRequest):
+                value = dev.mmio(msg.gpa, msg.size, msg.is_write, msg.data)
+            else:
+                self.log("bad-channel-record", source=source, detail=str(msg))
                 continue
-            for msg in records:
-                if dev.busy():
-                    break
-                st[0] += 1
-                if isinstance(msg, PioRequest):
-                    value = dev.pio(msg.port, msg.size, msg.is_write, msg.data)
-                elif isinstance(msg, MmioRequest):
-                    value = dev.mmio(msg.gpa, msg.size, msg.is_write, msg.data)
-                else:
-                    self.log("bad-channel-record", source=source, detail=str(msg))
-                    continue
-                if not msg.is_write:
-                    st[1], st[2] = msg.req_id, value
-            self.requests += len(records)
-            touched.append(source)
+            if not msg.is_write:
+                st[1], st[2] = msg.req_id, value
         if touched:
             self.commit()
-            self._publish_channels(touched)
+            self._publish_channels(sorted(touched))
 
     # -- requests ---------------------------------------------------------
     def _apply_once(self, source: str, req_id: int, apply) -> int:

@@ -14,6 +14,15 @@ eventfd doorbells that the actor's poller waits on next to its sockets:
                                             publish consumed, (answer id, value)
     wait for answer id >= mine  <---------  ring the client's eventfd
 
+Order across vCPUs: every record carries a stamp, the host's
+CLOCK_MONOTONIC when it was written, and an actor applies the records of
+all its channels merged by stamp.  A record that the guest ordered after
+another one (by a lock, say: one vCPU prints, unlocks, the next locks and
+prints) was written after that one was published, so it has the larger
+stamp, and an actor that sees it also sees the earlier one when it scans
+again (`gather_in_order`): the device sees accesses in the guest's order,
+as a real bus would, even when they were posted.
+
 Posted writes: a record that needs no answer (an OUT, an MMIO write) lets
 the client go on at once.  It is not lost if the actor dies: the record
 stays in shared memory until an actor commits past it, and a restarted
@@ -36,7 +45,9 @@ import time
 from . import schema
 from .shm import SharedRegion
 
-SLOT = 64            # bytes per record: u16 length + msgpack message
+SLOT = 64            # bytes per record: u16 length, msgpack message, ..., u64 stamp at STAMP
+STAMP = SLOT - 8     # offset of the record's stamp (CLOCK_MONOTONIC ns) in its slot
+MAX_MESSAGE = STAMP - 2
 CAPACITY = 256       # records per ring
 HEADER = 256         # counters, each on its own cache line
 
@@ -158,13 +169,14 @@ class ChannelClient(_Ring):
         index = self.words[PUBLISHED]
         msg.req_id = index + 1
         raw = schema.encode(msg)
-        if len(raw) > SLOT - 2:
+        if len(raw) > MAX_MESSAGE:
             raise ChannelError(f"{type(msg).__name__} of {len(raw)} bytes does not fit a {SLOT}-byte slot")
         if index - self.words[CONSUMED] >= self.capacity:
             self._wait(lambda: index - self.words[CONSUMED] < self.capacity, "a full ring")
         off = self.slot_offset(index)
         struct.pack_into("<H", self.region.map, off, len(raw))
         self.region.map[off + 2: off + 2 + len(raw)] = raw
+        struct.pack_into("<Q", self.region.map, off + STAMP, time.monotonic_ns())
         if msg.is_write:
             self.words[NONNEUTRAL] = index + 1     # this side does not know which writes are neutral
         self.words[PUBLISHED] = index + 1
@@ -184,6 +196,28 @@ class ChannelClient(_Ring):
         return self.words[ANSWER]
 
 
+def gather_in_order(servers: dict, consumed: dict) -> list[tuple[str, object]]:
+    """Every record waiting on `servers` (name -> ChannelServer, each
+    pending from consumed[name]), as (name, record) in the guest's order:
+    scan until a scan finds nothing new, so every record that came before
+    one we have is in, then merge by stamp (each channel is already in
+    order; its stamps never decrease)."""
+    seen: dict[str, list] = {name: [] for name in servers}
+    while True:
+        grew = False
+        for name, server in servers.items():
+            have = seen[name]
+            more = server.pending(consumed[name], consumed[name] + len(have))
+            if more:
+                have.extend(more)
+                grew = True
+        if not grew:
+            break
+    merged = [(stamp, name, index, msg) for name, recs in seen.items() for stamp, index, msg in recs]
+    merged.sort(key=lambda r: (r[0], r[1], r[2]))
+    return [(name, msg) for _, name, _, msg in merged]
+
+
 class ChannelServer(_Ring):
     """The actor's end of one client's channel."""
 
@@ -191,16 +225,19 @@ class ChannelServer(_Ring):
         super().__init__(path)
         self.client_wake_fd = client_wake_fd
 
-    def pending(self, consumed: int) -> list:
-        """Decoded records published after `consumed` (the committed index)."""
+    def pending(self, consumed: int, start: int | None = None) -> list[tuple[int, int, object]]:
+        """(stamp, index, decoded record) for the records published after
+        `consumed` (the committed index), from `start` if given."""
         out = []
-        for index in range(consumed, self.words[PUBLISHED]):
+        for index in range(consumed if start is None else start, self.words[PUBLISHED]):
             off = self.slot_offset(index)
             (n,) = struct.unpack_from("<H", self.region.map, off)
+            (stamp,) = struct.unpack_from("<Q", self.region.map, off + STAMP)
             try:
-                out.append(schema.decode(bytes(self.region.map[off + 2: off + 2 + n])))
+                msg = schema.decode(bytes(self.region.map[off + 2: off + 2 + n]))
             except schema.SchemaError as exc:
-                out.append(exc)
+                msg = exc
+            out.append((stamp, index, msg))
         return out
 
     def publish_mirror(self, value: int | None) -> None:

@@ -127,12 +127,13 @@ class SoftVcpu(Vcpu):
                         "chain_epoch"), cache))
         return out
 
-    def pio_lane(self, base: int, count: int, ring_address: int, capacity: int, doorbell_fd: int,
-                 prefix: bytes, mirror_offset: int, neutral_writes: int) -> None:
+    def pio_lane(self, base: int, count: int, ring_address: int, peer_addresses: list[int], capacity: int,
+                 doorbell_fd: int, prefix: bytes, mirror_offset: int, neutral_writes: int) -> None:
         """Serve ports [base, base+count) without exits: see svm_pio_lane in
         csrc/softvmm.h and the channel layout in bhive.bus.channel."""
-        if lib.svm_pio_lane(self._c, base, count, ffi.cast("void *", ring_address), capacity, doorbell_fd,
-                            prefix, len(prefix), mirror_offset, neutral_writes) != 0:
+        peers = ffi.new("void *[]", [ffi.cast("void *", a) for a in peer_addresses])
+        if lib.svm_pio_lane(self._c, base, count, ffi.cast("void *", ring_address), peers, len(peer_addresses),
+                            capacity, doorbell_fd, prefix, len(prefix), mirror_offset, neutral_writes) != 0:
             raise RuntimeError(f"softvmm: cannot open a port lane at {base:#x}")
 
     def profile_start(self, capacity: int = 1 << 20, period: int = 10000) -> None:

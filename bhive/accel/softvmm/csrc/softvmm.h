@@ -55,11 +55,13 @@ void svm_stats(struct svm_cpu *c, uint64_t *instructions, uint64_t *exits);
  * into the device actor's shared-memory channel `ring` (bhive.bus.channel
  * layout, `capacity` slots) as msgpack PioRequests starting with `prefix`,
  * then `doorbell_fd` is rung; 1-byte INs from base+mirror_offset (-1: none)
- * come from the channel's register mirror when valid.  Bit n of
- * neutral_writes: a write to base+n cannot change the mirrored register. */
-int svm_pio_lane(struct svm_cpu *c, uint16_t base, uint16_t count, void *ring, uint32_t capacity,
-                 int doorbell_fd, const uint8_t *prefix, uint32_t prefix_len, int mirror_offset,
-                 uint32_t neutral_writes);
+ * come from the channel's register mirror when valid and no channel in
+ * `peers` (every vCPU's channel to this actor) has a pending write that
+ * could change it.  Bit n of neutral_writes: a write to base+n cannot
+ * change the mirrored register. */
+int svm_pio_lane(struct svm_cpu *c, uint16_t base, uint16_t count, void *ring, void **peers,
+                 uint32_t npeers, uint32_t capacity, int doorbell_fd, const uint8_t *prefix,
+                 uint32_t prefix_len, int mirror_offset, uint32_t neutral_writes);
 /* decoded-block cache: out[0] lookups, [1] blocks decoded, [2] arena flushes,
  * [3] arena bytes in use, [4] chain epoch (link invalidations) */
 void svm_cache_stats(struct svm_cpu *c, uint64_t *out);
