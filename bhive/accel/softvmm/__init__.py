@@ -121,10 +121,10 @@ class SoftVcpu(Vcpu):
     def stats(self) -> dict[str, int]:
         lib.svm_stats(self._c, self._u64, self._u64 + 1)
         out = {"instructions": self._u64[0], "exits": self._u64[1]}
-        cache = ffi.new("uint64_t[5]")
+        cache = ffi.new("uint64_t[8]")
         lib.svm_cache_stats(self._c, cache)
         out.update(zip(("block_lookups", "blocks_decoded", "block_cache_flushes", "block_arena_bytes",
-                        "chain_epoch"), cache))
+                        "chain_epoch", "jit_blocks", "jit_fallbacks", "jit_code_bytes"), cache))
         return out
 
     def pio_lane(self, base: int, count: int, ring_address: int, peer_addresses: list[int], capacity: int,

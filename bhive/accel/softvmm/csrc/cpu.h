@@ -125,6 +125,9 @@ typedef struct block {
     /* direct chaining to the last two successors: valid while the epoch
      * (TLB / mode / code writes / cache flush) is unchanged */
     struct blink { uint64_t rip; struct block *blk; uint64_t epoch; } link[2];
+    uint32_t hits;       /* executions by the interpreter, until the JIT takes it (jit.c) */
+    uint64_t jit_rip;    /* the linear RIP its native code was translated for */
+    void *jit;           /* native code (jit.c), or NULL */
     insn_t insns[];      /* n entries (BLK_MAX in the scratch block) */
 } block_t;
 #define PIO_LANES_MAX 8
@@ -138,11 +141,13 @@ typedef struct jcache_ent { uint64_t rip; struct block *blk; uint64_t epoch; } j
 /* Slot of a linear address in the direct-mapped TLB.  Higher address bits
  * are folded in so that buffers a multiple of 1 MiB apart (page 0x100 and
  * page 0x200: a copy loop's source and destination) do not share a slot and
- * evict each other on every access.  Every lookup and fill goes through here. */
+ * evict each other on every access.  A sum rather than an XOR because the
+ * JIT computes it without touching the guest flags it keeps in the host's
+ * (RORX and LEA; jit.c).  Every lookup and fill goes through here. */
 static inline unsigned tlb_slot(uint64_t lin)
 {
     uint64_t page = lin >> 12;
-    return (unsigned)((page ^ (page >> 8) ^ (page >> 16)) & (TLB_SIZE - 1));
+    return (unsigned)((page + (page >> 8) + (page >> 16)) & (TLB_SIZE - 1));
 }
 #define TLB_INVALID 1ULL   /* never equals a page-aligned address */
 typedef struct tlbe {
@@ -155,6 +160,15 @@ typedef struct tlbe {
     uint8_t pshift;                  /* log2 of the translation's page size (12/21/22/30) */
     uint64_t page;                   /* linear 4K page this entry maps, or TLB_INVALID */
 } tlbe_t;
+/* The JIT's view of a TLB slot (same index): the fast-path tags negated, so
+ * that generated code tests a hit as (last byte's page + jtag == 0) with LEA
+ * and JRCXZ, leaving the host flags (= the guest's) alone. */
+#define JTAG_INVALID ((int64_t)1 << 63)   /* never sums to 0 with a page number */
+typedef struct jtlbe {
+    int64_t jtag_r, jtag_w;          /* -(page >> 12) or JTAG_INVALID */
+    uintptr_t addend;                /* = tlbe_t.addend */
+    uint32_t *genp;                  /* the page's code generation word */
+} jtlbe_t;
 /* tlbe_t.perm bits: the tags for the current CPL/CR0.WP are derived from them (tlb_retag) */
 #define TP_W 1   /* writable at every level */
 #define TP_U 2   /* user at every level */
@@ -295,6 +309,12 @@ typedef struct svm_cpu {
     uint32_t code_epoch_seen;
     uint32_t *code_epoch;    /* = vm->code_epoch, one load less on the chaining path */
     tlbe_t tlb[TLB_SIZE];
+    jtlbe_t jtlb[TLB_SIZE];  /* jit.c's copy of the fast-path tags */
+    /* JIT (jit.c) */
+    struct jit *jit;         /* NULL: the JIT is off for this vCPU */
+    int64_t jit_budget;      /* guest instructions native code may still run before it returns */
+    uint32_t jit_threshold;  /* interpreted runs of a block before it is translated */
+    uint8_t jit_active;      /* native code is on the stack (a longjmp out must count its budget) */
     block_t **bhash;         /* BHASH_SIZE chains of cached blocks */
     jcache_ent_t jcache[JCACHE_SIZE];  /* valid while the epoch is unchanged, like chain links */
     uint8_t *barena;         /* BARENA_BYTES of blocks */
@@ -390,6 +410,17 @@ void lapic_local_irq(svm_vm_t *vm, int id, int pin, int extint_vec);
 uint64_t host_tsc_hz(svm_vm_t *vm);     /* tsc.c */
 uint64_t tsc_calibrate(void);
 void cpu_pause(cpu_t *c);               /* run.c: PAUSE with pause-loop back-off */
+
+/* jit.c */
+void jit_open(cpu_t *c);
+void jit_close(cpu_t *c);
+void jit_compile(cpu_t *c, block_t *b);          /* b's native code for RIP c->rip, if the JIT can */
+void *jit_exec(cpu_t *c, block_t *b);            /* run it; returns the exit's patch site or NULL */
+void jit_link(cpu_t *c, void *site, block_t *to);
+void jit_account(cpu_t *c);                      /* after a longjmp out of native code */
+int jit_flush_needed(cpu_t *c);                  /* the code buffer is nearly full */
+void jit_reset(cpu_t *c);                        /* drop all native code (with the block cache) */
+void jit_stats(cpu_t *c, uint64_t *out);         /* blocks translated, fallbacks, code bytes */
 
 /* decode.c, fast.c */
 handler_t specialize(const insn_t *d, int long64);

@@ -46,22 +46,24 @@ void code_written(cpu_t *c, uint32_t gidx)
  *   MOV CR3     drops the non-global entries,
  *   CR4.PGE/PAE/PSE changes, CR0.PG changes, EFER.NXE changes: everything,
  *   CPL / CR0.WP changes only re-derive the fast-path tags (no flush). */
-static inline void tlbe_kill(tlbe_t *e)
+static inline void tlbe_kill(cpu_t *c, tlbe_t *e)
 {
     e->tag_r = e->tag_w = e->tag_x = TLB_INVALID;
     e->page = TLB_INVALID;
     e->glob = 0;
+    jtlbe_t *j = &c->jtlb[e - c->tlb];
+    j->jtag_r = j->jtag_w = JTAG_INVALID;
 }
 void tlb_flush(cpu_t *c)
 {
     c->epoch++;
-    for (int k = 0; k < TLB_SIZE; k++) tlbe_kill(&c->tlb[k]);
+    for (int k = 0; k < TLB_SIZE; k++) tlbe_kill(c, &c->tlb[k]);
 }
 void tlb_flush_nonglobal(cpu_t *c)
 {
     c->epoch++;
     for (int k = 0; k < TLB_SIZE; k++)
-        if (!c->tlb[k].glob) tlbe_kill(&c->tlb[k]);
+        if (!c->tlb[k].glob) tlbe_kill(c, &c->tlb[k]);
 }
 void tlb_flush_page(cpu_t *c, uint64_t lin)
 {
@@ -70,7 +72,7 @@ void tlb_flush_page(cpu_t *c, uint64_t lin)
         tlbe_t *e = &c->tlb[k];
         if (e->page == TLB_INVALID) continue;
         uint64_t m = ~((1ULL << e->pshift) - 1);
-        if ((e->page & m) == (lin & m)) tlbe_kill(e);
+        if ((e->page & m) == (lin & m)) tlbe_kill(c, e);
     }
 }
 static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
@@ -84,6 +86,11 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
     e->tag_r = r ? page : TLB_INVALID;
     e->tag_w = (w && (p & TP_D)) ? page : TLB_INVALID;   /* clean pages: slow path sets D */
     e->tag_x = x ? page : TLB_INVALID;
+    jtlbe_t *j = &c->jtlb[e - c->tlb];
+    j->jtag_r = e->tag_r == TLB_INVALID ? JTAG_INVALID : -(int64_t)(e->tag_r >> 12);
+    j->jtag_w = e->tag_w == TLB_INVALID ? JTAG_INVALID : -(int64_t)(e->tag_w >> 12);
+    j->addend = e->addend;
+    j->genp = &c->vm->gen[e->gidx];
 }
 void tlb_retag(cpu_t *c)
 {

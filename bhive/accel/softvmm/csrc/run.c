@@ -88,6 +88,7 @@ svm_cpu_t *svm_cpu_open(svm_vm_t *vm, int vcpuid)
     c->exc_vec = -1;
     c->prof_next = ~0ULL;
     cpu_reset(c);
+    jit_open(c);
     return c;
 }
 
@@ -95,6 +96,7 @@ void svm_cpu_close(svm_cpu_t *c)
 {
     if (!c) return;
     munmap(c->barena, BARENA_BYTES);
+    jit_close(c);
     pio_lanes_free(c);
     free(c->bhash); free(c->scratch); free(c);
 }
@@ -186,6 +188,7 @@ void svm_cache_stats(svm_cpu_t *c, uint64_t *out)
 {
     out[0] = c->nlookups; out[1] = c->ndecodes; out[2] = c->bflushes; out[3] = c->barena_used;
     out[4] = c->epoch;
+    jit_stats(c, out + 5);
 }
 
 void svm_profile(svm_cpu_t *c, uint64_t *buf, uint32_t cap, uint64_t period)
@@ -217,11 +220,12 @@ static block_t *cache_block(cpu_t *c, block_t **bucket)
 {
     block_t *s = c->scratch;
     size_t size = (sizeof(block_t) + s->n * sizeof(insn_t) + 15) & ~(size_t)15;
-    if (unlikely(c->barena_used + size > BARENA_BYTES)) {
+    if (unlikely(c->barena_used + size > BARENA_BYTES || jit_flush_needed(c))) {
         memset(c->bhash, 0, BHASH_SIZE * sizeof(block_t *));
         c->barena_used = 0;
         c->bflushes++;
         c->epoch++;   /* every chain link pointed into the arena */
+        jit_reset(c); /* native code goes with the blocks it was made from */
     }
     block_t *b = (block_t *)(c->barena + c->barena_used);
     c->barena_used += size;
@@ -229,6 +233,7 @@ static block_t *cache_block(cpu_t *c, block_t **bucket)
     memcpy(b, s, sizeof(block_t) + s->n * sizeof(insn_t));
     b->link[0].blk = b->link[1].blk = NULL;
     b->link[0].rip = b->link[1].rip = ~0ULL;
+    b->hits = 0; b->jit = NULL; b->jit_rip = 0;
     b->next = *bucket;
     *bucket = b;
     return b;
@@ -394,6 +399,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
     memset(&c->exit, 0, sizeof(c->exit));
     c->epoch++;   /* RAM may have been written while we were out: re-validate chains */
     int r = setjmp(c->jb);
+    if (r) jit_account(c);   /* a fault or exit from inside native code */
     if (r == AB_EXIT) {
         c->brk = 0;
         return finish_exit(c, out);
@@ -451,7 +457,12 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
         } else {
             /* run chained blocks while nothing needs attention */
             for (int chain = 0;; chain++) {
-                exec_block(c, b, BLK_MAX);
+                void *site = NULL;   /* the native exit to patch once the successor is known */
+                /* hot enough: translate it (jit.c) */
+                if (unlikely(!b->jit) && c->jit && b != c->scratch && ++b->hits >= c->jit_threshold)
+                    jit_compile(c, b);
+                if (b->jit && b->jit_rip == c->rip) site = jit_exec(c, b);
+                else exec_block(c, b, BLK_MAX);
                 if (unlikely(c->icount >= c->prof_next)) profile_sample(c);
                 if (unlikely(c->brk) || chain == 256 ||
                     __atomic_load_n(&l->event, __ATOMIC_RELAXED))
@@ -465,12 +476,14 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 block_t *nb = k->blk;
                 if (likely(k->rip == c->rip && k->epoch == c->epoch &&
                            __atomic_load_n(c->code_epoch, __ATOMIC_RELAXED) == c->code_epoch_seen)) {
+                    if (site) jit_link(c, site, nb);
                     b = nb;
                     continue;
                 }
                 /* slow path: look the successor up and remember it */
                 block_t *from = b;
                 b = get_block(c);
+                if (site && b != c->scratch) jit_link(c, site, b);
                 if (b == c->scratch || from == c->scratch) break;
                 struct blink *w = &from->link[from->link[0].blk && from->link[0].epoch == c->epoch ? 1 : 0];
                 w->rip = c->rip; w->blk = b; w->epoch = c->epoch;
@@ -488,6 +501,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
 static void replay(cpu_t *c)
 {
     int r = setjmp(c->jb);
+    if (r) jit_account(c);   /* a fault or exit from inside native code */
     if (r == AB_EXIT) { c->exit_queued = 1; return; }
     if (r == AB_FAULT) { c->io_n = c->io_pos = 0; c->exc_soft = 1; return; }
     c->io_pos = 0;

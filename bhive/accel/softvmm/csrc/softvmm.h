@@ -63,7 +63,9 @@ int svm_pio_lane(struct svm_cpu *c, uint16_t base, uint16_t count, void *ring, v
                  uint32_t npeers, uint32_t capacity, int doorbell_fd, const uint8_t *prefix,
                  uint32_t prefix_len, int mirror_offset, uint32_t neutral_writes);
 /* decoded-block cache: out[0] lookups, [1] blocks decoded, [2] arena flushes,
- * [3] arena bytes in use, [4] chain epoch (link invalidations) */
+ * [3] arena bytes in use, [4] chain epoch (link invalidations); JIT (jit.c):
+ * [5] blocks translated, [6] instructions it handed to the interpreter,
+ * [7] code bytes in use */
 void svm_cache_stats(struct svm_cpu *c, uint64_t *out);
 /* Guest-RIP sampling: every `period` retired instructions (at the next block
  * boundary) the RIP goes into buf[count % cap]; returns the count so far.
