@@ -405,6 +405,8 @@ class VcpuWorker:
             self.event("fatal", status, str(exc))
         self.log("stopped", **self.vcpu.stats(),
                  **{f"exits_{name}": n for name, n in self.exits_by_device.most_common()})
+        if hasattr(self.vcpu, "jit_report"):
+            self.vcpu.jit_report()
         if profiling:
             samples = array.array("Q", self.vcpu.profile_samples())
             (self.rundir.path / f"profile-{self.role}.bin").write_bytes(samples.tobytes())

@@ -40,6 +40,9 @@ class SoftVcpu(Vcpu):
             raise ValueError(f"cannot open vCPU {vcpuid}")
         self._exit = ffi.new("svm_exit_t *")
         self._u64 = ffi.new("uint64_t[2]")
+        jit = vm.options.get("jit_threshold")     # None: the environment's default (BHIVE_JIT*)
+        if jit is not None:
+            lib.svm_jit_config(self._c, int(jit))
 
     def close(self) -> None:
         if self._c is not None and self._c != ffi.NULL:
@@ -126,6 +129,10 @@ class SoftVcpu(Vcpu):
         out.update(zip(("block_lookups", "blocks_decoded", "block_cache_flushes", "block_arena_bytes",
                         "chain_epoch", "jit_blocks", "jit_fallbacks", "jit_code_bytes"), cache))
         return out
+
+    def jit_report(self) -> None:
+        """With BHIVE_JIT_STATS=1: the JIT's fallbacks by opcode, on stderr."""
+        lib.svm_jit_report(self._c)
 
     def pio_lane(self, base: int, count: int, ring_address: int, peer_addresses: list[int], capacity: int,
                  doorbell_fd: int, prefix: bytes, mirror_offset: int, neutral_writes: int) -> None:

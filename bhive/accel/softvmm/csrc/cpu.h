@@ -109,7 +109,8 @@ typedef struct insn {
 } insn_t;
 
 /* A predecoded block: straight-line code inside one 4K guest-physical
- * page, ending at the first control transfer / mode-changing instruction.
+ * page (its last instruction may run into the next page), ending at the
+ * first control transfer / mode-changing instruction.
  * Blocks live in a per-vCPU arena, each exactly as long as its insns[],
  * found through a hash table on (gpa, code size); the whole cache is
  * dropped at once when the arena fills, as QEMU's TB cache does. */
@@ -125,6 +126,8 @@ typedef struct block {
     /* direct chaining to the last two successors: valid while the epoch
      * (TLB / mode / code writes / cache flush) is unchanged */
     struct blink { uint64_t rip; struct block *blk; uint64_t epoch; } link[2];
+    uint64_t gpa2;       /* the next page, when the last instruction crosses into it; ~0 = none */
+    uint32_t gidx2, gen2;
     uint32_t hits;       /* executions by the interpreter, until the JIT takes it (jit.c) */
     uint64_t jit_rip;    /* the linear RIP its native code was translated for */
     void *jit;           /* native code (jit.c), or NULL */
@@ -169,6 +172,10 @@ typedef struct jtlbe {
     uintptr_t addend;                /* = tlbe_t.addend */
     uint32_t *genp;                  /* the page's code generation word */
 } jtlbe_t;
+/* The JIT's jump cache entry: a return or indirect jump whose target RIP
+ * matches (-nrip + rip == 0) in the current epoch goes straight to `code`. */
+#define JIT_JC_BITS 12
+typedef struct jit_jc { int64_t nrip; void *code; int32_t nepoch; uint32_t pad; uint64_t pad2; } jit_jc_t;
 /* tlbe_t.perm bits: the tags for the current CPL/CR0.WP are derived from them (tlb_retag) */
 #define TP_W 1   /* writable at every level */
 #define TP_U 2   /* user at every level */
@@ -312,6 +319,7 @@ typedef struct svm_cpu {
     jtlbe_t jtlb[TLB_SIZE];  /* jit.c's copy of the fast-path tags */
     /* JIT (jit.c) */
     struct jit *jit;         /* NULL: the JIT is off for this vCPU */
+    struct jit_jc *jit_jc;   /* RIP -> native code for returns and indirect jumps (JIT_JC_SIZE) */
     int64_t jit_budget;      /* guest instructions native code may still run before it returns */
     uint32_t jit_threshold;  /* interpreted runs of a block before it is translated */
     uint8_t jit_active;      /* native code is on the stack (a longjmp out must count its budget) */
@@ -417,10 +425,14 @@ void jit_close(cpu_t *c);
 void jit_compile(cpu_t *c, block_t *b);          /* b's native code for RIP c->rip, if the JIT can */
 void *jit_exec(cpu_t *c, block_t *b);            /* run it; returns the exit's patch site or NULL */
 void jit_link(cpu_t *c, void *site, block_t *to);
+void jit_jc_insert(cpu_t *c, block_t *b);        /* b's code as the target of indirect exits to c->rip */
 void jit_account(cpu_t *c);                      /* after a longjmp out of native code */
 int jit_flush_needed(cpu_t *c);                  /* the code buffer is nearly full */
 void jit_reset(cpu_t *c);                        /* drop all native code (with the block cache) */
 void jit_stats(cpu_t *c, uint64_t *out);         /* blocks translated, fallbacks, code bytes */
+
+/* run.c */
+void block_cache_flush(cpu_t *c);                /* drop every decoded block and its native code */
 
 /* decode.c, fast.c */
 handler_t specialize(const insn_t *d, int long64);

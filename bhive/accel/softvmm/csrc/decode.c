@@ -378,8 +378,12 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
     }
     uint32_t g = old | 1;
     b->gen = g; b->gidx = gidx; b->key = c->csz;
+    b->gpa2 = ~0ULL;
     unsigned off = gpa & 0xfff;
     int crossed = 0;
+    uint8_t *h2 = NULL;          /* the next page, once an instruction needs its bytes */
+    uint64_t gpa2 = 0;
+    uint32_t gidx2 = 0, gen2 = 0;
     while (b->n < BLK_MAX) {
         uint8_t buf[16];
         const uint8_t *p;
@@ -387,11 +391,15 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
         if (avail >= 15) { p = h + off; avail = 15; }
         else {
             memcpy(buf, h + off, avail);
-            uint64_t gpa2;
-            if (fetch_translate(c, lin + avail, &gpa2, 0) == 0) {
-                uint8_t *h2 = gpa_host(c->vm, gpa2, NULL);
-                if (h2) { memcpy(buf + avail, h2, 15 - avail); avail = 15; }
+            if (!h2 && fetch_translate(c, lin + avail, &gpa2, 0) == 0) {
+                h2 = gpa_host(c->vm, gpa2, &gidx2);
+                if (h2) {   /* it becomes code too, before its bytes are read (as above) */
+                    uint32_t o2 = __atomic_fetch_or(&c->vm->gen[gidx2], 1, __ATOMIC_SEQ_CST);
+                    if (!(o2 & 1) && c->vm->membarrier_cmd) syscall(SYS_membarrier, c->vm->membarrier_cmd, 0, 0);
+                    gen2 = o2 | 1;
+                }
             }
+            if (h2) { memcpy(buf + avail, h2, 15 - avail); avail = 15; }
             p = buf;
         }
         insn_t *d = &b->insns[b->n];
@@ -407,8 +415,10 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
             exit_unhandled(c);
         }
         if (off + len > 0x1000) {
-            if (b->n) break;
-            crossed = 1;   /* spans two pages: execute uncached */
+            /* spans two pages: the block ends with it, and stays valid
+             * while both pages keep their generation and translation */
+            crossed = 1;
+            b->gpa2 = gpa2; b->gidx2 = gidx2; b->gen2 = gen2;
         }
         d->ninsn = 1;
         b->ninsn++;
@@ -428,5 +438,6 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
         if ((d->map & 0x80) || crossed || single || off >= 0x1000) break;
     }
     for (int k = 0; k < b->n; k++) b->insns[k].map &= 0x7f;
-    if (!crossed && !single) b->gpa = gpa;
+    if (!single) b->gpa = gpa;
+    (void)crossed;
 }

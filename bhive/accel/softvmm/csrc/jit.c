@@ -32,13 +32,14 @@
  * at interrupts and the LAPIC timer.
  *
  * Host register use inside generated code:
- *   r15 = svm_cpu *, r14 = 12, r13 = 63, r12 = 31 (shift counts for
- *   SHRX/SHLX), all callee-saved so C calls keep them; rax rcx rdx rsi
+ *   r15 = svm_cpu *, r14 = 12, r13 = 63, r12 = 31, rbx = 64 - JIT_JC_BITS
+ *   (shift counts for SHRX/SHLX), all callee-saved so C calls keep them; rax rcx rdx rsi
  *   rdi r8-r11 are scratch: rsi = guest linear address, rdi = TLB addend
  *   (the host address is [rsi+rdi]), r10 = the jtlb entry, r8 = ModRM.reg
  *   operand, r9 = ModRM.rm / opcode register operand, rax/rcx/rdx =
  *   implicit operands (accumulator, CL, rDX).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
@@ -62,7 +63,8 @@ struct jit {
     uint8_t *exit_flags;     /* rax = patch site; merges host OSZAPC into c->rflags */
     uint8_t *exit_noflags;   /* C already holds the flags; returns NULL */
     size_t base_used;        /* end of the shared routines (kept by jit_reset) */
-    uint64_t blocks, fallbacks;
+    uint64_t blocks, fallbacks, slowpaths;
+    uint64_t *fb_hist;       /* BHIVE_JIT_STATS: fallbacks, then slow paths, by (map, opcode) */
 };
 
 /* ---- emitter ------------------------------------------------------------ */
@@ -132,6 +134,7 @@ static void st_sized(em_t *e, int sz, opnd_t m, int r)
     }
 }
 static void movzx8(em_t *e, int r, opnd_t m) { op2(e, 0, 0xb6, r, m); }
+static void movzx16(em_t *e, int r, opnd_t m) { op2(e, 0, 0xb7, r, m); }
 static void lea64(em_t *e, int r, opnd_t m) { op1(e, 1, 0x8d, r, m); }
 static void lea32(em_t *e, int r, opnd_t m) { op1(e, 0, 0x8d, r, m); }
 static void mov_rr64(em_t *e, int dst, int src) { op1(e, 1, 0x89, src, OR(dst)); }
@@ -177,6 +180,13 @@ static void fix(uint8_t *field, const uint8_t *target)
     memcpy(field, &rel, 4);
 }
 static void jmp_to(em_t *e, const uint8_t *target) { fix(jmp32(e), target); }
+/* short forward branches inside one instruction's code */
+static uint8_t *jcc8(em_t *e, int cc) { b1(e, 0x70 | cc); uint8_t *f = e->p; b1(e, 0); return f; }
+static void fix8(uint8_t *field, const uint8_t *target)
+{
+    if (field && target - (field + 1) <= 127) *field = (uint8_t)(target - (field + 1));
+}
+enum { CC_E = 4, CC_NE = 5, CC_AE = 3 };
 static void call_abs(em_t *e, const void *fn) { mov_imm(e, RAX, (uint64_t)(uintptr_t)fn); b1(e, 0xff); b1(e, 0xd0); }
 
 /* ---- C side of calls from native code ---------------------------------- */
@@ -197,14 +207,17 @@ static inline uint64_t flags_out(cpu_t *c, uint64_t hostflags)
  * before it.  Returns the flags to go on with, or exit != 0 when the block
  * must end here (control left the straight line, or the handler asked for
  * the dispatcher: mode change, code write, PAUSE back-off, ...). */
-static jit_ret_t jit_fallback(cpu_t *c, const insn_t *i, uint64_t hostflags, uint64_t rip, uint64_t done)
+static jit_ret_t jit_fallback(cpu_t *c, const insn_t *i, uint64_t hostflags, uint64_t rip, uint64_t done,
+                              uint64_t slow)
 {
     flags_in(c, hostflags);
     c->rip = rip;
     c->nrip = rip + i->len;
     uint64_t epoch = c->epoch;
     i->fn(c, i);
-    c->jit->fallbacks++;
+    if (slow) c->jit->slowpaths++;
+    else c->jit->fallbacks++;
+    if (unlikely(c->jit->fb_hist != NULL)) c->jit->fb_hist[(slow ? 1024 : 0) + (((i->map & 3) << 8) | i->op)]++;
     jit_ret_t r = { 0, 0 };
     if (c->brk || c->nrip != rip + i->len || c->epoch != epoch) {
         c->rip = c->nrip;
@@ -236,7 +249,7 @@ static void emit_runtime(struct jit *j)
     for (size_t k = 0; k < sizeof(push_saved); k++) b1(&e, push_saved[k]);
     b1(&e, 0x48); b1(&e, 0x83); b1(&e, 0xec); b1(&e, 8);          /* sub rsp, 8: calls see rsp % 16 == 0 */
     mov_rr64(&e, R15, RDI);
-    mov_imm(&e, R14, 12); mov_imm(&e, R13, 63); mov_imm(&e, R12, 31);
+    mov_imm(&e, R14, 12); mov_imm(&e, R13, 63); mov_imm(&e, R12, 31); mov_imm(&e, RBX, 64 - JIT_JC_BITS);
     b1(&e, 0x52); b1(&e, 0x9d);                                  /* push rdx; popfq */
     b1(&e, 0xff); b1(&e, 0xe6);                                  /* jmp rsi */
     /* exit with the guest flags in the host's: fold them into c->rflags */
@@ -260,11 +273,33 @@ static void emit_runtime(struct jit *j)
     j->used = j->base_used;
 }
 
+static void jit_start(cpu_t *c);
+
+/* BHIVE_JIT=0 keeps every vCPU on the interpreter; BHIVE_JIT_THRESHOLD=N
+ * translates a block after N interpreted runs (0: at once) */
 void jit_open(cpu_t *c)
 {
     c->jit = NULL;
     const char *on = getenv("BHIVE_JIT");
     if (on && on[0] == '0') return;
+    jit_start(c);
+    const char *t = getenv("BHIVE_JIT_THRESHOLD");
+    if (t) c->jit_threshold = (uint32_t)strtoul(t, NULL, 0);
+}
+
+/* The same per vCPU, from the API: threshold < 0 turns the JIT off. */
+void svm_jit_config(svm_cpu_t *c, int threshold)
+{
+    if (threshold < 0) {
+        if (c->jit) { jit_close(c); block_cache_flush(c); }
+        return;
+    }
+    if (!c->jit) jit_start(c);
+    c->jit_threshold = (uint32_t)threshold;
+}
+
+static void jit_start(cpu_t *c)
+{
     unsigned int a, b, cx, d;
     __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(cx), "=d"(d) : "a"(7), "c"(0));
     if (!(b & (1u << 8))) return;                 /* no BMI2 on this host: interpreter only */
@@ -273,27 +308,79 @@ void jit_open(cpu_t *c)
     j->buf = mmap(NULL, JIT_BYTES, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                   -1, 0);
     if (j->buf == MAP_FAILED) { free(j); return; }
+    c->jit_jc = aligned_alloc(64, sizeof(jit_jc_t) << JIT_JC_BITS);
+    if (!c->jit_jc) { munmap(j->buf, JIT_BYTES); free(j); return; }
     emit_runtime(j);
     c->jit = j;
-    const char *t = getenv("BHIVE_JIT_THRESHOLD");
-    c->jit_threshold = t ? (uint32_t)strtoul(t, NULL, 0) : JIT_THRESHOLD;
+    jit_reset(c);
+    const char *st = getenv("BHIVE_JIT_STATS");
+    if (st && st[0] == '1') j->fb_hist = calloc(2 * 1024, sizeof(uint64_t));
+    c->jit_threshold = JIT_THRESHOLD;
+}
+
+/* BHIVE_JIT_STATS=1: the instructions the translator leaves to the
+ * interpreter, most frequent first (on stderr: logs/vcpuN.stderr) */
+void svm_jit_report(svm_cpu_t *c)
+{
+    struct jit *j = c->jit;
+    if (!j || !j->fb_hist) return;
+    fprintf(stderr, "jit: vcpu%d: %llu blocks translated, %llu fallbacks, %llu slow paths\n", c->vcpuid,
+            (unsigned long long)j->blocks, (unsigned long long)j->fallbacks, (unsigned long long)j->slowpaths);
+    for (int part = 0; part < 2; part++) {
+        uint64_t *h = j->fb_hist + part * 1024;
+        fprintf(stderr, "jit: %s\n", part ? "slow paths of native instructions (TLB miss, page crossing, MMIO)"
+                                          : "instructions left to the interpreter");
+        for (int n = 0; n < 30; n++) {
+            int best = -1;
+            for (int k = 0; k < 1024; k++)
+                if (h[k] && (best < 0 || h[k] > h[best])) best = k;
+            if (best < 0) break;
+            fprintf(stderr, "jit:   map %d opcode %02x: %llu\n", best >> 8, best & 0xff, (unsigned long long)h[best]);
+            h[best] = 0;
+        }
+    }
+    fflush(stderr);
 }
 
 void jit_close(cpu_t *c)
 {
     if (!c->jit) return;
+    free(c->jit_jc);
+    c->jit_jc = NULL;
+    free(c->jit->fb_hist);
     munmap(c->jit->buf, JIT_BYTES);
     free(c->jit);
     c->jit = NULL;
 }
 
 int jit_flush_needed(cpu_t *c) { return c->jit && c->jit->used + JIT_SLACK > JIT_BYTES; }
-void jit_reset(cpu_t *c) { if (c->jit) c->jit->used = c->jit->base_used; }
+void jit_reset(cpu_t *c)
+{
+    if (!c->jit) return;
+    c->jit->used = c->jit->base_used;
+    for (size_t k = 0; k < (1u << JIT_JC_BITS); k++) c->jit_jc[k].nrip = JTAG_INVALID;
+}
+
+static inline unsigned jc_slot(uint64_t rip)
+{
+    /* as the generated code computes it: (rip + rotr(rip, 12)) mod 2^JIT_JC_BITS */
+    uint64_t rot = (rip >> 12) | (rip << 52);
+    return (unsigned)((rip + rot) & ((1u << JIT_JC_BITS) - 1));
+}
+
+void jit_jc_insert(cpu_t *c, block_t *b)
+{
+    if (!b->jit || b->jit_rip != c->rip) return;
+    jit_jc_t *j = &c->jit_jc[jc_slot(c->rip)];
+    j->nrip = -(int64_t)c->rip;
+    j->code = b->jit;
+    j->nepoch = -(int32_t)(uint32_t)c->epoch;
+}
 
 void jit_stats(cpu_t *c, uint64_t *out)
 {
     struct jit *j = c->jit;
-    out[0] = j ? j->blocks : 0; out[1] = j ? j->fallbacks : 0; out[2] = j ? j->used : 0;
+    out[0] = j ? j->blocks : 0; out[1] = j ? j->fallbacks + j->slowpaths : 0; out[2] = j ? j->used : 0;
 }
 
 void *jit_exec(cpu_t *c, block_t *b)
@@ -447,7 +534,7 @@ typedef struct {
     struct stub { uint8_t kind, next_reg; const insn_t *i; uint64_t rip; uint32_t done; uint8_t *from[3]; uint8_t *cont; } st[2 * BLK_MAX + 8];
     int nst;
 } tx_t;
-enum { ST_FALLBACK, ST_CODEWRITE };
+enum { ST_SLOWPATH, ST_FALLBACK, ST_CODEWRITE };
 
 static struct stub *new_stub(tx_t *t, int kind, const insn_t *i)
 {
@@ -582,6 +669,57 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
     if (mem && (n->rm_use & U_W)) emit_code_check(t, d, t->rip + d->len, 0);
 }
 
+/* DIV / IDIV r/m: the host's, after a check (under PUSHFQ/POPFQ, so the
+ * guest flags reach the division intact) that it cannot raise #DE, which
+ * the interpreter delivers.  IDIV runs natively only for a dividend that
+ * fits its low half (the CQO/CDQ case) and not MIN / -1. */
+static void emit_div(tx_t *t, const insn_t *d, struct stub *s)
+{
+    em_t *e = &t->e;
+    int osz = d->osz, w = osz == 8, mem = d->mod != 3;
+    if (mem) { emit_ea(t, d, 1); emit_probe(t, osz, 0, s); }
+    ld64(e, RAX, GREG(R_RAX));
+    ld64(e, RDX, GREG(R_RDX));
+    opnd_t src = mem ? OX(RSI, RDI, 0, 0) : OR(R9);
+    if (!mem) ld64(e, R9, GREG(d->rm));
+    b1(e, 0x9c);                                               /* pushfq */
+    /* r11 = divisor, zero-extended (DIV) */
+    if (osz == 2) movzx16(e, R11, src);
+    else op1(e, w, 0x8b, R11, src);
+    uint8_t *slow[4] = { 0 };
+    if (d->ext == 6) {
+        /* #DE iff high half >= divisor (covers divisor 0) */
+        if (osz == 2) movzx16(e, RCX, OR(RDX));
+        else op1(e, w, 0x8b, RCX, OR(RDX));
+        op1(e, 1, 0x39, R11, OR(RCX));                             /* cmp rcx, r11 */
+        slow[0] = jcc8(e, CC_AE);
+    } else {
+        op1(e, w, 0x8b, RCX, OR(RAX));                             /* rcx = low half */
+        op1(e, w, 0xc1, 7, OR(RCX)); b1(e, osz * 8 - 1);           /* sar rcx, 63/31 */
+        op1(e, w, 0x39, RDX, OR(RCX));                             /* cmp rcx, rdx: sign extension? */
+        slow[0] = jcc8(e, CC_NE);
+        op1(e, w, 0x85, R11, OR(R11));                             /* test r11, r11 */
+        slow[1] = jcc8(e, CC_E);
+        op1(e, w, 0x83, 7, OR(R11)); b1(e, 0xff);                  /* cmp r11, -1 */
+        uint8_t *ok = jcc8(e, CC_NE);
+        if (w) { mov_imm(e, RCX, 1ULL << 63); op1(e, 1, 0x39, RCX, OR(RAX)); }
+        else { b1(e, 0x3d); b4(e, 0x80000000u); }                  /* cmp eax, 0x80000000 */
+        slow[2] = jcc8(e, CC_E);
+        fix8(ok, e->p);
+    }
+    b1(e, 0x9d);                                               /* popfq */
+    enc(e, 0, 0, osz == 2, w, (const uint8_t[]){ 0xf7 }, 1, d->ext, src);
+    st_sized(e, osz, GREG(R_RAX), RAX);
+    st_sized(e, osz, GREG(R_RDX), RDX);
+    b1(e, 0xeb); uint8_t *over = e->p; b1(e, 0);
+    for (int k = 0; k < 4; k++) fix8(slow[k], e->p);
+    b1(e, 0x9d);                                               /* popfq */
+    int f = 0;
+    while (f < 2 && s->from[f]) f++;
+    s->from[f] = jmp32(e);
+    fix8(over, e->p);
+}
+
 /* LEA: the offset, no memory access */
 static void emit_lea(tx_t *t, const insn_t *d)
 {
@@ -621,16 +759,43 @@ static void emit_exit(tx_t *t, uint64_t target, uint32_t count)
     if (!e->bad && site + SITE_END != unchained) e->bad = 1;   /* the layout jit_link patches */
 }
 
-/* an exit to the RIP in `reg` (returns, indirect jumps): the dispatcher finds it */
+/* an exit to the RIP in `reg` (returns, indirect jumps): straight to the
+ * target's code when the jump cache knows it in this epoch, else the
+ * dispatcher finds it */
 static void emit_exit_indirect(tx_t *t, int reg, uint32_t count)
 {
     em_t *e = &t->e;
-    st64(e, CPU(rip), reg);
+    struct jit *j = t->c->jit;
+    if (reg != RAX) mov_rr64(e, RAX, reg);
+    st64(e, CPU(rip), RAX);
     ld64(e, RCX, CPU(jit_budget));
     lea64(e, RCX, OM(RCX, -(int32_t)count));
     st64(e, CPU(jit_budget), RCX);
+    shrx64(e, RCX, RCX, R13);                                  /* 1 when the budget went negative */
+    jrcxz_over_jmp(e);
+    uint8_t *out1 = jmp32(e);
+    _Static_assert(sizeof(jit_jc_t) == 32, "jit_jc_t is indexed as slot * 32");
+    rorx64(e, RCX, RAX, 12);
+    lea64(e, RCX, OX(RAX, RCX, 0, 0));
+    vex3(e, RCX, RCX, 2, 1, RBX, 1); b1(e, 0xf7); modrm(e, RCX, OR(RCX));   /* shlx rcx, rcx, rbx */
+    shrx64(e, RCX, RCX, RBX);                                  /* the slot */
+    lea64(e, RCX, OX(-1, RCX, 2, 0));
+    ld64(e, RDX, CPU(jit_jc));
+    lea64(e, RDX, OX(RDX, RCX, 3, 0));
+    ld64(e, RCX, OM(RDX, (int32_t)offsetof(jit_jc_t, nrip)));
+    lea64(e, RCX, OX(RCX, RAX, 0, 0));
+    jrcxz_over_jmp(e);
+    uint8_t *out2 = jmp32(e);
+    ld32(e, RCX, CPU(epoch));
+    ld32(e, R11, OM(RDX, (int32_t)offsetof(jit_jc_t, nepoch)));
+    lea32(e, RCX, OX(RCX, R11, 0, 0));
+    jrcxz_over_jmp(e);
+    uint8_t *out3 = jmp32(e);
+    op1(e, 0, 0xff, 4, OM(RDX, (int32_t)offsetof(jit_jc_t, code)));   /* jmp [rdx + code] */
+    uint8_t *out = e->p;
+    fix(out1, out); fix(out2, out); fix(out3, out);
     mov_imm(e, RAX, 0);
-    jmp_to(e, t->c->jit->exit_flags);
+    jmp_to(e, j->exit_flags);
 }
 
 /* PUSH of the value in `reg` to [rsp-8]: the store first, RSP after it
@@ -669,8 +834,13 @@ static void emit_fallback_inline(tx_t *t, const insn_t *d)
  * the dispatcher must see: END-flagged ones end a block for that reason) */
 static void emit_exit_to(tx_t *t, uint64_t rip, uint32_t count)
 {
-    mov_imm(&t->e, RAX, rip);
-    emit_exit_indirect(t, RAX, count);
+    em_t *e = &t->e;
+    store_imm64(e, CPU(rip), rip);
+    ld64(e, RCX, CPU(jit_budget));
+    lea64(e, RCX, OM(RCX, -(int32_t)count));
+    st64(e, CPU(jit_budget), RCX);
+    mov_imm(e, RAX, 0);
+    jmp_to(e, t->c->jit->exit_flags);
 }
 
 /* Translate one instruction; returns 1 if it ended the block (exits emitted). */
@@ -707,7 +877,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         return 1;
     }
     if (map == 0 && op == 0xe8 && o64) {                     /* CALL rel */
-        struct stub *s = new_stub(t, ST_FALLBACK, d);
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
         uint64_t target = next + d->imm;
         mov_imm(e, R8, next);
         emit_push(t, d, R8, s, target, 0);
@@ -715,13 +885,13 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         return 1;
     }
     if (map == 0 && (op == 0xc3 || op == 0xc2) && o64) {     /* RET [imm16] */
-        struct stub *s = new_stub(t, ST_FALLBACK, d);
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_pop(t, op == 0xc2 ? (int)(uint16_t)d->imm : 0, s);
         emit_exit_indirect(t, RAX, count);
         return 1;
     }
     if (map == 0 && op == 0xff && o64 && (d->ext == 2 || d->ext == 4)) {   /* CALL/JMP r/m64 */
-        struct stub *s = new_stub(t, ST_FALLBACK, d);
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
         if (d->mod == 3) ld64(e, R9, GREG(d->rm));
         else {
             emit_ea(t, d, 1);
@@ -733,7 +903,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         return 1;
     }
     if (map == 0 && ((op >= 0x50 && op <= 0x57) || op == 0x68 || op == 0x6a) && o64) {   /* PUSH r64 / imm */
-        struct stub *s = new_stub(t, ST_FALLBACK, d);
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
         if (op <= 0x57) ld64(e, R8, GREG(d->rm));
         else mov_imm(e, R8, d->imm);
         emit_push(t, d, R8, s, next, 0);
@@ -741,9 +911,61 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         return 0;
     }
     if (map == 0 && op >= 0x58 && op <= 0x5f && o64) {      /* POP r64 */
-        struct stub *s = new_stub(t, ST_FALLBACK, d);
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_pop(t, 0, s);
         st64(e, GREG(d->rm), RAX);                         /* after RSP: POP RSP loads the popped value */
+        s->cont = e->p;
+        return 0;
+    }
+    if (map == 0 && op == 0xf7 && (d->ext == 6 || d->ext == 7) && !d->lock &&
+        (d->ext == 6 ? d->osz >= 2 : d->osz >= 4)) {              /* DIV / IDIV */
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
+        emit_div(t, d, s);
+        s->cont = e->p;
+        return 0;
+    }
+    if (map == 0 && op == 0x9c && o64) {                     /* PUSHFQ */
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
+        b1(e, 0x9c); b1(e, 0x58);                                  /* pushfq; pop rax: the guest's OSZAPC */
+        ld64(e, RDX, CPU(rflags));
+        b1(e, 0x50);                                               /* push rax (restored below) */
+        b1(e, 0x25); b4(e, F_OSZAPC);                              /* and eax, OSZAPC */
+        b1(e, 0x48); b1(e, 0x81); b1(e, 0xe2); b4(e, (uint32_t)~(F_OSZAPC | F_RF | F_VM));   /* and rdx, ... */
+        b1(e, 0x48); b1(e, 0x09); b1(e, 0xd0);                     /* or rax, rdx */
+        b1(e, 0x9d);                                               /* popfq */
+        mov_rr64(e, R8, RAX);
+        emit_push(t, d, R8, s, next, 0);
+        s->cont = e->p;
+        return 0;
+    }
+    if (map == 0 && op == 0xfa) {                            /* CLI at CPL 0 */
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
+        b1(e, 0x9c);                                               /* pushfq */
+        op1(e, 0, 0x80, 7, CPU(cpl)); b1(e, 0);                    /* cmp byte [cpl], 0 */
+        uint8_t *slow = jcc8(e, CC_NE);
+        op1(e, 1, 0x81, 4, CPU(rflags)); b4(e, (uint32_t)~F_IF);   /* and qword [rflags], ~IF */
+        b1(e, 0x9d);                                               /* popfq */
+        b1(e, 0xeb); uint8_t *over = e->p; b1(e, 0);               /* jmp over the slow exit */
+        fix8(slow, e->p);
+        b1(e, 0x9d);                                               /* popfq */
+        s->from[0] = jmp32(e);
+        fix8(over, e->p);
+        s->cont = e->p;
+        return 0;
+    }
+    if (map == 0 && op == 0x8c && d->ext <= 5 && (d->mod != 3 || d->osz >= 2)) {   /* MOV r/m, Sreg */
+        opnd_t sel = OM(R15, (int32_t)(offsetof(cpu_t, seg) + d->ext * sizeof(seg_t) + offsetof(seg_t, sel)));
+        if (d->mod == 3) {
+            movzx16(e, R9, sel);
+            st_sized(e, d->osz, GREG(d->rm), R9);
+            return 0;
+        }
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
+        emit_ea(t, d, 1);
+        emit_probe(t, 2, 1, s);
+        movzx16(e, R8, sel);
+        st_sized(e, 2, OX(RSI, RDI, 0, 0), R8);
+        emit_code_check(t, d, next, 0);
         s->cont = e->p;
         return 0;
     }
@@ -753,7 +975,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     }
     native_t n;
     if (classify(d, &n)) {
-        struct stub *s = new_stub(t, ST_FALLBACK, d);
+        struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_native(t, d, &n, s);
         s->cont = e->p;
         return 0;
@@ -777,10 +999,11 @@ static void emit_stubs(tx_t *t)
         for (int f = 0; f < 3; f++) fix(s->from[f], here);
         b1(e, 0x9c); b1(e, 0x5a);                                  /* pushfq; pop rdx */
         mov_rr64(e, RDI, R15);
-        if (s->kind == ST_FALLBACK) {
+        if (s->kind != ST_CODEWRITE) {
             mov_imm(e, RSI, (uint64_t)(uintptr_t)s->i);
             mov_imm(e, RCX, s->rip);
             mov_imm(e, R8, s->done);
+            mov_imm(e, R9, s->kind == ST_SLOWPATH);
             call_abs(e, (const void *)jit_fallback);
             b1(e, 0x48); b1(e, 0x85); b1(e, 0xd2);                  /* test rdx, rdx */
             fix(jcc32(e, 5), j->exit_noflags);                     /* jnz exit_noflags */

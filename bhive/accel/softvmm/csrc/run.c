@@ -214,19 +214,23 @@ static int futex_wait(uint32_t *addr, uint32_t val, long ns)
 /* ---- block lookup and execution ------------------------------------------------- */
 static block_t *lookup_block(cpu_t *c);
 
+/* Drop every decoded block (and the native code made from them). */
+void block_cache_flush(cpu_t *c)
+{
+    memset(c->bhash, 0, BHASH_SIZE * sizeof(block_t *));
+    c->barena_used = 0;
+    c->bflushes++;
+    c->epoch++;   /* every chain link pointed into the arena */
+    jit_reset(c);
+}
+
 /* Copy a freshly decoded block from the scratch block into the arena and
  * hash it; a full arena drops the whole cache first. */
 static block_t *cache_block(cpu_t *c, block_t **bucket)
 {
     block_t *s = c->scratch;
     size_t size = (sizeof(block_t) + s->n * sizeof(insn_t) + 15) & ~(size_t)15;
-    if (unlikely(c->barena_used + size > BARENA_BYTES || jit_flush_needed(c))) {
-        memset(c->bhash, 0, BHASH_SIZE * sizeof(block_t *));
-        c->barena_used = 0;
-        c->bflushes++;
-        c->epoch++;   /* every chain link pointed into the arena */
-        jit_reset(c); /* native code goes with the blocks it was made from */
-    }
+    if (unlikely(c->barena_used + size > BARENA_BYTES || jit_flush_needed(c))) block_cache_flush(c);
     block_t *b = (block_t *)(c->barena + c->barena_used);
     c->barena_used += size;
     c->ndecodes++;
@@ -257,6 +261,19 @@ static inline block_t *get_block(cpu_t *c)
     return b;
 }
 
+/* A block whose last instruction runs into the next page: that page must
+ * still hold the same bytes and be mapped where it was when decoded. */
+static int second_page_ok(cpu_t *c, const block_t *b, uint64_t lin)
+{
+    if (b->gen2 != __atomic_load_n(&c->vm->gen[b->gidx2], __ATOMIC_RELAXED)) return 0;
+    uint64_t lin2 = (lin & ~0xfffULL) + 0x1000, gpa2;
+    if (!c->long64) lin2 = (uint32_t)lin2;
+    tlbe_t *e = &c->tlb[tlb_slot(lin2)];
+    if (e->tag_x == lin2) gpa2 = e->gpa;
+    else if (fetch_translate(c, lin2, &gpa2, 0) != 0) return 0;
+    return (gpa2 & ~0xfffULL) == b->gpa2;
+}
+
 static block_t *lookup_block(cpu_t *c)
 {
     c->nlookups++;
@@ -269,18 +286,14 @@ static block_t *lookup_block(cpu_t *c)
     block_t **bucket = &c->bhash[(uint32_t)((gpa * 0x9E3779B97F4A7C15ULL) >> 40) & (BHASH_SIZE - 1)];
     for (block_t **pp = bucket, *b; (b = *pp) != NULL; pp = &b->next) {
         if (b->gpa == gpa && b->key == c->csz) {
-            if (likely(b->gen == __atomic_load_n(&c->vm->gen[b->gidx], __ATOMIC_RELAXED)))
+            if (likely(b->gen == __atomic_load_n(&c->vm->gen[b->gidx], __ATOMIC_RELAXED)) &&
+                (b->gpa2 == ~0ULL || second_page_ok(c, b, lin)))
                 return b;
             *pp = b->next;   /* stale: its page was written; the arena space is reclaimed at the next flush */
             break;
         }
     }
     decode_block(c, c->scratch, lin, gpa, 0);
-    if (c->scratch->gpa == ~0ULL) {
-        /* not cacheable (crosses a page): decode it alone */
-        decode_block(c, c->scratch, lin, gpa, 1);
-        return c->scratch;
-    }
     return cache_block(c, bucket);
 }
 
@@ -483,7 +496,10 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 /* slow path: look the successor up and remember it */
                 block_t *from = b;
                 b = get_block(c);
-                if (site && b != c->scratch) jit_link(c, site, b);
+                if (b->jit) {
+                    if (site) jit_link(c, site, b);
+                    else jit_jc_insert(c, b);
+                }
                 if (b == c->scratch || from == c->scratch) break;
                 struct blink *w = &from->link[from->link[0].blk && from->link[0].epoch == c->epoch ? 1 : 0];
                 w->rip = c->rip; w->blk = b; w->epoch = c->epoch;

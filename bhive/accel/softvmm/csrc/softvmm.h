@@ -67,6 +67,12 @@ int svm_pio_lane(struct svm_cpu *c, uint16_t base, uint16_t count, void *ring, v
  * [5] blocks translated, [6] instructions it handed to the interpreter,
  * [7] code bytes in use */
 void svm_cache_stats(struct svm_cpu *c, uint64_t *out);
+/* BHIVE_JIT_STATS=1: print the JIT's fallbacks by opcode to stderr */
+void svm_jit_report(struct svm_cpu *c);
+/* JIT (jit.c) for this vCPU: translate a block after `threshold` interpreted
+ * runs (0: at once); threshold < 0 turns it off.  Default: BHIVE_JIT and
+ * BHIVE_JIT_THRESHOLD from the environment. */
+void svm_jit_config(struct svm_cpu *c, int threshold);
 /* Guest-RIP sampling: every `period` retired instructions (at the next block
  * boundary) the RIP goes into buf[count % cap]; returns the count so far.
  * buf = NULL turns it off.  For `bhive profile`: where does guest time go? */
