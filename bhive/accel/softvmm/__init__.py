@@ -42,7 +42,12 @@ class SoftVcpu(Vcpu):
         self._u64 = ffi.new("uint64_t[2]")
         jit = vm.options.get("jit_threshold")     # None: the environment's default (BHIVE_JIT*)
         if jit is not None:
-            lib.svm_jit_config(self._c, int(jit))
+            self.jit_config(int(jit))
+
+    def jit_config(self, threshold: int) -> None:
+        """Translate a block to host code after `threshold` interpreted runs
+        (0: at once); a negative threshold keeps this vCPU on the interpreter."""
+        lib.svm_jit_config(self._c, threshold)
 
     def close(self) -> None:
         if self._c is not None and self._c != ffi.NULL:
