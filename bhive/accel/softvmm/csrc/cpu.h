@@ -134,6 +134,7 @@ typedef struct block {
     insn_t insns[];      /* n entries (BLK_MAX in the scratch block) */
 } block_t;
 #define PIO_LANES_MAX 8
+#define CODE_PAGES 256
 #define BHASH_SIZE 65536             /* hash buckets (pointers) */
 #define JCACHE_SIZE 4096             /* rip -> block, for returns and indirect jumps */
 typedef struct jcache_ent { uint64_t rip; struct block *blk; uint64_t epoch; } jcache_ent_t;
@@ -313,6 +314,12 @@ typedef struct svm_cpu {
     svm_exit_t exit;
     uint64_t icount, nexits;
     uint64_t epoch;          /* bumped on every TLB flush / mode change / code write / cache flush */
+    uint64_t code_local_epoch;  /* = epoch when code on a non-global page was looked up in it */
+    /* The linear code pages looked up in this epoch and where they mapped:
+     * a TLB flush that leaves all of them in place need not invalidate
+     * chained blocks and the jump caches (mmu.c, code_mappings_unchanged) */
+    struct code_page { uint64_t lin, gpa, epoch; } code_pages[CODE_PAGES];
+    uint64_t code_pages_overflow;  /* = epoch when a page did not fit */
     uint32_t code_epoch_seen;
     uint32_t *code_epoch;    /* = vm->code_epoch, one load less on the chaining path */
     tlbe_t tlb[TLB_SIZE];
@@ -371,6 +378,7 @@ void tlb_flush(cpu_t *c);
 void tlb_flush_page(cpu_t *c, uint64_t lin);
 void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
 void tlb_retag(cpu_t *c);             /* CPL or CR0.WP changed: re-derive the fast-path tags */
+void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa);   /* a block's page was looked up (run.c) */
 int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */
 uint64_t guest_tsc(cpu_t *c);         /* the TSC: the host's invariant TSC + this vCPU's offset */
 #define APIC_BUS_HZ (128ULL * 1024 * 1024) /* LAPIC timer input clock: bhyve's VLAPIC_BUS_FREQ */

@@ -44,6 +44,7 @@
 #include <string.h>
 #include <stddef.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include "mem.h"
 #include "handlers.h"
 
@@ -65,6 +66,7 @@ struct jit {
     size_t base_used;        /* end of the shared routines (kept by jit_reset) */
     uint64_t blocks, fallbacks, slowpaths;
     uint64_t *fb_hist;       /* BHIVE_JIT_STATS: fallbacks, then slow paths, by (map, opcode) */
+    FILE *perfmap;           /* BHIVE_JIT_PERFMAP: /tmp/perf-PID.map, so perf names native code by guest RIP */
 };
 
 /* ---- emitter ------------------------------------------------------------ */
@@ -315,6 +317,12 @@ static void jit_start(cpu_t *c)
     jit_reset(c);
     const char *st = getenv("BHIVE_JIT_STATS");
     if (st && st[0] == '1') j->fb_hist = calloc(2 * 1024, sizeof(uint64_t));
+    const char *pm = getenv("BHIVE_JIT_PERFMAP");
+    if (pm && pm[0] == '1') {
+        char path[64];
+        snprintf(path, sizeof(path), "/tmp/perf-%d.map", (int)getpid());
+        j->perfmap = fopen(path, "a");
+    }
     c->jit_threshold = JIT_THRESHOLD;
 }
 
@@ -348,6 +356,7 @@ void jit_close(cpu_t *c)
     free(c->jit_jc);
     c->jit_jc = NULL;
     free(c->jit->fb_hist);
+    if (c->jit->perfmap) fclose(c->jit->perfmap);
     munmap(c->jit->buf, JIT_BYTES);
     free(c->jit);
     c->jit = NULL;
@@ -1045,6 +1054,11 @@ void jit_compile(cpu_t *c, block_t *b)
         b->jit_rip = c->rip;
         j->used = (size_t)(t->e.p - j->buf + 15) & ~(size_t)15;
         j->blocks++;
+        if (j->perfmap) {
+            fprintf(j->perfmap, "%lx %lx guest_%llx\n", (unsigned long)(uintptr_t)start,
+                    (unsigned long)(t->e.p - start), (unsigned long long)c->rip);
+            fflush(j->perfmap);
+        }
     }
     free(t);
 }

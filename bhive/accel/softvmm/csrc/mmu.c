@@ -54,26 +54,67 @@ static inline void tlbe_kill(cpu_t *c, tlbe_t *e)
     jtlbe_t *j = &c->jtlb[e - c->tlb];
     j->jtag_r = j->jtag_w = JTAG_INVALID;
 }
+/* ---- code mappings across TLB flushes ------------------------------------------
+ * Chained blocks and the jump caches assume the linear -> physical mapping
+ * of the code pages looked up in the current epoch.  Every flush used to
+ * end the epoch; a Linux boot flushes tens of thousands of times (MOV CR3,
+ * CR4.PGE toggles, INVLPG) without ever moving its text.  So the pages are
+ * remembered (one slot each, by hash) and a flush ends the epoch only when
+ * one of them no longer maps where it did, or executes at all, or the set
+ * overflowed. */
+static inline struct code_page *code_page_slot(cpu_t *c, uint64_t lin)
+{
+    uint64_t p = lin >> 12;
+    return &c->code_pages[(p ^ (p >> 8) ^ (p >> 16)) & (CODE_PAGES - 1)];
+}
+void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa)
+{
+    struct code_page *s = code_page_slot(c, lin);
+    lin &= ~0xfffULL;
+    if (s->epoch == c->epoch && s->lin != lin) { c->code_pages_overflow = c->epoch; return; }
+    s->lin = lin; s->gpa = gpa & ~0xfffULL; s->epoch = c->epoch;
+}
+static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, int *pinfo, int fault);
+/* every code page of the epoch still translates, for execution at this
+ * CPL, to the page it was decoded from */
+static int code_mappings_unchanged(cpu_t *c)
+{
+    if (c->code_pages_overflow == c->epoch) return 0;
+    for (int k = 0; k < CODE_PAGES; k++) {
+        struct code_page *s = &c->code_pages[k];
+        if (s->epoch != c->epoch) continue;
+        uint64_t gpa; int perm, pinfo;
+        if (translate_ex(c, s->lin, ACC_X | (c->cpl == 3 ? ACC_U : 0), &gpa, &perm, &pinfo, 0) != 0 ||
+            (gpa & ~0xfffULL) != s->gpa)
+            return 0;
+    }
+    return 1;
+}
+
 void tlb_flush(cpu_t *c)
 {
-    c->epoch++;
     for (int k = 0; k < TLB_SIZE; k++) tlbe_kill(c, &c->tlb[k]);
+    if (!code_mappings_unchanged(c)) c->epoch++;
 }
 void tlb_flush_nonglobal(cpu_t *c)
 {
-    c->epoch++;
+    /* Chained blocks and the jump caches hold linear -> physical code
+     * mappings.  Global translations survive MOV CR3 (SDM 4.10.4.1), so
+     * while all the code looked up in this epoch is on global pages (a
+     * kernel's text), they stay valid and only data entries go. */
     for (int k = 0; k < TLB_SIZE; k++)
         if (!c->tlb[k].glob) tlbe_kill(c, &c->tlb[k]);
+    if (c->code_local_epoch == c->epoch && !code_mappings_unchanged(c)) c->epoch++;
 }
 void tlb_flush_page(cpu_t *c, uint64_t lin)
 {
-    c->epoch++;
     for (int k = 0; k < TLB_SIZE; k++) {
         tlbe_t *e = &c->tlb[k];
         if (e->page == TLB_INVALID) continue;
         uint64_t m = ~((1ULL << e->pshift) - 1);
         if ((e->page & m) == (lin & m)) tlbe_kill(c, e);
     }
+    if (!code_mappings_unchanged(c)) c->epoch++;
 }
 static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
 {

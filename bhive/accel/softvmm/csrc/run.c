@@ -274,6 +274,21 @@ static int second_page_ok(cpu_t *c, const block_t *b, uint64_t lin)
     return (gpa2 & ~0xfffULL) == b->gpa2;
 }
 
+/* Remember whether this epoch runs code from a non-global translation
+ * (see tlb_flush_nonglobal); the TLB holds the translation just used. */
+static inline void note_code_pages(cpu_t *c, const block_t *b, uint64_t lin)
+{
+    const tlbe_t *e = &c->tlb[tlb_slot(lin)];
+    if (!e->glob || e->page != (lin & ~0xfffULL)) c->code_local_epoch = c->epoch;
+    note_code_page(c, lin, b->gpa);
+    if (b->gpa2 != ~0ULL) {
+        uint64_t lin2 = (lin & ~0xfffULL) + 0x1000;
+        const tlbe_t *e2 = &c->tlb[tlb_slot(lin2)];
+        if (!e2->glob || e2->page != lin2) c->code_local_epoch = c->epoch;
+        note_code_page(c, lin2, b->gpa2);
+    }
+}
+
 static block_t *lookup_block(cpu_t *c)
 {
     c->nlookups++;
@@ -287,14 +302,18 @@ static block_t *lookup_block(cpu_t *c)
     for (block_t **pp = bucket, *b; (b = *pp) != NULL; pp = &b->next) {
         if (b->gpa == gpa && b->key == c->csz) {
             if (likely(b->gen == __atomic_load_n(&c->vm->gen[b->gidx], __ATOMIC_RELAXED)) &&
-                (b->gpa2 == ~0ULL || second_page_ok(c, b, lin)))
+                (b->gpa2 == ~0ULL || second_page_ok(c, b, lin))) {
+                note_code_pages(c, b, lin);
                 return b;
+            }
             *pp = b->next;   /* stale: its page was written; the arena space is reclaimed at the next flush */
             break;
         }
     }
     decode_block(c, c->scratch, lin, gpa, 0);
-    return cache_block(c, bucket);
+    block_t *nb = cache_block(c, bucket);
+    note_code_pages(c, nb, lin);
+    return nb;
 }
 
 static inline void exec_block(cpu_t *c, const block_t *b, int max)
