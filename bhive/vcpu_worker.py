@@ -403,7 +403,7 @@ class VcpuWorker:
             status = STATUS_INTERNAL
             self.log("actor-unavailable", detail=str(exc))
             self.event("fatal", status, str(exc))
-        self.log("stopped", **self.vcpu.stats(),
+        self.log("stopped", **self.vcpu.stats(), cpu_seconds=round(time.process_time(), 3),
                  **{f"exits_{name}": n for name, n in self.exits_by_device.most_common()})
         if hasattr(self.vcpu, "jit_report"):
             self.vcpu.jit_report()

@@ -299,6 +299,7 @@ def test_code_written_by_another_vcpu_is_seen_by_a_spinning_one():
     its instruction budget, with no exit or interrupt to help it."""
     m = Machine(2, options={"jit_threshold": 0})
     code = assemble("""
+        mov byte [0x50000], 1        ; "spinning"
     spin:
     patch:
         mov eax, 0
@@ -309,7 +310,9 @@ def test_code_written_by_another_vcpu_is_seen_by_a_spinning_one():
         hlt
         times 0x100 - ($ - $$) db 0xcc
     writer:                          ; vCPU 1
-        mov ecx, 3000000
+        cmp byte [0x50000], 1
+        jne writer
+        mov ecx, 30000000
     w:  dec ecx                      ; let vCPU 0 translate and chain its loop first
         jnz w
         mov dword [rel patch + 1], 7

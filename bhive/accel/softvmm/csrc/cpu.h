@@ -129,8 +129,12 @@ typedef struct block {
     uint64_t gpa2;       /* the next page, when the last instruction crosses into it; ~0 = none */
     uint32_t gidx2, gen2;
     uint32_t hits;       /* executions by the interpreter, until the JIT takes it (jit.c) */
-    uint64_t jit_rip;    /* the linear RIP its native code was translated for */
-    void *jit;           /* native code (jit.c), or NULL */
+    /* Native code (jit.c) for up to two linear addresses of the block: the
+     * same physical code runs at more than one (a kernel's text before and
+     * after it moves to its virtual address, a library in two processes). */
+    uint8_t jit_next;    /* the variant the next translation replaces */
+    uint64_t jit_rip[2];
+    void *jit[2];
     insn_t insns[];      /* n entries (BLK_MAX in the scratch block) */
 } block_t;
 #define PIO_LANES_MAX 8
@@ -174,9 +178,10 @@ typedef struct jtlbe {
     uint32_t *genp;                  /* the page's code generation word */
 } jtlbe_t;
 /* The JIT's jump cache entry: a return or indirect jump whose target RIP
- * matches (-nrip + rip == 0) in the current epoch goes straight to `code`. */
+ * matches (-nrip + rip == 0) in the current epoch, while the target block's
+ * page keeps its generation (*genp - ngen == 0), goes straight to `code`. */
 #define JIT_JC_BITS 12
-typedef struct jit_jc { int64_t nrip; void *code; int32_t nepoch; uint32_t pad; uint64_t pad2; } jit_jc_t;
+typedef struct jit_jc { int64_t nrip; void *code; int32_t nepoch, ngen; const uint32_t *genp; } jit_jc_t;
 /* tlbe_t.perm bits: the tags for the current CPL/CR0.WP are derived from them (tlb_retag) */
 #define TP_W 1   /* writable at every level */
 #define TP_U 2   /* user at every level */
@@ -190,7 +195,6 @@ typedef struct shm_hdr {
     uint64_t ram_pages;
     uint64_t lapic_off;       /* offset of lapic[0] */
     uint64_t gen_off;         /* offset of the uint32 generation array */
-    uint32_t code_epoch;      /* bumped whenever any page generation changes */
     uint64_t tsc_hz;          /* host TSC frequency, calibrated once by the first opener (tsc.c) */
 } shm_hdr_t;
 
@@ -232,7 +236,6 @@ typedef struct svm_vm {
     int ncpus;
     uint32_t flags;
     uint32_t *gen;          /* per-4K-page code generations (in shm) */
-    uint32_t *code_epoch;   /* &shm_hdr->code_epoch */
     int membarrier_cmd;     /* MEMBARRIER_CMD_GLOBAL_EXPEDITED if registered, else 0 */
     uint64_t ram_pages;
 } svm_vm_t;
@@ -313,15 +316,18 @@ typedef struct svm_cpu {
     jmp_buf jb;
     svm_exit_t exit;
     uint64_t icount, nexits;
-    uint64_t epoch;          /* bumped on every TLB flush / mode change / code write / cache flush */
+    /* Chain links, the jump caches and the code-page set below are valid
+     * for one epoch.  Each CPL class (0-2, 3) has its own, so returning to
+     * user mode and back keeps both sides' links; epoch_bump() ends both. */
+    uint64_t epoch;          /* the current CPL class's */
+    uint64_t epoch_other;    /* the other class's */
+    uint64_t epoch_gen;      /* source of fresh epoch values */
     uint64_t code_local_epoch;  /* = epoch when code on a non-global page was looked up in it */
     /* The linear code pages looked up in this epoch and where they mapped:
      * a TLB flush that leaves all of them in place need not invalidate
      * chained blocks and the jump caches (mmu.c, code_mappings_unchanged) */
-    struct code_page { uint64_t lin, gpa, epoch; } code_pages[CODE_PAGES];
+    struct code_page { uint64_t lin, gpa, epoch; uint8_t user; } code_pages[CODE_PAGES];
     uint64_t code_pages_overflow;  /* = epoch when a page did not fit */
-    uint32_t code_epoch_seen;
-    uint32_t *code_epoch;    /* = vm->code_epoch, one load less on the chaining path */
     tlbe_t tlb[TLB_SIZE];
     jtlbe_t jtlb[TLB_SIZE];  /* jit.c's copy of the fast-path tags */
     /* JIT (jit.c) */
@@ -354,6 +360,36 @@ typedef struct svm_cpu {
 } svm_cpu_t;
 typedef svm_cpu_t cpu_t;
 
+/* a TLB flush / mode change / code write / cache flush: every chain link
+ * and jump-cache entry, of either CPL class, becomes invalid */
+static inline void epoch_bump(struct svm_cpu *c)
+{
+    c->epoch = ++c->epoch_gen;
+    c->epoch_other = ++c->epoch_gen;
+}
+/* the CPL moved between 0-2 and 3: the other class's links become current */
+static inline void epoch_switch_cpl(struct svm_cpu *c)
+{
+    uint64_t e = c->epoch;
+    c->epoch = c->epoch_other;
+    c->epoch_other = e;
+}
+
+/* the block's bytes are still what was decoded (both pages' generations) */
+static inline int block_current(struct svm_cpu *c, const struct block *b)
+{
+    return b->gen == __atomic_load_n(&c->vm->gen[b->gidx], __ATOMIC_RELAXED) &&
+           (b->gpa2 == ~0ULL || b->gen2 == __atomic_load_n(&c->vm->gen[b->gidx2], __ATOMIC_RELAXED));
+}
+
+/* b's native code for linear RIP `rip`, or NULL */
+static inline void *block_jit(const struct block *b, uint64_t rip)
+{
+    if (b->jit[0] && b->jit_rip[0] == rip) return b->jit[0];
+    if (b->jit[1] && b->jit_rip[1] == rip) return b->jit[1];
+    return NULL;
+}
+
 /* alignment checking in force (CR0.AM, RFLAGS.AC, CPL 3) */
 static inline int ac_active(const struct svm_cpu *c)
 {
@@ -377,7 +413,8 @@ void *mem_host_rmw(cpu_t *c, uint64_t lin, int size);   /* host ptr for LOCKed R
 void tlb_flush(cpu_t *c);
 void tlb_flush_page(cpu_t *c, uint64_t lin);
 void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
-void tlb_retag(cpu_t *c);             /* CPL or CR0.WP changed: re-derive the fast-path tags */
+void tlb_retag(cpu_t *c);             /* CR0.WP or AC changed: re-derive the fast-path tags */
+void tlb_retag_cpl(cpu_t *c);         /* the CPL changed: the same, links stay (epoch_switch_cpl) */
 void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa);   /* a block's page was looked up (run.c) */
 int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */
 uint64_t guest_tsc(cpu_t *c);         /* the TSC: the host's invariant TSC + this vCPU's offset */
@@ -430,8 +467,8 @@ void cpu_pause(cpu_t *c);               /* run.c: PAUSE with pause-loop back-off
 /* jit.c */
 void jit_open(cpu_t *c);
 void jit_close(cpu_t *c);
-void jit_compile(cpu_t *c, block_t *b);          /* b's native code for RIP c->rip, if the JIT can */
-void *jit_exec(cpu_t *c, block_t *b);            /* run it; returns the exit's patch site or NULL */
+void *jit_compile(cpu_t *c, block_t *b);         /* b's native code for RIP c->rip, or NULL */
+void *jit_exec(cpu_t *c, void *code);            /* run it; returns the exit's patch site or NULL */
 void jit_link(cpu_t *c, void *site, block_t *to);
 void jit_jc_insert(cpu_t *c, block_t *b);        /* b's code as the target of indirect exits to c->rip */
 void jit_account(cpu_t *c);                      /* after a longjmp out of native code */

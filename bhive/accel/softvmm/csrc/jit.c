@@ -64,7 +64,9 @@ struct jit {
     uint8_t *exit_flags;     /* rax = patch site; merges host OSZAPC into c->rflags */
     uint8_t *exit_noflags;   /* C already holds the flags; returns NULL */
     size_t base_used;        /* end of the shared routines (kept by jit_reset) */
+    uint32_t no_gen;         /* what an unpatched exit's generation check reads */
     uint64_t blocks, fallbacks, slowpaths;
+    uint64_t runs, exits_direct;      /* jit_exec calls; of them, ended at an unchained direct exit */
     uint64_t *fb_hist;       /* BHIVE_JIT_STATS: fallbacks, then slow paths, by (map, opcode) */
     FILE *perfmap;           /* BHIVE_JIT_PERFMAP: /tmp/perf-PID.map, so perf names native code by guest RIP */
 };
@@ -332,8 +334,10 @@ void svm_jit_report(svm_cpu_t *c)
 {
     struct jit *j = c->jit;
     if (!j || !j->fb_hist) return;
-    fprintf(stderr, "jit: vcpu%d: %llu blocks translated, %llu fallbacks, %llu slow paths\n", c->vcpuid,
-            (unsigned long long)j->blocks, (unsigned long long)j->fallbacks, (unsigned long long)j->slowpaths);
+    fprintf(stderr, "jit: vcpu%d: %llu blocks translated, %llu fallbacks, %llu slow paths, %llu runs "
+            "(%llu ended at an unchained exit), %llu block lookups\n", c->vcpuid,
+            (unsigned long long)j->blocks, (unsigned long long)j->fallbacks, (unsigned long long)j->slowpaths,
+            (unsigned long long)j->runs, (unsigned long long)j->exits_direct, (unsigned long long)c->nlookups);
     for (int part = 0; part < 2; part++) {
         uint64_t *h = j->fb_hist + part * 1024;
         fprintf(stderr, "jit: %s\n", part ? "slow paths of native instructions (TLB miss, page crossing, MMIO)"
@@ -367,7 +371,10 @@ void jit_reset(cpu_t *c)
 {
     if (!c->jit) return;
     c->jit->used = c->jit->base_used;
-    for (size_t k = 0; k < (1u << JIT_JC_BITS); k++) c->jit_jc[k].nrip = JTAG_INVALID;
+    for (size_t k = 0; k < (1u << JIT_JC_BITS); k++) {
+        c->jit_jc[k].nrip = JTAG_INVALID;
+        c->jit_jc[k].genp = &c->jit->no_gen;
+    }
 }
 
 static inline unsigned jc_slot(uint64_t rip)
@@ -379,11 +386,14 @@ static inline unsigned jc_slot(uint64_t rip)
 
 void jit_jc_insert(cpu_t *c, block_t *b)
 {
-    if (!b->jit || b->jit_rip != c->rip) return;
+    void *code = block_jit(b, c->rip);
+    if (!code) return;
     jit_jc_t *j = &c->jit_jc[jc_slot(c->rip)];
     j->nrip = -(int64_t)c->rip;
-    j->code = b->jit;
+    j->code = code;
     j->nepoch = -(int32_t)(uint32_t)c->epoch;
+    j->genp = &c->vm->gen[b->gidx];
+    j->ngen = -(int32_t)b->gen;
 }
 
 void jit_stats(cpu_t *c, uint64_t *out)
@@ -392,14 +402,16 @@ void jit_stats(cpu_t *c, uint64_t *out)
     out[0] = j ? j->blocks : 0; out[1] = j ? j->fallbacks + j->slowpaths : 0; out[2] = j ? j->used : 0;
 }
 
-void *jit_exec(cpu_t *c, block_t *b)
+void *jit_exec(cpu_t *c, void *code)
 {
     struct jit *j = c->jit;
     c->jit_budget = JIT_BUDGET;
     uint64_t hf = (__builtin_ia32_readeflags_u64() & ~(uint64_t)F_OSZAPC) | (flags_materialize(c) & F_OSZAPC);
     c->jit_active = 1;
-    void *site = j->enter(c, b->jit, hf);
+    void *site = j->enter(c, code, hf);
     c->jit_active = 0;
+    j->runs++;
+    j->exits_direct += site != NULL;
     c->icount += (uint64_t)(JIT_BUDGET - c->jit_budget);
     return site;
 }
@@ -412,18 +424,26 @@ void jit_account(cpu_t *c)
 }
 
 /* Chained exit layout (see emit_exit): the patch site is the LEA whose
- * displacement is -epoch; the JMP to the successor follows it. */
-#define SITE_DISP 2          /* lea ecx, [rcx + disp32]: 8D 89 disp32 */
-#define SITE_JMP_REL 14      /* ... jrcxz +5; jmp unchained; jmp rel32 */
-#define SITE_END 18
+ * displacement is -epoch; then the successor's generation word and
+ * -generation, then the JMP to it. */
+#define SITE_EPOCH 2         /* lea ecx, [rcx + disp32]: 8D 89 disp32 */
+#define SITE_GENP 15         /* jrcxz +5; jmp unchained; mov rcx, imm64: 48 B9 imm64 */
+#define SITE_GEN 27          /* mov ecx, [rcx]; lea ecx, [rcx + disp32] */
+#define SITE_JMP_REL 39      /* jrcxz +5; jmp unchained; jmp rel32 */
+#define SITE_END 43
 
 void jit_link(cpu_t *c, void *site, block_t *to)
 {
-    if (!to->jit || to->jit_rip != c->rip) return;
+    void *code = block_jit(to, c->rip);
+    if (!code) return;
     uint8_t *s = site;
     int32_t d = -(int32_t)(uint32_t)c->epoch;
-    memcpy(s + SITE_DISP, &d, 4);
-    int32_t rel = (int32_t)((uint8_t *)to->jit - (s + SITE_END));
+    memcpy(s + SITE_EPOCH, &d, 4);
+    const uint32_t *genp = &c->vm->gen[to->gidx];
+    memcpy(s + SITE_GENP, &genp, 8);
+    int32_t g = -(int32_t)to->gen;
+    memcpy(s + SITE_GEN, &g, 4);
+    int32_t rel = (int32_t)((uint8_t *)code - (s + SITE_END));
     memcpy(s + SITE_JMP_REL, &rel, 4);
 }
 
@@ -756,9 +776,14 @@ static void emit_exit(tx_t *t, uint64_t target, uint32_t count)
     b1(e, 0x8d); b1(e, 0x89); b4(e, 0);                        /* lea ecx, [rcx - epoch] (patched) */
     jrcxz_over_jmp(e);
     uint8_t *out2 = jmp32(e);
+    b1(e, 0x48); b1(e, 0xb9); b8(e, (uint64_t)(uintptr_t)&j->no_gen);   /* mov rcx, genp (patched) */
+    b1(e, 0x8b); b1(e, 0x09);                                  /* mov ecx, [rcx] */
+    b1(e, 0x8d); b1(e, 0x89); b4(e, 0);                        /* lea ecx, [rcx - gen] (patched) */
+    jrcxz_over_jmp(e);
+    uint8_t *out3 = jmp32(e);
     uint8_t *link = jmp32(e);                                  /* to the successor (patched) */
     uint8_t *unchained = e->p;
-    fix(out1, unchained); fix(out2, unchained); fix(link, unchained);
+    fix(out1, unchained); fix(out2, unchained); fix(out3, unchained); fix(link, unchained);
     store_imm64(e, CPU(rip), target);
     /* lea rax, [rip + site - next] */
     b1(e, 0x48); b1(e, 0x8d); b1(e, 0x05);
@@ -800,9 +825,15 @@ static void emit_exit_indirect(tx_t *t, int reg, uint32_t count)
     lea32(e, RCX, OX(RCX, R11, 0, 0));
     jrcxz_over_jmp(e);
     uint8_t *out3 = jmp32(e);
+    ld64(e, RCX, OM(RDX, (int32_t)offsetof(jit_jc_t, genp)));
+    ld32(e, RCX, OM(RCX, 0));
+    ld32(e, R11, OM(RDX, (int32_t)offsetof(jit_jc_t, ngen)));
+    lea32(e, RCX, OX(RCX, R11, 0, 0));
+    jrcxz_over_jmp(e);
+    uint8_t *out4 = jmp32(e);
     op1(e, 0, 0xff, 4, OM(RDX, (int32_t)offsetof(jit_jc_t, code)));   /* jmp [rdx + code] */
     uint8_t *out = e->p;
-    fix(out1, out); fix(out2, out); fix(out3, out);
+    fix(out1, out); fix(out2, out); fix(out3, out); fix(out4, out);
     mov_imm(e, RAX, 0);
     jmp_to(e, j->exit_flags);
 }
@@ -1030,16 +1061,31 @@ static void emit_stubs(tx_t *t)
     }
 }
 
-void jit_compile(cpu_t *c, block_t *b)
+void *jit_compile(cpu_t *c, block_t *b)
 {
     struct jit *j = c->jit;
-    if (!j || b->jit || b->key != 8 || !c->long64) return;
+    b->hits = 0;   /* another linear address of the block waits its turn again */
+    if (!j || b->key != 8 || !c->long64) return NULL;
     tx_t *t = malloc(sizeof(*t));
-    if (!t) return;
+    if (!t) return NULL;
     t->c = c;
     t->e = (em_t){ j->buf + j->used, j->buf + JIT_BYTES - 64, 0 };
     t->rip = c->rip; t->done = 0; t->nst = 0;
     uint8_t *start = t->e.p;
+    if (b->gpa2 != ~0ULL) {
+        /* Its last instruction runs into the next page.  Links and the jump
+         * caches check the first page's generation; the second is checked
+         * here, and a write to it sends the dispatcher to decode it anew. */
+        mov_imm(&t->e, RCX, (uint64_t)(uintptr_t)&c->vm->gen[b->gidx2]);
+        ld32(&t->e, RCX, OM(RCX, 0));
+        lea32(&t->e, RCX, OM(RCX, -(int32_t)b->gen2));
+        jrcxz_over_jmp(&t->e);
+        uint8_t *stale = jmp32(&t->e);
+        uint8_t *body = jmp32(&t->e);
+        fix(stale, t->e.p);
+        emit_exit_to(t, c->rip, 0);
+        fix(body, t->e.p);
+    }
     int ended = 0;
     for (int k = 0; k < b->n && !ended && !t->e.bad; k++) {
         const insn_t *d = &b->insns[k];
@@ -1049,9 +1095,12 @@ void jit_compile(cpu_t *c, block_t *b)
     }
     if (!ended) emit_exit(t, t->rip, t->done);
     emit_stubs(t);
+    void *code = NULL;
     if (!t->e.bad) {
-        b->jit = start;
-        b->jit_rip = c->rip;
+        code = start;
+        b->jit[b->jit_next] = start;
+        b->jit_rip[b->jit_next] = c->rip;
+        b->jit_next ^= 1;
         j->used = (size_t)(t->e.p - j->buf + 15) & ~(size_t)15;
         j->blocks++;
         if (j->perfmap) {
@@ -1061,4 +1110,5 @@ void jit_compile(cpu_t *c, block_t *b)
         }
     }
     free(t);
+    return code;
 }

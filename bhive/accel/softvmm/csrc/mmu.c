@@ -25,13 +25,10 @@ void code_written(cpu_t *c, uint32_t gidx)
     uint32_t *g = &c->vm->gen[gidx];
     uint32_t v = __atomic_load_n(g, __ATOMIC_RELAXED);
     while (v & 1) {
-        if (__atomic_compare_exchange_n(g, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
-            /* tell every vCPU to re-validate its chained blocks (SDM Vol 3A 9.1.3:
-             * cross-modifying code is observed by the other processors at the
-             * latest at their next block lookup) */
-            __atomic_fetch_add(c->vm->code_epoch, 1, __ATOMIC_SEQ_CST);
-            break;
-        }
+        /* every vCPU checks a block's generation before it enters the block
+         * through a chain link or a jump cache, so the others see the new
+         * code at their next entry into it (SDM Vol 3A 9.1.3) */
+        if (__atomic_compare_exchange_n(g, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) break;
     }
     c->brk = 1;   /* the running block may have been modified: re-validate */
 }
@@ -71,20 +68,23 @@ void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa)
 {
     struct code_page *s = code_page_slot(c, lin);
     lin &= ~0xfffULL;
-    if (s->epoch == c->epoch && s->lin != lin) { c->code_pages_overflow = c->epoch; return; }
-    s->lin = lin; s->gpa = gpa & ~0xfffULL; s->epoch = c->epoch;
+    if ((s->epoch == c->epoch || s->epoch == c->epoch_other) && (s->lin != lin || s->user != (c->cpl == 3))) {
+        c->code_pages_overflow = c->epoch;
+        return;
+    }
+    s->lin = lin; s->gpa = gpa & ~0xfffULL; s->epoch = c->epoch; s->user = c->cpl == 3;
 }
 static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *perm, int *pinfo, int fault);
 /* every code page of the epoch still translates, for execution at this
  * CPL, to the page it was decoded from */
 static int code_mappings_unchanged(cpu_t *c)
 {
-    if (c->code_pages_overflow == c->epoch) return 0;
+    if (c->code_pages_overflow == c->epoch || c->code_pages_overflow == c->epoch_other) return 0;
     for (int k = 0; k < CODE_PAGES; k++) {
         struct code_page *s = &c->code_pages[k];
-        if (s->epoch != c->epoch) continue;
+        if (s->epoch != c->epoch && s->epoch != c->epoch_other) continue;
         uint64_t gpa; int perm, pinfo;
-        if (translate_ex(c, s->lin, ACC_X | (c->cpl == 3 ? ACC_U : 0), &gpa, &perm, &pinfo, 0) != 0 ||
+        if (translate_ex(c, s->lin, ACC_X | (s->user ? ACC_U : 0), &gpa, &perm, &pinfo, 0) != 0 ||
             (gpa & ~0xfffULL) != s->gpa)
             return 0;
     }
@@ -94,7 +94,7 @@ static int code_mappings_unchanged(cpu_t *c)
 void tlb_flush(cpu_t *c)
 {
     for (int k = 0; k < TLB_SIZE; k++) tlbe_kill(c, &c->tlb[k]);
-    if (!code_mappings_unchanged(c)) c->epoch++;
+    if (!code_mappings_unchanged(c)) epoch_bump(c);
 }
 void tlb_flush_nonglobal(cpu_t *c)
 {
@@ -104,7 +104,8 @@ void tlb_flush_nonglobal(cpu_t *c)
      * kernel's text), they stay valid and only data entries go. */
     for (int k = 0; k < TLB_SIZE; k++)
         if (!c->tlb[k].glob) tlbe_kill(c, &c->tlb[k]);
-    if (c->code_local_epoch == c->epoch && !code_mappings_unchanged(c)) c->epoch++;
+    if ((c->code_local_epoch == c->epoch || c->code_local_epoch == c->epoch_other) && !code_mappings_unchanged(c))
+        epoch_bump(c);
 }
 void tlb_flush_page(cpu_t *c, uint64_t lin)
 {
@@ -114,7 +115,7 @@ void tlb_flush_page(cpu_t *c, uint64_t lin)
         uint64_t m = ~((1ULL << e->pshift) - 1);
         if ((e->page & m) == (lin & m)) tlbe_kill(c, e);
     }
-    if (!code_mappings_unchanged(c)) c->epoch++;
+    if (!code_mappings_unchanged(c)) epoch_bump(c);
 }
 static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
 {
@@ -133,9 +134,14 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
     j->addend = e->addend;
     j->genp = &c->vm->gen[e->gidx];
 }
+void tlb_retag_cpl(cpu_t *c)
+{
+    for (int k = 0; k < TLB_SIZE; k++)
+        if (c->tlb[k].page != TLB_INVALID) tlbe_tags(c, &c->tlb[k]);
+}
 void tlb_retag(cpu_t *c)
 {
-    c->epoch++;
+    epoch_bump(c);
     for (int k = 0; k < TLB_SIZE; k++)
         if (c->tlb[k].page != TLB_INVALID) tlbe_tags(c, &c->tlb[k]);
 }

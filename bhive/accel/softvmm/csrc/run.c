@@ -59,7 +59,6 @@ svm_vm_t *svm_vm_open(void *ram, uint64_t ram_size, const uint64_t *slots, int n
     else
         vm->membarrier_cmd = 0;
     vm->gen = (uint32_t *)((uint8_t *)shm + h->gen_off);
-    vm->code_epoch = &h->code_epoch;
     vm->ram_pages = h->ram_pages;
     return vm;
 }
@@ -84,9 +83,9 @@ svm_cpu_t *svm_cpu_open(svm_vm_t *vm, int vcpuid)
     }
     c->scratch->gpa = ~0ULL;
     c->vm = vm; c->vcpuid = vcpuid; c->lapic = vm_lapic(vm, vcpuid);
-    c->code_epoch = vm->code_epoch;
     c->exc_vec = -1;
     c->prof_next = ~0ULL;
+    epoch_bump(c);   /* distinct epochs for the two CPL classes from the start */
     cpu_reset(c);
     jit_open(c);
     return c;
@@ -122,10 +121,7 @@ void svm_invalidate(svm_vm_t *vm, uint64_t gpa, uint64_t len)
         uint32_t *g = &vm->gen[gidx];
         uint32_t v = __atomic_load_n(g, __ATOMIC_RELAXED);
         while (v & 1) {
-            if (__atomic_compare_exchange_n(g, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
-                __atomic_fetch_add(vm->code_epoch, 1, __ATOMIC_SEQ_CST);
-                break;
-            }
+            if (__atomic_compare_exchange_n(g, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) break;
         }
     }
 }
@@ -220,7 +216,7 @@ void block_cache_flush(cpu_t *c)
     memset(c->bhash, 0, BHASH_SIZE * sizeof(block_t *));
     c->barena_used = 0;
     c->bflushes++;
-    c->epoch++;   /* every chain link pointed into the arena */
+    epoch_bump(c);   /* every chain link pointed into the arena */
     jit_reset(c);
 }
 
@@ -237,7 +233,7 @@ static block_t *cache_block(cpu_t *c, block_t **bucket)
     memcpy(b, s, sizeof(block_t) + s->n * sizeof(insn_t));
     b->link[0].blk = b->link[1].blk = NULL;
     b->link[0].rip = b->link[1].rip = ~0ULL;
-    b->hits = 0; b->jit = NULL; b->jit_rip = 0;
+    b->hits = 0; b->jit_next = 0; b->jit[0] = b->jit[1] = NULL;
     b->next = *bucket;
     *bucket = b;
     return b;
@@ -246,16 +242,10 @@ static block_t *cache_block(cpu_t *c, block_t **bucket)
 static inline block_t *get_block(cpu_t *c)
 {
     c->nrip = c->rip;
-    uint32_t ce = __atomic_load_n(c->vm->code_epoch, __ATOMIC_SEQ_CST);
-    if (unlikely(ce != c->code_epoch_seen)) {
-        /* code was written somewhere: links may lead to stale blocks */
-        c->code_epoch_seen = ce;
-        c->epoch++;
-    }
     /* the jump cache: a return or indirect jump to a recent target costs
      * one probe (QEMU's tb_jmp_cache) */
     jcache_ent_t *j = &c->jcache[(c->rip ^ (c->rip >> 12)) & (JCACHE_SIZE - 1)];
-    if (likely(j->rip == c->rip && j->epoch == c->epoch)) return j->blk;
+    if (likely(j->rip == c->rip && j->epoch == c->epoch && block_current(c, j->blk))) return j->blk;
     block_t *b = lookup_block(c);
     if (b != c->scratch) { j->rip = c->rip; j->blk = b; j->epoch = c->epoch; }
     return b;
@@ -429,7 +419,6 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
         return finish_exit(c, out);
     }
     memset(&c->exit, 0, sizeof(c->exit));
-    c->epoch++;   /* RAM may have been written while we were out: re-validate chains */
     int r = setjmp(c->jb);
     if (r) jit_account(c);   /* a fault or exit from inside native code */
     if (r == AB_EXIT) {
@@ -490,10 +479,11 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
             /* run chained blocks while nothing needs attention */
             for (int chain = 0;; chain++) {
                 void *site = NULL;   /* the native exit to patch once the successor is known */
+                void *code = block_jit(b, c->rip);
                 /* hot enough: translate it (jit.c) */
-                if (unlikely(!b->jit) && c->jit && b != c->scratch && ++b->hits >= c->jit_threshold)
-                    jit_compile(c, b);
-                if (b->jit && b->jit_rip == c->rip) site = jit_exec(c, b);
+                if (unlikely(!code) && c->jit && b != c->scratch && ++b->hits >= c->jit_threshold)
+                    code = jit_compile(c, b);
+                if (code) site = jit_exec(c, code);
                 else exec_block(c, b, BLK_MAX);
                 if (unlikely(c->icount >= c->prof_next)) profile_sample(c);
                 if (unlikely(c->brk) || chain == 256 ||
@@ -506,8 +496,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 struct blink *k = &b->link[0];
                 if (k->rip != c->rip) k = &b->link[1];
                 block_t *nb = k->blk;
-                if (likely(k->rip == c->rip && k->epoch == c->epoch &&
-                           __atomic_load_n(c->code_epoch, __ATOMIC_RELAXED) == c->code_epoch_seen)) {
+                if (likely(k->rip == c->rip && k->epoch == c->epoch && block_current(c, nb))) {
                     if (site) jit_link(c, site, nb);
                     b = nb;
                     continue;
@@ -515,10 +504,8 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 /* slow path: look the successor up and remember it */
                 block_t *from = b;
                 b = get_block(c);
-                if (b->jit) {
-                    if (site) jit_link(c, site, b);
-                    else jit_jc_insert(c, b);
-                }
+                if (site) jit_link(c, site, b);
+                else jit_jc_insert(c, b);
                 if (b == c->scratch || from == c->scratch) break;
                 struct blink *w = &from->link[from->link[0].blk && from->link[0].epoch == c->epoch ? 1 : 0];
                 w->rip = c->rip; w->blk = b; w->epoch = c->epoch;

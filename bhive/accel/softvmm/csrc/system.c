@@ -26,11 +26,17 @@ void update_mode(cpu_t *c)
     if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
     int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
     if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
-    if (ncpl != c->cpl) { c->cpl = ncpl; tlb_retag(c); }   /* TLB rights are CPL-independent; bumps the epoch */
+    if (ncpl != c->cpl) {
+        /* TLB rights are CPL-independent: re-derive the tags; links made
+         * at the other CPL class stay for when it returns */
+        if ((ncpl == 3) != (c->cpl == 3)) epoch_switch_cpl(c);
+        c->cpl = ncpl;
+        tlb_retag_cpl(c);
+    }
     /* chain links hold (rip -> block) pairs decoded for one code size and CS
      * base: drop them only when those change (an interrupt or IRET within
      * ring 0 keeps them) */
-    if (c->csz != old_csz || c->long64 != old_long64 || c->segbase[S_CS] != old_csbase) c->epoch++;
+    if (c->csz != old_csz || c->long64 != old_long64 || c->segbase[S_CS] != old_csbase) epoch_bump(c);
     c->brk = 1;
 }
 
