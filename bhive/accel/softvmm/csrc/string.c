@@ -4,6 +4,7 @@
  * fault or an I/O exit in the middle leaves a restartable state (SDM Vol 1
  * 7.3.9.2: "repeat string operations are interruptible").
  */
+#include <string.h>
 #include "mem.h"
 #include "handlers.h"
 
@@ -31,10 +32,97 @@ static inline void elem_done(cpu_t *c) { if (unlikely(c->io_n)) { c->io_n = 0; c
         }                                                                 \
     } while (0)
 
+/* ---- REP MOVS / REP STOS in 64-bit mode, a page at a time ----------------
+ * memcpy()/memset() of a kernel are REP MOVS/STOS: element by element
+ * through the TLB costs ~10 ns each.  While source and destination pages
+ * are in the TLB (the fast-path tags carry the access rights), a whole
+ * page's worth of elements goes at once; what remains (a TLB miss, an
+ * element that crosses a page, MMIO) takes one element the ordinary way,
+ * which also refills the TLB, and the page loop resumes.  The elements of
+ * a fast string operation may be stored out of order (SDM Vol 1 7.3.9.3),
+ * which is what memcpy/memset do; an overlap that a forward copy must
+ * replicate is copied forward. */
+static inline uint8_t *tlb_host(cpu_t *c, uint64_t lin, int write, uint32_t *gidx)
+{
+    tlbe_t *e = &c->tlb[tlb_slot(lin)];
+    if ((write ? e->tag_w : e->tag_r) != (lin & ~0xfffULL)) return NULL;
+    if (gidx) *gidx = e->gidx;
+    return (uint8_t *)(e->addend + lin);
+}
+static inline uint64_t page_elems(uint64_t lin, int sz)
+{
+    return (lin & (sz - 1)) ? 0 : (0x1000 - (lin & 0xfff)) / sz;
+}
+static void after_store(cpu_t *c, uint32_t gidx)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);   /* store, then check (see mem_write) */
+    if (unlikely(__atomic_load_n(&c->vm->gen[gidx], __ATOMIC_RELAXED) & 1)) code_written(c, gidx);
+}
+static uint64_t stos_pages(cpu_t *c, int sz, uint64_t v, uint64_t budget)
+{
+    uint64_t done = 0;
+    while (c->r[R_RCX] && done < budget) {
+        uint32_t gidx;
+        uint64_t lin = c->r[R_RDI], n = page_elems(lin, sz);
+        uint8_t *h = tlb_host(c, lin, 1, &gidx);
+        if (!h || !n) break;
+        if (n > c->r[R_RCX]) n = c->r[R_RCX];
+        switch (sz) {
+        case 1: memset(h, (int)v, n); break;
+        case 2: for (uint64_t k = 0; k < n; k++) ((uint16_t *)h)[k] = (uint16_t)v; break;
+        case 4: for (uint64_t k = 0; k < n; k++) ((uint32_t *)h)[k] = (uint32_t)v; break;
+        default: for (uint64_t k = 0; k < n; k++) ((uint64_t *)h)[k] = v; break;
+        }
+        after_store(c, gidx);
+        c->r[R_RDI] += n * sz; c->r[R_RCX] -= n; done += n;
+    }
+    return done;
+}
+static uint64_t movs_pages(cpu_t *c, int seg, int sz, uint64_t budget)
+{
+    uint64_t done = 0;
+    while (c->r[R_RCX] && done < budget) {
+        uint32_t gidx;
+        uint64_t src = lin_addr(c, seg, c->r[R_RSI]), dst = c->r[R_RDI];
+        uint64_t n = page_elems(src, sz), nd = page_elems(dst, sz);
+        const uint8_t *hs = tlb_host(c, src, 0, NULL);
+        uint8_t *hd = tlb_host(c, dst, 1, &gidx);
+        if (!hs || !hd || !n || !nd) break;
+        if (nd < n) n = nd;
+        if (n > c->r[R_RCX]) n = c->r[R_RCX];
+        size_t bytes = n * (size_t)sz;
+        if (hd > hs && hd < hs + bytes) {
+            for (size_t k = 0; k < bytes; k += sz) memcpy(hd + k, hs + k, sz);   /* forward, as the guest would */
+        } else {
+            memmove(hd, hs, bytes);
+        }
+        after_store(c, gidx);
+        c->r[R_RSI] += bytes; c->r[R_RDI] += bytes; c->r[R_RCX] -= n; done += n;
+    }
+    return done;
+}
+/* the page-at-a-time path applies: REP, 64-bit addressing in 64-bit mode, DF = 0 */
+static inline int rep_pages_ok(cpu_t *c, const insn_t *i)
+{
+    return i->rep && c->long64 && i->asz == 8 && !(c->rflags & F_DF);
+}
+
 HANDLER(h_movs)
 {
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
+    if (rep_pages_ok(c, i)) {
+        for (uint64_t n = 0; c->r[R_RCX]; n++) {
+            if (n >= REP_CHUNK) { c->nrip = c->rip; c->brk = 1; return; }
+            n += movs_pages(c, i->seg, sz, REP_CHUNK - n);
+            if (!c->r[R_RCX]) break;
+            uint64_t v = ld(c, i->seg, c->r[R_RSI], sz);
+            st(c, S_ES, c->r[R_RDI], sz, v);
+            c->r[R_RSI] += sz; c->r[R_RDI] += sz; c->r[R_RCX]--;
+            elem_done(c);
+        }
+        return;
+    }
     REP_LOOP(c, i, {
         uint64_t v = ld(c, i->seg, getreg(c, R_RSI, as), sz);
         st(c, S_ES, getreg(c, R_RDI, as), sz, v);
@@ -46,6 +134,17 @@ HANDLER(h_stos)
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
     uint64_t v = getreg(c, 0, sz);
+    if (rep_pages_ok(c, i)) {
+        for (uint64_t n = 0; c->r[R_RCX]; n++) {
+            if (n >= REP_CHUNK) { c->nrip = c->rip; c->brk = 1; return; }
+            n += stos_pages(c, sz, v, REP_CHUNK - n);
+            if (!c->r[R_RCX]) break;
+            st(c, S_ES, c->r[R_RDI], sz, v);
+            c->r[R_RDI] += sz; c->r[R_RCX]--;
+            elem_done(c);
+        }
+        return;
+    }
     REP_LOOP(c, i, {
         st(c, S_ES, getreg(c, R_RDI, as), sz, v);
         idx_add(c, R_RDI, as, d);
