@@ -34,9 +34,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.t
 def _cli_path(value: str | None) -> str | None:
     """A file named on the command line is relative to the working
     directory (one in a config is relative to the config)."""
-    if value is None or value.startswith(config_mod.GUESTKIT_PREFIX):
+    if value is None:
         return value
-    return ",".join(str(Path(v).expanduser().absolute()) for v in value.split(",") if v)
+    out = []
+    for part in value.split(","):
+        words = part.strip().split(None, 1)   # a Multiboot module: "path args"
+        if not words:
+            continue
+        if not words[0].startswith(config_mod.GUESTKIT_PREFIX):
+            words[0] = str(Path(words[0]).expanduser().absolute())
+        out.append(" ".join(words))
+    return ",".join(out)
 
 
 def cmd_run(args) -> int:
