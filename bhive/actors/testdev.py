@@ -3,7 +3,8 @@
 Reference: QEMU hw/misc/pc-testdev.c.  Its conventions, by I/O port:
 
 * 0xE0-0xE3: a 4-byte latch.  An access of n bytes at 0xE0+k reads or
-  writes bytes k..k+n-1 of it (bytes past the fourth are dropped).
+  writes bytes k..k+n-1 of it.  As in QEMU's memory core, an access not
+  aligned to its size is invalid: a write is dropped, a read floats high.
 * 0xE4: "flush page": a 4-byte write of a guest-physical address asks the
   host to flush that page from its mappings (QEMU mprotects it away and
   back).  Guest RAM here is shared memory that every vCPU sees coherently
@@ -65,6 +66,9 @@ class TestDev:
     # --- I/O ports ------------------------------------------------------
     def read(self, port: int, size: int) -> int:
         if IOPORT <= port < IOPORT + 4 or IOPORT_BYTE <= port < IOPORT_BYTE + 4:
+            if port % size:
+                self.log("testdev_unaligned_read", port=port, size=size)
+                return (1 << (8 * size)) - 1
             shift = 8 * (port & 3)
             return (self.latch >> shift) & ((1 << (8 * size)) - 1)
         if FLUSH <= port < FLUSH + 4:
@@ -77,6 +81,9 @@ class TestDev:
 
     def write(self, port: int, size: int, value: int) -> None:
         if IOPORT <= port < IOPORT + 4 or IOPORT_BYTE <= port < IOPORT_BYTE + 4:
+            if port % size:
+                self.log("testdev_unaligned_write", port=port, size=size, value=value)
+                return
             shift = 8 * (port & 3)
             mask = (((1 << (8 * size)) - 1) << shift) & 0xFFFFFFFF
             self.latch = (self.latch & ~mask) | ((value << shift) & mask)
