@@ -1,7 +1,7 @@
 ; exit: QEMU's isa-debug-exit convention.  Writes code=<V> from the command
-; line to port=<P> (default 0xF4) with an OUT of size=<1|2|4> bytes
-; (default 4); the VM must end with status (V << 1) | 1.  If the write does
-; not end it, says so and halts with interrupts off.
+; line to port=<P> (decimal, default 0xF4) with an OUT of size=<1|2|4>
+; bytes (default 4); the VM must end with status (V << 1) | 1.  If the VM
+; still runs 3 seconds after the write, says so and halts with interrupts off.
 %define TEST_NAME "exit"
 %include "../lib/kernel32.inc"
 
@@ -48,7 +48,11 @@ main:
 .b:     out dx, al
         jmp .after
 .w:     out dx, ax
-.after: mov esi, msg_alive
+.after: mov edi, never                  ; the VMM ends the VM at its own pace:
+        xor eax, eax                    ; give it 3 seconds before saying it did not
+        mov ecx, 3
+        call wait_ne_secs
+        mov esi, msg_alive
         call fail
 .stop:  cli
         hlt
@@ -67,3 +71,5 @@ msg_size:   db " size=", 0
 msg_port:   db " port=", 0
 msg_alive:  db "the VM still runs after the isa-debug-exit write", 0
 msg_nocode: db "no code= on the command line", 0
+        align 4
+never:      dd 0
