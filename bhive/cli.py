@@ -230,8 +230,10 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a VM (console on this terminal; Ctrl-A x quits)")
     r.add_argument("config", nargs="?",
                    help="VM config (TOML); default: configs/default.toml, Debian Linux to a shell")
-    r.add_argument("--kernel", help="kernel to boot: a Linux bzImage or a Multiboot image (ELF or a.out kludge)")
-    r.add_argument("--initrd", help="Linux initramfs; for Multiboot, modules separated by commas")
+    r.add_argument("--kernel", help="kernel to boot: a Linux bzImage, a Multiboot v1 image (ELF32 or a.out kludge) "
+                        "or a PVH ELF (e.g. vmlinux); the format comes from the image")
+    r.add_argument("--initrd", help="Linux initramfs; for Multiboot/PVH, modules separated by commas, "
+                        "each 'PATH [ARGS]'")
     r.add_argument("--append", help="kernel command line")
     r.add_argument("--name", help="VM name (default: from the config)")
     r.add_argument("--detach", "-d", action="store_true", help="run in the background")
