@@ -164,19 +164,13 @@ rm_real:
         mov dx, 0x2003                  ; raise line 3; the handler lowers it
         mov al, 1                       ; (so it works edge- or level-triggered)
         out dx, al
-        mov ecx, 0x2000000
-.w3:    cmp byte [cs:r_0b - rm_blob], 0
-        jne .l10
-        pause
-        a32 loop .w3
+        mov si, r_0b - rm_blob
+        call wait_flag
 .l10:   mov dx, 0x200a                  ; IRQ10: level-triggered in a PC's ELCR
         mov al, 1
         out dx, al
-        mov ecx, 0x2000000
-.w10:   cmp byte [cs:r_72 - rm_blob], 0
-        jne .done
-        pause
-        a32 loop .w10
+        mov si, r_72 - rm_blob
+        call wait_flag
 .done:  cli
         xor al, al                      ; both lines low, whatever happened
         mov dx, 0x2003
@@ -191,6 +185,31 @@ rm_real:
         or al, 1
         mov cr0, eax
         jmp dword 0x08:pm_back
+
+wait_flag:                              ; until [cs:si] or r_other is set, at most 5 s
+        push ax                         ; (RTC seconds; works under any VMM)
+        push bx
+        push cx
+        mov cx, 5
+        xor al, al
+        out 0x70, al
+        in al, 0x71
+        mov bl, al
+.poll:  cmp byte [cs:si], 0
+        jne .out
+        cmp byte [cs:r_other - rm_blob], 0
+        jne .out
+        xor al, al
+        out 0x70, al
+        in al, 0x71
+        cmp al, bl
+        je .poll
+        mov bl, al
+        loop .poll
+.out:   pop cx
+        pop bx
+        pop ax
+        ret
 
 h0b:    inc byte [cs:r_0b - rm_blob]
         push ax
