@@ -88,9 +88,6 @@ def kernel_format(data: bytes) -> str:
     return "unknown"
 
 
-MULTIBOOT_MAGIC = 0x1BADB002
-
-
 def load_kernel(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
     fmt = kernel_format(data)
     if fmt == "linux":
@@ -162,6 +159,8 @@ def load_linux(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
     from . import linux
     if len(cfg.initrd) > 1:
         raise ConfigError("[boot] initrd: Linux takes one initrd, not a list")
+    if any(cfg.initrd_args):
+        raise ConfigError("[boot] initrd: arguments after the path are for Multiboot/PVH modules, not Linux")
     firmware = place_firmware(cfg, ram)
     rsdp = next((gpa for gpa, _ in firmware if gpa == FIRMWARE_RSDP), 0)
     try:

@@ -147,3 +147,15 @@ def test_host_items_describe_the_vm():
     size, key = files["etc/boot-fail-wait"][:2]
     select(dev, key)
     assert read(dev, size) == struct.pack("<i", -1)
+
+
+def test_config_max_cpus_below_the_vcpu_count_is_an_error(tmp_path):
+    from bhive import config as config_mod
+    from conftest import REPO
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text((REPO / "configs" / "platform.toml").read_text().replace(
+        "[devices.fw_cfg]\nport = 0x510\n", "[devices.fw_cfg]\nport = 0x510\nmax_cpus = 2\n").replace(
+        '"../guests/', f'"{REPO}/guests/'))
+    with pytest.raises(config_mod.ConfigError, match="max_cpus: 2 is below the 4 vCPUs"):
+        config_mod.load(cfg, {"cpus": 4})
+    assert config_mod.load(cfg, {"cpus": 2}).devices["fw_cfg"].options["max_cpus"] == 2

@@ -1,7 +1,7 @@
 ; exit: QEMU's isa-debug-exit convention.  Writes code=<V> from the command
 ; line to port=<P> (decimal, default 0xF4) with an OUT of size=<1|2|4>
 ; bytes (default 4); the VM must end with status (V << 1) | 1.  If the VM
-; still runs 3 seconds after the write, says so and halts with interrupts off.
+; still runs 10 seconds after the write, says so and halts with interrupts off.
 %define TEST_NAME "exit"
 %include "../lib/kernel32.inc"
 
@@ -49,8 +49,8 @@ main:
         jmp .after
 .w:     out dx, ax
 .after: mov edi, never                  ; the VMM ends the VM at its own pace:
-        xor eax, eax                    ; give it 3 seconds before saying it did not
-        mov ecx, 3
+        xor eax, eax                    ; give it 10 seconds before saying it did not
+        mov ecx, 10
         call wait_ne_secs
         mov esi, msg_alive
         call fail
