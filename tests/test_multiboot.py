@@ -167,7 +167,7 @@ def test_info_structure_cmdline_memory_map_and_modules():
         assert cstr(p, string) == m.string
         prev_end = end
     # nothing of ours overlaps the kernel
-    for gpa, body in p.segments[1:]:
+    for gpa, body in p.segments[2:]:
         assert gpa + len(body) <= p.kernel_start or gpa >= p.kernel_end
 
 
@@ -208,6 +208,11 @@ def test_broken_elf_refused(cut):
         plan(bytes(data))
 
 
+def test_a_kernel_loaded_over_the_gdt_keeps_its_bytes():
+    p = plan(mb_kernel(paddr=0x0, size=0x2000))
+    assert image(p, 0, 4) == struct.pack("<I", multiboot.HEADER_MAGIC)
+
+
 def test_segment_outside_ram_refused():
     with pytest.raises(multiboot.MultibootError, match="outside RAM"):
         plan(mb_kernel(paddr=0x100000, size=0x2000), low_end=0x101000)
@@ -234,7 +239,7 @@ def test_aout_kludge_uses_the_header_addresses():
     assert hdr.flags & multiboot.MB_AOUT_KLUDGE
     p = plan(data)
     assert p.format == "aout-kludge" and p.entry == hdr.entry_addr
-    (gpa, body), = p.segments[:1]
+    (gpa, body), = p.segments[1:2]          # after the GDT
     assert gpa == hdr.load_addr and len(body) == hdr.bss_end_addr - hdr.load_addr
     loaded = hdr.load_end_addr - hdr.load_addr
     assert body[:loaded] == data[:loaded] and body[loaded:] == bytes(len(body) - loaded)

@@ -268,9 +268,9 @@ def plan(data: bytes, *, low_end: int, e820: list, cmdline: str,
     struct.pack_into("<I", mbi, MBI_MMAP_ADDR, MB_MMAP_ADDR)
     struct.pack_into("<I", mbi, MBI_LOADER_NAME_OFF, loader_name)
 
-    out = list(segments)
-    out += [(entry32.GDT_ADDR, entry32.gdt()), (MB_MMAP_ADDR, mmap), (MB_INFO_ADDR, bytes(mbi)),
-            (mods_addr, mod_table + bytes(strings))]
+    # The GDT first: a kernel loaded over it wins (GDTR is "undefined" at entry).
+    out = [(entry32.GDT_ADDR, entry32.gdt())] + list(segments)
+    out += [(MB_MMAP_ADDR, mmap), (MB_INFO_ADDR, bytes(mbi)), (mods_addr, mod_table + bytes(strings))]
     out += [(m.addr, m.data) for m in modules if m.data]
     regs, descs = entry32.protected_mode_state(entry, {VmReg.RAX: BOOTLOADER_MAGIC,
                                                        VmReg.RBX: MB_INFO_ADDR})

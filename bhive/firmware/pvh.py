@@ -120,8 +120,8 @@ def plan(data: bytes, *, low_end: int, e820: list, cmdline: str, modules: list[M
         raise PvhError("too many modules or memory-map entries for the start-info area")
     info = START_INFO.pack(START_INFO_MAGIC, START_INFO_VERSION, 0, len(modules),
                            modlist_addr if modules else 0, CMDLINE_ADDR, rsdp, memmap_addr, len(e820), 0)
-    out = list(segments)
-    out += [(entry32.GDT_ADDR, entry32.gdt()), (START_INFO_ADDR, info), (modlist_addr, modlist),
+    out = [(entry32.GDT_ADDR, entry32.gdt())] + list(segments)      # a kernel over the GDT wins
+    out += [(START_INFO_ADDR, info), (modlist_addr, modlist),
             (memmap_addr, memmap), (CMDLINE_ADDR, bytes(strings))]
     out += [(m.addr, m.data) for m in modules if m.data]
     regs, descs = entry32.protected_mode_state(entry, {VmReg.RBX: START_INFO_ADDR}, tss_limit=0x67)
