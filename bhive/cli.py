@@ -34,9 +34,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.t
 def _cli_path(value: str | None) -> str | None:
     """A file named on the command line is relative to the working
     directory (one in a config is relative to the config)."""
-    if value is None or value.startswith(config_mod.GUESTKIT_PREFIX):
+    if value is None:
         return value
-    return ",".join(str(Path(v).expanduser().absolute()) for v in value.split(",") if v)
+    out = []
+    for part in value.split(","):
+        words = part.strip().split(None, 1)   # a Multiboot module: "path args"
+        if not words:
+            continue
+        if not words[0].startswith(config_mod.GUESTKIT_PREFIX):
+            words[0] = str(Path(words[0]).expanduser().absolute())
+        out.append(" ".join(words))
+    return ",".join(out)
 
 
 def cmd_run(args) -> int:
@@ -222,8 +230,10 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a VM (console on this terminal; Ctrl-A x quits)")
     r.add_argument("config", nargs="?",
                    help="VM config (TOML); default: configs/default.toml, Debian Linux to a shell")
-    r.add_argument("--kernel", help="kernel to boot: a Linux bzImage or a Multiboot image (ELF or a.out kludge)")
-    r.add_argument("--initrd", help="Linux initramfs; for Multiboot, modules separated by commas")
+    r.add_argument("--kernel", help="kernel to boot: a Linux bzImage, a Multiboot v1 image (ELF32 or a.out kludge) "
+                        "or a PVH ELF (e.g. vmlinux); the format comes from the image")
+    r.add_argument("--initrd", help="Linux initramfs; for Multiboot/PVH, modules separated by commas, "
+                        "each 'PATH [ARGS]'")
     r.add_argument("--append", help="kernel command line")
     r.add_argument("--name", help="VM name (default: from the config)")
     r.add_argument("--detach", "-d", action="store_true", help="run in the background")

@@ -83,7 +83,8 @@ class VmConfig:
     entry: int
     unknown_msr: str
     kernel: Path | None = None
-    initrd: list[Path] = field(default_factory=list)   # Linux: one; Multiboot: modules
+    initrd: list[Path] = field(default_factory=list)   # Linux: one; Multiboot/PVH: modules
+    initrd_args: list[str] = field(default_factory=list)   # per module: what followed its path
     append: str = ""
     devices: dict[str, DeviceConfig] = field(default_factory=dict)
     exit_transport: str = "shm"
@@ -197,15 +198,19 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     kind = _typed(boot.get("kind", "kernel" if "kernel" in boot else "flat"), str, "[boot] kind")
     if kind not in BOOT_KINDS:
         raise ConfigError(f"[boot] kind: {kind!r} is not one of {', '.join(BOOT_KINDS)}")
-    kernel, initrd, append = None, [], _typed(boot.get("append", ""), str, "[boot] append")
+    kernel, initrd, initrd_args = None, [], []
+    append = _typed(boot.get("append", ""), str, "[boot] append")
     load_address = entry = 0
     if kind == "kernel":
         if "kernel" not in boot:
             raise ConfigError("[boot] kernel: missing (the kernel image to boot)")
         kernel = _asset(_typed(boot["kernel"], str, "[boot] kernel"), base_dir, "[boot] kernel")
-        spec = boot.get("initrd", "")
-        initrd = [_asset(part, base_dir, "[boot] initrd")
-                  for part in _typed(spec, str, "[boot] initrd").split(",") if part.strip()]
+        # "a.bin,b.bin arg=1": comma-separated modules, each a path and,
+        # after the first blank, its arguments (QEMU's -initrd for Multiboot)
+        spec = _typed(boot.get("initrd", ""), str, "[boot] initrd")
+        parts = [part.strip().split(None, 1) for part in spec.split(",") if part.strip()]
+        initrd = [_asset(p[0], base_dir, "[boot] initrd") for p in parts]
+        initrd_args = [p[1] if len(p) > 1 else "" for p in parts]
         image = kernel
     else:
         if "image" not in boot:
@@ -231,7 +236,8 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind,
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
-                   kernel=kernel, initrd=initrd, append=append, watchdog=float(watchdog))
+                   kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
+                   watchdog=float(watchdog))
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -273,12 +279,14 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                     raise ConfigError(f"{where} mmio: {base:#x} overlaps [devices.{other}]")
             windows.append((base, size, dev_name))
         cfg.devices[dev_name] = DeviceConfig(dev_name, dtype_name, opts, ports, mmio)
-    if len([d for d in cfg.devices.values() if d.type in ("ioapic", "pic", "pit", "rtc", "i8042",
-                                                           "acpi_pm", "testdev")]) != \
-            len({d.type for d in cfg.devices.values() if d.type in ("ioapic", "pic", "pit", "rtc",
-                                                                    "i8042", "acpi_pm", "testdev")}):
-        raise ConfigError("[devices]: a platform device type (ioapic, pic, pit, rtc, i8042, acpi_pm, "
-                          "testdev) may appear only once")
+    singletons = ("ioapic", "pic", "pit", "rtc", "i8042", "acpi_pm", "testdev", "fw_cfg")
+    if len([d for d in cfg.devices.values() if d.type in singletons]) != \
+            len({d.type for d in cfg.devices.values() if d.type in singletons}):
+        raise ConfigError(f"[devices]: a platform device type ({', '.join(singletons)}) may appear only once")
+    for d in cfg.devices_of("fw_cfg"):
+        if d.options["max_cpus"] and d.options["max_cpus"] < cfg.cpus:
+            raise ConfigError(f"[devices.{d.name}] max_cpus: {d.options['max_cpus']} is below the "
+                              f"{cfg.cpus} vCPUs of the VM")
     return cfg
 
 
@@ -291,6 +299,7 @@ def to_json(cfg: VmConfig) -> dict:
         "entry": cfg.entry, "unknown_msr": cfg.unknown_msr, "exit_transport": cfg.exit_transport,
         "source": str(cfg.source) if cfg.source else None,
         "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
+        "initrd_args": cfg.initrd_args,
         "append": cfg.append, "watchdog": cfg.watchdog,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
@@ -310,5 +319,6 @@ def from_json(data: dict) -> VmConfig:
                     exit_transport=data["exit_transport"],
                     source=Path(data["source"]) if data["source"] else None,
                     kernel=Path(data["kernel"]) if data.get("kernel") else None,
-                    initrd=[Path(p) for p in data.get("initrd", [])], append=data.get("append", ""),
+                    initrd=[Path(p) for p in data.get("initrd", [])],
+                    initrd_args=data.get("initrd_args", []), append=data.get("append", ""),
                     watchdog=data.get("watchdog", 0.0))

@@ -52,6 +52,8 @@ IOAPIC_BASE = 0xFEC00000
 ACPI_PM_BASE = 0x600          # PM1a_EVT_BLK; PM1a_CNT_BLK +4; PM_TMR_BLK +8 (the FADT says so)
 TESTDEV_IRQ_BASE = 0x2000     # pc-testdev: 0x2000 + n drives line n
 TESTDEV_LINES = 24
+TESTDEV_IOMEM = 0xFF000000    # pc-testdev: 64 KiB of plain MMIO
+FW_CFG_PORT = 0x510           # QEMU fw_cfg: selector 0x510, data 0x511
 
 DEVICE_TYPES: dict[str, DeviceType] = {
     # Posted writes: THR output needs no answer, and the LSR read that
@@ -94,9 +96,18 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "port": Option(int, ACPI_PM_BASE, minimum=0x100, maximum=0xFFF0),
         "sci": Option(int, 9, minimum=0, maximum=23),
     }),
-    # pc-testdev's IRQ convention: OUT 1/0 to 0x2000+n raises/lowers line n.
+    # QEMU's pc-testdev: OUT 1/0 to 0x2000+n raises/lowers line n; a
+    # 4-byte latch at 0xE0 (and byte-wide at 0xE8), page flush at 0xE4;
+    # 64 KiB of plain MMIO at 0xFF000000.
     "testdev": DeviceType("testdev", TESTDEV_LINES, {
         "port": Option(int, TESTDEV_IRQ_BASE, minimum=0, maximum=0xFFFF - TESTDEV_LINES),
+        "mmio": Option(int, TESTDEV_IOMEM, minimum=0xC0000000, maximum=0xFFFF0000),
+    }, fixed_ports=((0xE0, 12),), mmio_size=0x10000),
+    # QEMU's firmware configuration interface (selector and data ports):
+    # signature, ID, CPU count, RAM size, max CPUs, the file directory.
+    "fw_cfg": DeviceType("fw_cfg", 2, {
+        "port": Option(int, FW_CFG_PORT, minimum=0, maximum=0xFFFE),
+        "max_cpus": Option(int, 0, minimum=0, maximum=255),   # 0: the VM's vCPU count
     }),
 }
 

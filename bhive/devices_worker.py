@@ -11,6 +11,7 @@ it committed.
 
 from __future__ import annotations
 
+import struct
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from . import config as config_mod
+from .actors import fw_cfg
 from .actors.acpi_pm import AcpiPm
 from .actors.debug_exit import DebugExit
 from .actors.i8042 import I8042
@@ -637,14 +639,60 @@ class AcpiPmHost(HostedDevice):
 
 
 class TestDevHost(HostedDevice):
-    """pc-testdev IRQ lines: OUT 1/0 to port+n raises/lowers line n."""
+    """pc-testdev: IRQ lines at port+n, the latch/flush ports at 0xE0-0xEB,
+    and the 64 KiB iomem window."""
+
+    def __init__(self, runtime, cfg, vm):
+        super().__init__(runtime)
+        self.irq_base = cfg.options["port"]
+        self.mmio_base = cfg.options["mmio"]
+        bus = IrqBus(runtime, interrupt_controllers(vm))
+        self.lines = [BusIrqLine(runtime, n, bus) for n in range(TESTDEV_LINES)]
+        self.model = TestDev(self.lines, log=self.log, irq_base=self.irq_base)
+
+    def pio(self, port, size, is_write, data):
+        if is_write:
+            self.model.write(port, size, data)
+            return 0
+        return self.model.read(port, size)
+
+    def mmio(self, gpa, size, is_write, data):
+        if is_write:
+            self.model.mmio_write(gpa - self.mmio_base, size, data)
+            return 0
+        return self.model.mmio_read(gpa - self.mmio_base, size)
+
+    def state(self):
+        return self.model.state()
+
+    def restore(self, state):
+        self.model = TestDev.from_state(state, self.lines, log=self.log, irq_base=self.irq_base)
+        for n, line in enumerate(self.lines):
+            line.level = bool(state["levels"] >> n & 1)
+            if line.level:
+                line.resend()
+
+
+def fw_cfg_items(cfg: config_mod.DeviceConfig, vm: config_mod.VmConfig) -> dict[int, bytes]:
+    """What the VM's fw_cfg serves: its CPU count and RAM size, the
+    command line, and the files etc/e820 (the memory map, as the Multiboot
+    and PVH loaders describe it) and etc/boot-fail-wait (QEMU's default,
+    -1: never reboot)."""
+    from .firmware import tables
+    e820 = b"".join(e.pack() for e in tables.e820(vm.memory))
+    files = [("etc/e820", e820), ("etc/boot-fail-wait", struct.pack("<i", -1))]
+    return fw_cfg.machine_items(cpus=vm.cpus, max_cpus=cfg.options["max_cpus"] or vm.cpus,
+                                ram_size=vm.memory, cmdline=vm.append, files=files)
+
+
+class FwCfgHost(HostedDevice):
+    """QEMU's fw_cfg at port (0x510) and port+1."""
 
     def __init__(self, runtime, cfg, vm):
         super().__init__(runtime)
         self.base = cfg.options["port"]
-        bus = IrqBus(runtime, interrupt_controllers(vm))
-        self.lines = [BusIrqLine(runtime, n, bus) for n in range(TESTDEV_LINES)]
-        self.model = TestDev(self.lines, log=self.log)
+        self.items = fw_cfg_items(cfg, vm)
+        self.model = fw_cfg.FwCfg(self.items, log=self.log)
 
     def pio(self, port, size, is_write, data):
         if is_write:
@@ -656,11 +704,7 @@ class TestDevHost(HostedDevice):
         return self.model.state()
 
     def restore(self, state):
-        self.model = TestDev.from_state(state, self.lines, log=self.log)
-        for n, line in enumerate(self.lines):
-            line.level = bool(state["levels"] >> n & 1)
-            if line.level:
-                line.resend()
+        self.model = fw_cfg.FwCfg.from_state(state, self.items, log=self.log)
 
 
 class PlatformRuntime(ActorRuntime):
@@ -694,6 +738,7 @@ HOSTS = {
     "i8042": I8042Host,
     "acpi_pm": AcpiPmHost,
     "testdev": TestDevHost,
+    "fw_cfg": FwCfgHost,
 }
 
 INTERRUPT_CONTROLLER_TYPES = tuple(name for name, t in DEVICE_TYPES.items() if t.irq_controller)

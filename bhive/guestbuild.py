@@ -72,6 +72,30 @@ def build_nasm(source: str | os.PathLike, fmt: str = "bin", defines: dict[str, o
     return out
 
 
+def build_elf32(source: str | os.PathLike, script: str | os.PathLike = "lib/kernel32.ld",
+                defines: dict[str, object] | None = None) -> Path:
+    """A 32-bit ELF kernel (Multiboot, PVH) from a nasm source: `nasm -f
+    elf32`, then `ld -m elf_i386` with the linker script `script` (relative
+    to guests/).  Cached like build_nasm, keyed by the object and the script."""
+    obj = build_nasm(source, fmt="elf32", defines=defines)
+    lds = Path(script)
+    if not lds.is_absolute():
+        lds = GUESTS / lds
+    if shutil.which("ld") is None:
+        raise GuestBuildError("ld is not installed (make deps installs binutils)")
+    digest = hashlib.sha256(obj.read_bytes() + lds.read_bytes()).hexdigest()[:16]
+    out = cache_dir() / f"{Path(source).stem}-{digest}.elf"
+    if not out.exists():
+        tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
+        proc = subprocess.run(["ld", "-m", "elf_i386", "-T", str(lds), "-nostdlib", "--build-id=none",
+                               "-z", "max-page-size=0x1000", "--no-warn-rwx-segments", "-o", str(tmp),
+                               str(obj)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise GuestBuildError(f"ld {obj}: {proc.stderr.strip()}")
+        os.replace(tmp, out)
+    return out
+
+
 def assemble(text: str, bits: int = 64, org: int = 0) -> bytes:
     """Assemble a snippet of nasm text to flat bytes (for CPU unit tests)."""
     d = cache_dir() / "snippets"

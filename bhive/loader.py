@@ -73,27 +73,84 @@ def real_mode_state(entry: int) -> BootState:
 
 
 def kernel_format(data: bytes) -> str:
-    """What a --kernel image is, from its bytes: "linux" (a bzImage: "HdrS"
-    at 0x202, boot.rst) or "multiboot" (the magic 0x1BADB002 in the first
-    8 KiB, Multiboot 0.6.96 §3.1.1)."""
+    """What a --kernel image is, from its bytes, in QEMU's order: "linux"
+    (a bzImage: "HdrS" at 0x202, boot.rst), "multiboot" (the magic
+    0x1BADB002 in the first 8 KiB, Multiboot 0.6.96 §3.1.1), "pvh" (an
+    ELF with the XEN_ELFNOTE_PHYS32_ENTRY note), else "unknown"."""
+    from .firmware import multiboot, pvh
     from .linux.bzimage import HDRS_MAGIC
     if len(data) >= 0x206 and struct.unpack_from("<I", data, 0x202)[0] == HDRS_MAGIC:
         return "linux"
-    for off in range(0, min(len(data), 8192) - 11, 4):
-        magic, flags, checksum = struct.unpack_from("<III", data, off)
-        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
-            return "multiboot"
+    if multiboot.has_header(data):
+        return "multiboot"
+    if pvh.pvh_entry(data) is not None:
+        return "pvh"
     return "unknown"
-
-
-MULTIBOOT_MAGIC = 0x1BADB002
 
 
 def load_kernel(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
     fmt = kernel_format(data)
     if fmt == "linux":
         return load_linux(cfg, data, ram)
-    raise ConfigError(f"[boot] kernel: {cfg.kernel}: not a Linux bzImage or a Multiboot image")
+    if fmt in ("multiboot", "pvh"):
+        return load_bare(cfg, data, ram, fmt)
+    raise ConfigError(f"[boot] kernel: {cfg.kernel}: not a Linux bzImage, a Multiboot image or a PVH ELF")
+
+
+def modules(cfg: VmConfig) -> list:
+    """The --initrd files as Multiboot/PVH modules: (string, bytes), the
+    string being the path as given plus any arguments after it."""
+    from .firmware.multiboot import Module
+    out = []
+    for i, path in enumerate(cfg.initrd):
+        args = cfg.initrd_args[i] if i < len(cfg.initrd_args) else ""
+        out.append(Module(f"{path} {args}".rstrip(), path.read_bytes()))
+    return out
+
+
+def copy_segments(ram: memoryview, segments: list[tuple[int, bytes]], memory: int) -> None:
+    """Write (gpa, bytes) pieces into the RAM mapping, through ram_slots."""
+    slots = ram_slots(memory)
+    for gpa, body in segments:
+        for sgpa, ssize, soff in slots:
+            if sgpa <= gpa and gpa + len(body) <= sgpa + ssize:
+                ram[soff + gpa - sgpa:soff + gpa - sgpa + len(body)] = body
+                break
+        else:
+            raise ConfigError(f"[boot] kernel: {len(body)} bytes at {gpa:#x} are not inside guest RAM")
+
+
+def load_bare(cfg: VmConfig, data: bytes, ram: memoryview, fmt: str) -> BootState:
+    """A Multiboot or PVH kernel: the BIOS data of a PC (IVT, BDA), the
+    ACPI/MP tables, the image, its boot information; entered in 32-bit
+    protected mode."""
+    from .firmware import multiboot, pvh, tables
+    low_end = min(cfg.memory, LOW_MEMORY_TOP)
+    e820 = tables.e820(cfg.memory)
+    place_bios(cfg, ram)
+    firmware = place_firmware(cfg, ram)
+    rsdp = FIRMWARE_RSDP if firmware else 0
+    try:
+        mods = modules(cfg)
+        if fmt == "multiboot":
+            plan = multiboot.plan(data, low_end=low_end, e820=e820, cmdline=f"{cfg.kernel} {cfg.append}",
+                                  modules=mods)
+        else:
+            plan = pvh.plan(data, low_end=low_end, e820=e820, cmdline=cfg.append, modules=mods, rsdp=rsdp)
+    except (multiboot.MultibootError, pvh.PvhError) as exc:
+        raise ConfigError(f"[boot] kernel: {cfg.kernel}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"[boot] initrd: {exc}") from None
+    copy_segments(ram, plan.segments, cfg.memory)
+    return BootState(dict(plan.registers), dict(plan.descriptors))
+
+
+def place_bios(cfg: VmConfig, ram: memoryview) -> None:
+    """The real-mode IVT and BIOS data area (bhive.firmware.bios)."""
+    from .firmware import bios
+    com = sorted(d.options["port"] for d in cfg.devices.values() if d.type == "uart")
+    for gpa, blob in bios.build(com):
+        ram[gpa:gpa + len(blob)] = blob
 
 
 def load_linux(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
@@ -102,6 +159,8 @@ def load_linux(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
     from . import linux
     if len(cfg.initrd) > 1:
         raise ConfigError("[boot] initrd: Linux takes one initrd, not a list")
+    if any(cfg.initrd_args):
+        raise ConfigError("[boot] initrd: arguments after the path are for Multiboot/PVH modules, not Linux")
     firmware = place_firmware(cfg, ram)
     rsdp = next((gpa for gpa, _ in firmware if gpa == FIRMWARE_RSDP), 0)
     try:
@@ -142,7 +201,8 @@ def load(cfg: VmConfig, ram: memoryview) -> BootState:
         end = cfg.load_address + len(data)
         if end > min(cfg.memory, LOW_MEMORY_TOP):
             raise ConfigError(f"[boot] image: {len(data)} bytes at {cfg.load_address:#x} do not fit in RAM")
-        ram[cfg.load_address:end] = data
+        place_bios(cfg, ram)
         place_firmware(cfg, ram)
+        ram[cfg.load_address:end] = data
         return real_mode_state(cfg.entry)
     raise ConfigError(f"[boot] kind: {cfg.boot_kind!r} is not supported")

@@ -2,6 +2,7 @@
 # Installs the Debian packages bhive's build, tests and benchmarks need,
 # only those that are missing:
 #   nasm, a C compiler, make, venv + Python headers  build softvmm and test guests
+#   binutils (ld)                                    links the ELF32 test kernels (Multiboot, PVH)
 #   cpio, dpkg-deb, zstd, debian-archive-keyring     the guest kit (Debian kernels, busybox)
 #   qemu-system-x86                                  the peer: QEMU TCG, for comparisons
 #   acpica-tools                                     iasl, to check our ACPI tables
@@ -11,6 +12,7 @@ need=()
 command -v nasm >/dev/null || need+=(nasm)
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+command -v ld >/dev/null || need+=(binutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 python3 - <<'PY' 2>/dev/null || need+=(python3-dev)
 import sysconfig, os, sys

@@ -57,6 +57,24 @@ def test_debian_kernel_boots_on_n_vcpus(kit, kernel, smp):
         assert all(n > 0 for n in irqs["CAL"]), irqs["CAL"]
 
 
+def test_vmlinux_boots_through_pvh(kit, tmp_path):
+    """The uncompressed kernel (vmlinux, an ELF with XEN_ELFNOTE_PHYS32_ENTRY)
+    is a PVH kernel: `bhive run --kernel vmlinux` recognises it from its
+    bytes and enters it in 32-bit protected mode with hvm_start_info (its
+    command line, the initramfs as module 0, the memory map, the RSDP)."""
+    from bhive import loader
+    from bhive.linux import parse_bzimage
+    kernels, initrd = kit
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(parse_bzimage(kernels["bookworm-cloud"].read_bytes()).vmlinux())
+    assert loader.kernel_format(vmlinux.read_bytes()) == "pvh"
+    run = bootrun.boot_once(bootrun.bhive_argv(vmlinux, initrd, 2, 512, name="lx-pvh", watchdog=WATCHDOG),
+                            timeout=BOOT_TIMEOUT)
+    assert run.cpus == 2, run.console[-3000:]
+    assert run.exit_code == bootrun.DEBUG_EXIT_OK, run.console[-3000:]
+    assert run.guest_errors() == [], "\n".join(run.guest_errors())
+
+
 def test_default_vm_is_an_interactive_debian_shell(kit):
     """`bhive run` with no argument: Debian's kernel, the busybox initramfs,
     2 vCPUs and 512 MiB, and a shell on this terminal."""

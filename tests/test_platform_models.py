@@ -80,11 +80,11 @@ def test_acpi_pm_sci_and_s5_poweroff():
 def test_testdev_ports_raise_and_lower_line_n():
     lines = [Line() for _ in range(testdev.NUM_LINES)]
     dev = testdev.TestDev(lines)
-    dev.write(14, 1, 1)
-    dev.write(14, 1, 0)
-    dev.write(3, 1, 1)
+    dev.write(0x2000 + 14, 1, 1)
+    dev.write(0x2000 + 14, 1, 0)
+    dev.write(0x2000 + 3, 1, 1)
     assert lines[14].levels == [True, False] and lines[3].levels == [True]
-    assert dev.read(3, 1) == 1 and dev.read(14, 1) == 0
-    dev.write(40, 1, 1)                                 # outside the 24 lines: logged, ignored
-    assert dev.read(40, 1) == 0xFF
+    assert dev.read(0x2003, 1) == 1 and dev.read(0x200E, 1) == 0
+    dev.write(0x2000 + 40, 1, 1)                        # outside the 24 lines: logged, ignored
+    assert dev.read(0x2000 + 40, 1) == 0xFF
     assert testdev.TestDev.from_state(dev.state()).levels == 1 << 3

@@ -117,8 +117,12 @@ def e820_table(ram: list[tuple[int, int]], reserved: list[tuple[int, int]] = ())
         cut: list[E820Entry] = []
         for e in out:
             lo, hi = e.addr, e.addr + e.size
-            if e.type != E820_RAM or rgpa >= hi or rgpa + rsize <= lo:
+            if rgpa >= hi or rgpa + rsize <= lo:
                 cut.append(e)
+                continue
+            if e.type != E820_RAM:
+                if not (rgpa <= lo and hi <= rgpa + rsize):
+                    cut.append(e)       # (a reserved entry inside the new one goes: no overlaps)
                 continue
             if lo < rgpa:
                 cut.append(E820Entry(lo, rgpa - lo, E820_RAM))

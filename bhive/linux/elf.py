@@ -1,4 +1,6 @@
-"""The decompressed kernel (vmlinux): ELF64 program headers and notes."""
+"""ELF program headers and notes: the decompressed Linux kernel (vmlinux,
+ELF64) and the ELF32/ELF64 kernels of the Multiboot and PVH loaders
+(bhive.firmware.multiboot, bhive.firmware.pvh)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from dataclasses import dataclass
 
 PT_LOAD = 1
 PT_NOTE = 4
+EM_386 = 0x03
+EM_X86_64 = 0x3E
 XEN_ELFNOTE_PHYS32_ENTRY = 18     # PVH: the 32-bit physical entry point
 
 
@@ -38,6 +42,8 @@ class Vmlinux:
     data: bytes
     entry: int               # e_entry: phys_startup_64 for x86-64 vmlinux
     phdrs: list[Phdr]
+    bits: int = 64           # ELFCLASS: 32 or 64
+    machine: int = EM_X86_64
 
     @property
     def loads(self) -> list[Phdr]:
@@ -64,7 +70,7 @@ class Vmlinux:
         for p in self.phdrs:
             if p.type != PT_NOTE:
                 continue
-            pos, end = p.offset, p.offset + p.filesz
+            pos, end = p.offset, min(p.offset + p.filesz, len(self.data))
             while pos + 12 <= end:
                 namesz, descsz, ntype = struct.unpack_from("<III", self.data, pos)
                 pos += 12
@@ -96,24 +102,50 @@ class Vmlinux:
         return out
 
 
-def parse_vmlinux(data: bytes) -> Vmlinux:
+def parse_elf(data: bytes, machines: tuple[int, ...] = (EM_386, EM_X86_64)) -> Vmlinux:
+    """An x86 ELF executable of either class: header and program headers,
+    every PT_LOAD checked to lie inside the file."""
     if data[:4] != b"\x7fELF":
         raise ElfError("not an ELF file")
-    if data[4] != 2 or data[5] != 1:
-        raise ElfError("not a little-endian ELF64")
-    (e_type, e_machine, _v, e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
-     e_phnum) = struct.unpack_from("<HHIQQQIHHH", data, 16)
-    if e_machine != 0x3E:
-        raise ElfError(f"e_machine {e_machine:#x} is not x86-64")
-    if e_phentsize != 56 or e_phnum == 0:
-        raise ElfError("no ELF64 program headers")
+    if len(data) < 52 or data[4] not in (1, 2) or data[5] != 1:
+        raise ElfError("not a little-endian ELF32 or ELF64 (truncated header?)")
+    bits = 32 if data[4] == 1 else 64
+    if bits == 32:
+        (_t, e_machine, _v, e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
+         e_phnum) = struct.unpack_from("<HHIIIIIHHH", data, 16)
+        fmt, want = "<IIIIIIII", 32
+    else:
+        if len(data) < 64:
+            raise ElfError("truncated ELF64 header")
+        (_t, e_machine, _v, e_entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
+         e_phnum) = struct.unpack_from("<HHIQQQIHHH", data, 16)
+        fmt, want = "<IIQQQQQQ", 56
+    if e_machine not in machines:
+        raise ElfError(f"e_machine {e_machine:#x} is not " + " or ".join(
+            {EM_386: "i386", EM_X86_64: "x86-64"}.get(m, hex(m)) for m in machines))
+    if e_phentsize != want or e_phnum == 0:
+        raise ElfError(f"no ELF{bits} program headers")
+    if e_phoff + e_phnum * want > len(data):
+        raise ElfError("the program headers run past the end of the file (truncated)")
     phdrs = []
     for i in range(e_phnum):
-        t, fl, off, va, pa, fs, ms, al = struct.unpack_from("<IIQQQQQQ", data, e_phoff + i * 56)
-        if t == PT_LOAD and off + fs > len(data):
-            raise ElfError(f"PT_LOAD {i} runs past the end of the file")
+        if bits == 32:
+            t, off, va, pa, fs, ms, fl, al = struct.unpack_from(fmt, data, e_phoff + i * want)
+        else:
+            t, fl, off, va, pa, fs, ms, al = struct.unpack_from(fmt, data, e_phoff + i * want)
+        if t in (PT_LOAD, PT_NOTE) and off + fs > len(data):
+            raise ElfError(f"{'PT_LOAD' if t == PT_LOAD else 'PT_NOTE'} {i} runs past the end of the "
+                           f"file (truncated)")
+        if t == PT_LOAD and ms < fs:
+            raise ElfError(f"PT_LOAD {i} has p_memsz < p_filesz")
         phdrs.append(Phdr(t, fl, off, va, pa, fs, ms, al))
-    v = Vmlinux(data, e_entry, phdrs)
+    v = Vmlinux(data, e_entry, phdrs, bits, e_machine)
     if not v.loads:
         raise ElfError("no PT_LOAD segment")
     return v
+
+
+def parse_vmlinux(data: bytes) -> Vmlinux:
+    if data[:4] == b"\x7fELF" and len(data) > 5 and data[4] != 2:
+        raise ElfError("not a little-endian ELF64")
+    return parse_elf(data, machines=(EM_X86_64,))
