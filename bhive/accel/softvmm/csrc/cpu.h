@@ -145,7 +145,8 @@ typedef struct jcache_ent { uint64_t rip; struct block *blk; uint64_t epoch; } j
 #define BARENA_BYTES (48u << 20)     /* decoded-block arena per vCPU, mapped lazily */
 
 /* ---- TLB --------------------------------------------------------------- */
-#define TLB_SIZE 256
+#define TLB_BITS 10
+#define TLB_SIZE (1 << TLB_BITS)
 /* Slot of a linear address in the direct-mapped TLB.  Higher address bits
  * are folded in so that buffers a multiple of 1 MiB apart (page 0x100 and
  * page 0x200: a copy loop's source and destination) do not share a slot and

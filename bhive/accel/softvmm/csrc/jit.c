@@ -32,8 +32,9 @@
  * at interrupts and the LAPIC timer.
  *
  * Host register use inside generated code:
- *   r15 = svm_cpu *, r14 = 12, r13 = 63, r12 = 31, rbx = 64 - JIT_JC_BITS
- *   (shift counts for SHRX/SHLX), all callee-saved so C calls keep them; rax rcx rdx rsi
+ *   r15 = svm_cpu *, r14 = 12, r13 = 63, r12 = 31, rbx = 64 - JIT_JC_BITS,
+ *   rbp = 64 - TLB_BITS (shift counts for SHRX/SHLX), all callee-saved so
+ *   C calls keep them; rax rcx rdx rsi
  *   rdi r8-r11 are scratch: rsi = guest linear address, rdi = TLB addend
  *   (the host address is [rsi+rdi]), r10 = the jtlb entry, r8 = ModRM.reg
  *   operand, r9 = ModRM.rm / opcode register operand, rax/rcx/rdx =
@@ -172,6 +173,7 @@ static void rorx64(em_t *e, int dst, int src, int imm)
 }
 static void shrx64(em_t *e, int dst, int src, int cnt) { vex3(e, dst, src, 2, 1, cnt, 3); b1(e, 0xf7); modrm(e, dst, OR(src)); }
 static void shlx32(em_t *e, int dst, int src, int cnt) { vex3(e, dst, src, 2, 0, cnt, 1); b1(e, 0xf7); modrm(e, dst, OR(src)); }
+static void shlx64(em_t *e, int dst, int src, int cnt) { vex3(e, dst, src, 2, 1, cnt, 1); b1(e, 0xf7); modrm(e, dst, OR(src)); }
 
 /* branches: rel32 fields to patch once the target is known */
 static void jrcxz_over_jmp(em_t *e) { b1(e, 0xe3); b1(e, 5); }   /* skips the 5-byte JMP that follows */
@@ -254,6 +256,7 @@ static void emit_runtime(struct jit *j)
     b1(&e, 0x48); b1(&e, 0x83); b1(&e, 0xec); b1(&e, 8);          /* sub rsp, 8: calls see rsp % 16 == 0 */
     mov_rr64(&e, R15, RDI);
     mov_imm(&e, R14, 12); mov_imm(&e, R13, 63); mov_imm(&e, R12, 31); mov_imm(&e, RBX, 64 - JIT_JC_BITS);
+    mov_imm(&e, RBP, 64 - TLB_BITS);
     b1(&e, 0x52); b1(&e, 0x9d);                                  /* push rdx; popfq */
     b1(&e, 0xff); b1(&e, 0xe6);                                  /* jmp rsi */
     /* exit with the guest flags in the host's: fold them into c->rflags */
@@ -612,9 +615,9 @@ static void emit_probe(tx_t *t, int size, int write, struct stub *s)
     lea64(e, RAX, OX(RAX, RCX, 0, 0));
     rorx64(e, RCX, RSI, 28);
     lea64(e, RAX, OX(RAX, RCX, 0, 0));
-    movzx8(e, RAX, OR(RAX));                                   /* movzx eax, al: the slot */
+    shlx64(e, RAX, RAX, RBP);                                  /* keep the low TLB_BITS: the slot */
+    shrx64(e, RAX, RAX, RBP);
     _Static_assert(sizeof(jtlbe_t) == 32, "jtlbe_t is indexed as slot * 32");
-    _Static_assert(TLB_SIZE == 256, "the slot is one byte");
     lea64(e, RAX, OX(-1, RAX, 2, 0));                          /* rax = slot * 4 */
     lea64(e, R10, OX(R15, RAX, 3, (int32_t)offsetof(cpu_t, jtlb)));
     lea64(e, RDX, OM(RSI, size - 1));
@@ -811,7 +814,7 @@ static void emit_exit_indirect(tx_t *t, int reg, uint32_t count)
     _Static_assert(sizeof(jit_jc_t) == 32, "jit_jc_t is indexed as slot * 32");
     rorx64(e, RCX, RAX, 12);
     lea64(e, RCX, OX(RAX, RCX, 0, 0));
-    vex3(e, RCX, RCX, 2, 1, RBX, 1); b1(e, 0xf7); modrm(e, RCX, OR(RCX));   /* shlx rcx, rcx, rbx */
+    shlx64(e, RCX, RCX, RBX);
     shrx64(e, RCX, RCX, RBX);                                  /* the slot */
     lea64(e, RCX, OX(-1, RCX, 2, 0));
     ld64(e, RDX, CPU(jit_jc));
