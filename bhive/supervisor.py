@@ -83,6 +83,38 @@ def cache_bytecode() -> None:
         pass
 
 
+def wait_exited(popens: list[subprocess.Popen], timeout: float) -> list[subprocess.Popen]:
+    """Reap each process as it exits, for at most `timeout` seconds; returns
+    those still running.  Woken by the exits themselves (pidfds), not by
+    Popen.wait(timeout)'s polling, whose back-off sleeps grow to 50 ms."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    waiting = {}
+    for popen in popens:
+        if popen.poll() is not None:
+            continue
+        try:
+            fd = os.pidfd_open(popen.pid)
+        except OSError:                 # Linux < 5.3: Popen's own polling
+            try:
+                popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            continue
+        waiting[fd] = popen
+        poller.register(fd, select.POLLIN)
+    try:
+        while waiting and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(remaining * 1000):
+                poller.unregister(fd)
+                os.close(fd)
+                waiting.pop(fd).wait()
+    finally:
+        for fd in waiting:
+            os.close(fd)
+    return [p for p in popens if p.poll() is None]
+
+
 @dataclass
 class Proc:
     role: str
@@ -463,13 +495,10 @@ class Supervisor:
                     except zmq.ZMQError:
                         pass
                     proc.popen.terminate()
-            deadline = time.monotonic() + STOP_GRACE
+            for proc in wait_exited([p.popen for p in procs], STOP_GRACE):
+                proc.kill()
+                proc.wait()
             for proc in procs:
-                try:
-                    proc.popen.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait()
                 proc.state = "exited"
         self.pump_console()
         self.write_procs()
