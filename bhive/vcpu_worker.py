@@ -399,6 +399,8 @@ class VcpuWorker:
         control = ControlThread(self)
         self.control_events = self.ctx.socket(zmq.PAIR)
         self.control_events.connect(f"inproc://events-{self.role}")
+        if self.vcpuid != 0:
+            self.vcpu.vm_activate_cpu()  # an AP waits for SIPI from now on, wherever its process is
         control.start()                 # says Hello
         self.log("ready", cpu=f"{time.process_time():.3f}")     # CPU seconds of the set-up
         while not self.go.wait(0.1):    # VcpuGo, or a stop
@@ -412,7 +414,7 @@ class VcpuWorker:
                     self.vcpu.vm_set_desc(VmReg(reg), desc)
                 for reg, value in boot.registers.items():
                     self.vcpu.vm_set_register(VmReg(reg), value)
-            self.vcpu.vm_activate_cpu()
+                self.vcpu.vm_activate_cpu()
             profiling = PROFILE_ENV in os.environ and hasattr(self.vcpu, "profile_start")
             if profiling:
                 self.vcpu.profile_start(period=int(os.environ[PROFILE_ENV] or 10000))
