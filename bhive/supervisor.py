@@ -495,6 +495,11 @@ class Supervisor:
                     except zmq.ZMQError:
                         pass
                     proc.popen.terminate()
+            if kind == "actor":
+                # No vCPU is left: free guest RAM (tens of ms for a Linux
+                # guest's pages) while the actors drain and exit.  An actor
+                # that maps it for DMA keeps its mapping.
+                (self.rundir.shm / "ram").unlink(missing_ok=True)
             for proc in wait_exited([p.popen for p in procs], STOP_GRACE):
                 proc.kill()
                 proc.wait()
