@@ -8,7 +8,6 @@ any process starts.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +153,7 @@ def load(path: str | Path, overrides: dict | None = None, boot_overrides: dict |
     """Read and validate a config file.  `overrides` are CLI settings
     (``{"name": ..., "cpus": ..., "memory": ...}``) that win over the file;
     `boot_overrides` likewise for [boot] (``kernel``, ``initrd``, ``append``)."""
+    import tomllib      # here: every worker imports this module, only `bhive run` parses TOML
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")

@@ -767,4 +767,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .worker import exit_now
+    exit_now(main())     # without the interpreter's teardown

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from .accel.base import SegDesc, VmReg
 from .config import ConfigError, VmConfig
 from .firmware.tables import FIRMWARE_BASE, FIRMWARE_SIZE, RSDP_ADDR as FIRMWARE_RSDP
-from .guestbuild import GuestBuildError, build_nasm
 
 # VMX access rights of a real-mode segment: present, accessed, read/write
 # data (0x93) or execute/read code (0x9B); SDM Vol. 3 §24.4.1.
@@ -53,6 +52,7 @@ def ram_slots(memory: int) -> list[tuple[int, int, int]]:
 def image_bytes(cfg: VmConfig) -> bytes:
     """The image, assembled first if the config names a nasm source."""
     if cfg.boot_kind == "flat" and cfg.image.suffix == ".asm":
+        from .guestbuild import GuestBuildError, build_nasm   # here: vCPU processes import this module
         try:
             return build_nasm(cfg.image).read_bytes()
         except GuestBuildError as exc:

@@ -1,9 +1,12 @@
 """The supervisor: launches a VM's processes, watches them, ends the VM.
 
 One supervisor per VM.  It owns the run directory, creates the shared
-memory (guest RAM, accelerator platform state, console rings), loads the
-guest image, starts one process per device actor and then one per vCPU,
-and from then on:
+memory (guest RAM, accelerator platform state, console rings), starts one
+process per device actor and one per vCPU, all at once, and loads the
+guest image while they start: a vCPU process sets itself up meanwhile,
+says Hello, and runs its first guest instruction only when the
+supervisor sends it VcpuGo, once every actor has said Hello and the image
+is loaded.  From then on it:
 
 * relays the console rings to the terminal and to logs/console.log;
 * restarts a device actor that dies, as its restart policy says;
@@ -22,7 +25,6 @@ Exit statuses of `bhive run`:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -38,7 +40,7 @@ from . import accel as accel_mod
 from . import config as config_mod
 from . import loader
 from .bus import channel, schema
-from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VmEvent
+from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VcpuGo, VmEvent
 from .bus.shm import ConsoleRing, SharedRegion
 from .log import EventLog
 from .rundir import RunDir, pid_alive
@@ -65,10 +67,52 @@ class VmStartError(RuntimeError):
     pass
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the supervisor dies, so nothing leaks."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def cache_bytecode() -> None:
+    """Every worker is a fresh interpreter importing most of bhive.  Where
+    PYTHONDONTWRITEBYTECODE is set, Python never caches bhive's bytecode,
+    so each worker would compile ~20 modules again (30-50 ms of CPU per
+    process, with all of them starting at once).  Compile the stale or
+    missing ones here instead (a few ms when all are fresh); an install
+    that cannot be written to is left as it is."""
+    if not sys.dont_write_bytecode:
+        return                      # the first import caches them
+    import compileall
+    try:
+        compileall.compile_dir(Path(__file__).resolve().parent, quiet=2)
+    except OSError:
+        pass
+
+
+def wait_exited(popens: list[subprocess.Popen], timeout: float) -> list[subprocess.Popen]:
+    """Reap each process as it exits, for at most `timeout` seconds; returns
+    those still running.  Woken by the exits themselves (pidfds), not by
+    Popen.wait(timeout)'s polling, whose back-off sleeps grow to 50 ms."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    waiting = {}
+    for popen in popens:
+        if popen.poll() is not None:
+            continue
+        try:
+            fd = os.pidfd_open(popen.pid)
+        except OSError:                 # Linux < 5.3: Popen's own polling
+            try:
+                popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            continue
+        waiting[fd] = popen
+        poller.register(fd, select.POLLIN)
+    try:
+        while waiting and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(remaining * 1000):
+                poller.unregister(fd)
+                os.close(fd)
+                waiting.pop(fd).wait()
+    finally:
+        for fd in waiting:
+            os.close(fd)
+    return [p for p in popens if p.poll() is None]
 
 
 @dataclass
@@ -111,10 +155,19 @@ class Supervisor:
         self.console_tail = b""                 # the last bytes, for markers split across reads
         self.panic_at: float | None = None
         self.panic_line = ""
+        self.actors_up = False                  # every actor has said Hello (once)
+        self.released: set[str] = set()         # vCPUs that were sent VcpuGo
+        self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
-        """Everything that can fail on bad input, before any process starts."""
+        """Everything that can fail on bad input, and the processes' launch.
+
+        The processes are spawned before the guest image is loaded into
+        RAM, so that their start-up (a fresh interpreter each) overlaps the
+        loading (decompressing a kernel takes a few hundred ms); they need
+        the boot state only once they are released (VcpuGo).  An image that
+        turns out bad ends them again before the ConfigError is raised."""
         if self.rundir.is_live():
             raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
                                          f"(bhive stop {self.cfg.name}, or pick --name)")
@@ -124,11 +177,10 @@ class Supervisor:
             raise config_mod.ConfigError(f"[vm] accel: {self.cfg.accel} is not available here: {why}")
         image = loader.image_bytes(self.cfg)  # assembles .asm sources; fails early
         del image
+        cache_bytecode()
         self.rundir.create()
         self.log = EventLog(self.rundir.log_path("supervisor"), "supervisor")
         ram = SharedRegion(self.rundir.shm / "ram", self.cfg.memory, create=True)
-        boot = loader.load(self.cfg, ram.view)
-        ram.close()
         SharedRegion(self.rundir.shm / "platform",
                      max(4096, accel.platform_shm_size(self.cfg.cpus, self.cfg.memory)),
                      create=True).close()
@@ -140,7 +192,7 @@ class Supervisor:
         self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
         self.rundir.write_json("supervisor.json", {
             "pid": os.getpid(), "name": self.cfg.name, "state": "starting", "started": time.time(),
-            "config": config_mod.to_json(self.cfg), "boot": boot.to_json(),
+            "config": config_mod.to_json(self.cfg), "boot": None,
         })
         python = sys.executable
         for dev in self.cfg.devices.values():
@@ -150,6 +202,29 @@ class Supervisor:
         for i in range(self.cfg.cpus):
             self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
                                           [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
+        self.ctx = zmq.Context.instance()
+        self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted actor reuses its identity
+        self.ctl.bind(self.rundir.endpoint("supervisor"))
+        # Every process at once, vCPUs first (their set-up is the longest):
+        # a vCPU waits for VcpuGo (_release_vcpus) before its first instruction.
+        for proc in sorted(self.procs.values(), key=lambda p: p.kind != "vcpu"):
+            self.spawn(proc)
+        try:
+            boot = loader.load(self.cfg, ram.view)
+        except BaseException:
+            for proc in self.procs.values():
+                proc.popen.kill()
+                proc.popen.wait()
+            self.ctl.close()
+            self.rundir.drop_shared_memory()
+            raise
+        finally:
+            ram.close()
+        info = self.rundir.read_json("supervisor.json")
+        info["boot"] = boot.to_json()
+        self.rundir.write_json("supervisor.json", info)
 
     def _create_channels(self) -> dict[str, int]:
         """Shared-memory exit channels, one per (vCPU, device that owns
@@ -171,9 +246,11 @@ class Supervisor:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env[channel.ENV_FDS] = channel.encode_fds(self.fds)
+        # No preexec_fn (it would make subprocess fork this whole process
+        # instead of vfork): the worker arms its parent-death signal itself
+        # (bhive.worker.die_with_supervisor).
         proc.popen = subprocess.Popen(proc.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                      preexec_fn=_die_with_parent, env=env, close_fds=True,
-                                      pass_fds=tuple(self.fds.values()))
+                                      env=env, close_fds=True, pass_fds=tuple(self.fds.values()))
         err.close()
         proc.state = "starting"
         proc.started = proc.heartbeat = time.monotonic()
@@ -195,20 +272,11 @@ class Supervisor:
             self._poll_ctl(50)
 
     def start(self) -> None:
-        self.ctx = zmq.Context.instance()
-        self.ctl = self.ctx.socket(zmq.ROUTER)
-        self.ctl.setsockopt(zmq.LINGER, 0)
-        self.ctl.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted actor reuses its identity
-        self.ctl.bind(self.rundir.endpoint("supervisor"))
+        """Wait for every process spawned by prepare() to say Hello,
+        releasing the vCPUs as soon as every actor has."""
         self.console_sock = None
         actors = [p.role for p in self.procs.values() if p.kind == "actor"]
-        vcpus = [p.role for p in self.procs.values() if p.kind == "vcpu"]
-        for role in actors:
-            self.spawn(self.procs[role])
-        self._wait_ready(actors)
-        for role in vcpus:
-            self.spawn(self.procs[role])
-        self._wait_ready(vcpus)
+        self._wait_ready(list(self.procs))
         if self.rings:
             self.console_sock = self.ctx.socket(zmq.DEALER)
             self.console_sock.setsockopt(zmq.LINGER, 0)
@@ -240,12 +308,29 @@ class Supervisor:
                 proc.state = "running"
                 proc.heartbeat = time.monotonic()
                 self.log("hello", role=proc.role, pid=msg.pid, restored=msg.restored)
+                self._release_vcpus()
                 self.write_procs()
             elif isinstance(msg, Heartbeat) and proc is not None:
                 proc.heartbeat = time.monotonic()
                 proc.counters = msg.counters
             elif isinstance(msg, VmEvent):
                 self.on_event(msg)
+
+    def _release_vcpus(self) -> None:
+        """Once every actor has said Hello, send VcpuGo to each vCPU that
+        has said Hello (a vCPU that has not is sent it when it does: the
+        ROUTER can only address a peer it has heard from)."""
+        actors = [p for p in self.procs.values() if p.kind == "actor"]
+        if not self.actors_up:
+            if any(p.state != "running" for p in actors):
+                return
+            self.actors_up = True
+            self.log("actors-up", actors=len(actors))
+        go = schema.encode(VcpuGo([p.role for p in actors]))
+        for proc in self.procs.values():
+            if proc.kind == "vcpu" and proc.state == "running" and proc.role not in self.released:
+                self.released.add(proc.role)
+                self.ctl.send_multipart([proc.role.encode(), go])
 
     def on_event(self, ev: VmEvent) -> None:
         self.log("event", source=ev.source, kind=ev.kind, status=ev.status, detail=ev.detail)
@@ -410,13 +495,15 @@ class Supervisor:
                     except zmq.ZMQError:
                         pass
                     proc.popen.terminate()
-            deadline = time.monotonic() + STOP_GRACE
+            if kind == "actor":
+                # No vCPU is left: free guest RAM (tens of ms for a Linux
+                # guest's pages) while the actors drain and exit.  An actor
+                # that maps it for DMA keeps its mapping.
+                (self.rundir.shm / "ram").unlink(missing_ok=True)
+            for proc in wait_exited([p.popen for p in procs], STOP_GRACE):
+                proc.kill()
+                proc.wait()
             for proc in procs:
-                try:
-                    proc.popen.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-                    proc.popen.wait()
                 proc.state = "exited"
         self.pump_console()
         self.write_procs()

@@ -11,6 +11,13 @@ lock is shared with any other vCPU: there is nothing to starve.
 A control thread owns the supervisor socket (hello, heartbeats, stop) and
 the MSI socket; it injects each incoming MSI with `vm_lapic_msi`, which
 never blocks, whatever the destination vCPU is doing.
+
+The process is spawned together with the device actors, while the
+supervisor loads the guest image: it maps guest RAM, opens the
+accelerator and its exit channels and says Hello, then waits for the
+supervisor's VcpuGo (every actor is up, the image is loaded) before it
+loads the boot state and runs the first guest instruction, so no exit
+ever goes to an actor that is not there yet.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import zmq
 
 from . import accel as accel_mod
 from . import config as config_mod
+from . import worker
 from .accel.base import ExitCode, GuestMemory, SuspendHow, VmExit, VmReg
 from .bus import channel, schema
-from .bus.schema import Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VmEvent
+from .bus.schema import (Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VcpuGo,
+                         VmEvent)
 from .bus.shm import SharedRegion
 from .devices import DEVICE_TYPES
 from .loader import BootState, ram_slots
@@ -191,6 +200,8 @@ class ControlThread(threading.Thread):
                     w.vm.vm_lapic_msi(msg.addr, msg.data)
                     key = f"{msg.source};{msg.data & 0xFF};{self._kind(msg.addr, msg.data)}"
                     self.vectors[key] = self.vectors.get(key, 0) + 1
+                elif isinstance(msg, VcpuGo):
+                    w.go.set()
                 elif isinstance(msg, Control) and msg.command == "stop":
                     w.request_stop()
 
@@ -223,10 +234,11 @@ class VcpuWorker:
         self.role = f"vcpu{vcpuid}"
         self.log = EventLog(rundir.log_path(self.role), self.role)
         info = rundir.read_json("supervisor.json")
+        worker.die_with_supervisor(info.get("pid"))
         self.cfg = config_mod.from_json(info["config"])
-        self.boot = BootState.from_json(info["boot"])
         self.ctx = zmq.Context.instance()
         self.stopping = False
+        self.go = threading.Event()      # set on VcpuGo (or on stop)
 
         accel = accel_mod.get(self.cfg.accel)
         self.ram = SharedRegion(rundir.shm / "ram")
@@ -309,6 +321,7 @@ class VcpuWorker:
 
     def request_stop(self) -> None:
         self.stopping = True
+        self.go.set()
         kick = getattr(self.vm, "kick", None)
         if kick is not None:
             kick(self.vcpuid)
@@ -386,19 +399,28 @@ class VcpuWorker:
         control = ControlThread(self)
         self.control_events = self.ctx.socket(zmq.PAIR)
         self.control_events.connect(f"inproc://events-{self.role}")
-        if self.vcpuid == 0:
-            for reg, desc in self.boot.descriptors.items():
-                self.vcpu.vm_set_desc(VmReg(reg), desc)
-            for reg, value in self.boot.registers.items():
-                self.vcpu.vm_set_register(VmReg(reg), value)
-        self.vcpu.vm_activate_cpu()
-        profiling = PROFILE_ENV in os.environ and hasattr(self.vcpu, "profile_start")
-        if profiling:
-            self.vcpu.profile_start(period=int(os.environ[PROFILE_ENV] or 10000))
-        control.start()
-        self.log("started", accel=self.cfg.accel, bsp=self.vcpuid == 0)
+        if self.vcpuid != 0:
+            self.vcpu.vm_activate_cpu()  # an AP waits for SIPI from now on, wherever its process is
+        control.start()                 # says Hello
+        self.log("ready", cpu=f"{time.process_time():.3f}")     # CPU seconds of the set-up
+        while not self.go.wait(0.1):    # VcpuGo, or a stop
+            pass
+        profiling = False
+        if not self.stopping:
+            if self.vcpuid == 0:
+                # Written by the supervisor once the image is in RAM, before VcpuGo.
+                boot = BootState.from_json(self.rundir.read_json("supervisor.json")["boot"])
+                for reg, desc in boot.descriptors.items():
+                    self.vcpu.vm_set_desc(VmReg(reg), desc)
+                for reg, value in boot.registers.items():
+                    self.vcpu.vm_set_register(VmReg(reg), value)
+                self.vcpu.vm_activate_cpu()
+            profiling = PROFILE_ENV in os.environ and hasattr(self.vcpu, "profile_start")
+            if profiling:
+                self.vcpu.profile_start(period=int(os.environ[PROFILE_ENV] or 10000))
+            self.log("started", accel=self.cfg.accel, bsp=self.vcpuid == 0)
         try:
-            status = self.loop()
+            status = 0 if self.stopping else self.loop()
         except ActorUnavailable as exc:
             status = STATUS_INTERNAL
             self.log("actor-unavailable", detail=str(exc))
@@ -469,4 +491,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    worker.exit_now(main())

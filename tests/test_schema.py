@@ -22,6 +22,7 @@ SAMPLES = [
     InitSipi(2, "sipi", 0x08),
     Control("stop"),
     Hello("uart", 1234, True),
+    schema.VcpuGo(["uart", "debug_exit"]),
     Heartbeat("vcpu0", 99, {"instructions": 10**12}),
     VmEvent("debug_exit", "exit", 1, "isa-debug-exit write"),
     ConsoleInput("supervisor", 3, b"ls\r"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from .base import Accelerator
+if TYPE_CHECKING:                 # device actors import this module (via config), not the interface
+    from .base import Accelerator
 
 _MODULES = {
     "softvmm": "bhive.accel.softvmm",

@@ -21,6 +21,7 @@ import time
 import msgpack
 import zmq
 
+from .. import worker
 from ..bus import channel, schema
 from ..bus.schema import (Ack, ConsoleInput, Control, Heartbeat, Hello, IrqLineLevel,
                           MmioRequest, MmioResponse, PioRequest, PioResponse)
@@ -216,6 +217,7 @@ class ActorRuntime:
 
     # -- main loop --------------------------------------------------------
     def run(self, device_factory) -> int:
+        worker.die_with_supervisor(self.rundir.supervisor_pid())
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         ctl = self.ctl = self.ctx.socket(zmq.DEALER)
         ctl.setsockopt(zmq.LINGER, 200)
@@ -233,7 +235,7 @@ class ActorRuntime:
         server.setsockopt(zmq.LINGER, 0)
         server.bind(self.rundir.endpoint(self.role))
         ctl.send(schema.encode(Hello(self.role, os.getpid(), restored)))
-        self.log("ready", pid=os.getpid())
+        self.log("ready", pid=os.getpid(), cpu=f"{time.process_time():.3f}")   # CPU seconds to get here
 
         poller = zmq.Poller()
         poller.register(server, zmq.POLLIN)

@@ -36,6 +36,7 @@ class MsgType(enum.IntEnum):
     ACK = 14
     EOI_REQUEST = 15
     PIC_OUTPUT = 16
+    VCPU_GO = 17
 
 
 class SchemaError(ValueError):
@@ -201,6 +202,18 @@ class Hello:
     role: str          # actor name ("uart") or "vcpu0"
     pid: int
     restored: bool     # rebuilt from saved state rather than reset
+
+
+@message(MsgType.VCPU_GO)
+class VcpuGo:
+    """Supervisor -> vCPU process: every device actor has said Hello, so
+    the vCPU may enter its run loop.  A vCPU process is spawned together
+    with the actors and sets itself up meanwhile (imports, guest RAM, the
+    accelerator, boot state), says Hello, then waits for this: no exit
+    can reach an actor that is not up yet."""
+
+    TYPE: ClassVar[MsgType]
+    actors: list       # the roles of the actors that said Hello
 
 
 @message(MsgType.HEARTBEAT)

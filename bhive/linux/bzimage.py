@@ -225,7 +225,9 @@ def lz4_legacy_decompress(data: bytes) -> bytes:
         import lz4.block as lz4block          # PyPI lz4: fast when present
     except ImportError:
         lz4block = None
-    out = bytearray()
+    out = bytearray()                            # the pure-Python decoder's output
+    parts = []                                   # lz4.block's, joined once at the end
+    view = memoryview(data)
     pos = 0
     n = len(data)
     while pos + 4 <= n:
@@ -235,13 +237,13 @@ def lz4_legacy_decompress(data: bytes) -> bytes:
             continue
         if pos + 4 + word > n or n - pos <= 4:
             break                                # the appended size
-        block = data[pos + 4:pos + 4 + word]
+        block = view[pos + 4:pos + 4 + word]
         pos += 4 + word
         if lz4block is not None:
-            out += lz4block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK)
+            parts.append(lz4block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK))
         else:
             _lz4_block_into(block, out)
-    return bytes(out)
+    return b"".join(parts) if lz4block is not None else bytes(out)
 
 
 def _lz4_block_into(src: bytes, out: bytearray) -> None:
