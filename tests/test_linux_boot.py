@@ -124,4 +124,4 @@ def test_a_kernel_that_is_no_kernel_is_one_line_and_status_2(bhive, tmp_path):
     p = bhive.run("run", "--kernel", str(junk))
     assert p.returncode == 2
     lines = p.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "not a Linux bzImage or a Multiboot image" in lines[0], lines
+    assert len(lines) == 1 and "not a Linux bzImage, a Multiboot image or a PVH ELF" in lines[0], lines
