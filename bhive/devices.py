@@ -87,9 +87,11 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "irq": Option(int, 8, minimum=0, maximum=23),
     }),
     # Keyboard controller: data 0x60, status/command 0x64; 0xFE resets the VM.
+    # `irq` is the keyboard's line (IRQ1), `aux_irq` the AUX port's (IRQ12).
     "i8042": DeviceType("i8042", 1, {
         "port": Option(int, 0x60, choices=(0x60,)),
         "irq": Option(int, 1, minimum=0, maximum=23),
+        "aux_irq": Option(int, 12, minimum=0, maximum=23),
     }, fixed_ports=((0x64, 1),)),
     # ACPI PM1a event/control blocks and the PM timer (12 ports from `port`).
     "acpi_pm": DeviceType("acpi_pm", 12, {

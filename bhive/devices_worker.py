@@ -576,12 +576,16 @@ class RtcHost(HostedDevice):
 
 
 class I8042Host(HostedDevice):
-    """Keyboard controller; its reset line ends the VM with a "reset" event."""
+    """Keyboard controller: the keyboard's line (IRQ1) and the AUX port's
+    (IRQ12) on one connection to the controllers; its reset line ends the VM
+    with a "reset" event."""
 
     def __init__(self, runtime, cfg, vm):
         super().__init__(runtime)
-        self.irq = BusIrqLine(runtime, cfg.options["irq"], interrupt_controllers(vm))
-        self.model = I8042(reset=self._reset, kbd_irq=self.irq, log=self.log)
+        bus = IrqBus(runtime, interrupt_controllers(vm))
+        self.irq = BusIrqLine(runtime, cfg.options["irq"], bus)
+        self.aux_irq = BusIrqLine(runtime, cfg.options["aux_irq"], bus)
+        self.model = I8042(reset=self._reset, kbd_irq=self.irq, aux_irq=self.aux_irq, log=self.log)
 
     def _reset(self):
         self.runtime.event(VmEvent(self.runtime.role, "reset", 0, "i8042 reset line pulsed"))
@@ -594,12 +598,14 @@ class I8042Host(HostedDevice):
         return self.model.read(off, size)
 
     def state(self):
-        return {"i8042": self.model.state(), "irq": self.irq.level}
+        return {"i8042": self.model.state(), "irq": self.irq.level, "aux_irq": self.aux_irq.level}
 
     def restore(self, state):
-        self.model = I8042.from_state(state["i8042"], reset=self._reset, kbd_irq=self.irq, log=self.log)
-        self.irq.level = state["irq"]
-        self.irq.resend()
+        self.model = I8042.from_state(state["i8042"], reset=self._reset, kbd_irq=self.irq,
+                                      aux_irq=self.aux_irq, log=self.log)
+        for line, key in ((self.irq, "irq"), (self.aux_irq, "aux_irq")):
+            line.level = state[key]
+            line.resend()
 
 
 class AcpiPmHost(HostedDevice):

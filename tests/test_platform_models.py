@@ -1,9 +1,8 @@
-"""i8042, ACPI PM and pc-testdev models driven directly."""
+"""ACPI PM and pc-testdev models driven directly (the i8042: tests/test_i8042.py)."""
 
 from __future__ import annotations
 
 from bhive.actors import acpi_pm as pm
-from bhive.actors import i8042 as kbc
 from bhive.actors import testdev
 
 
@@ -13,36 +12,6 @@ class Line:
 
     def set_level(self, level):
         self.levels.append(bool(level))
-
-
-def test_i8042_reset_values_self_test_and_reset_line():
-    resets = []
-    dev = kbc.I8042(reset=lambda: resets.append(1))
-    assert dev.read(kbc.COMMAND, 1) & kbc.STS_OBF == 0
-    dev.write(kbc.COMMAND, 1, kbc.CMD_READ_CB)
-    assert dev.read(kbc.COMMAND, 1) & kbc.STS_OBF
-    assert dev.read(kbc.DATA, 1) == kbc.CB_RESET
-    dev.write(kbc.COMMAND, 1, kbc.CMD_SELF_TEST)
-    assert dev.read(kbc.DATA, 1) == kbc.SELF_TEST_OK
-    dev.write(kbc.DATA, 1, 0xFF)                     # keyboard reset: ACK, BAT passed
-    assert [dev.read(kbc.DATA, 1), dev.read(kbc.DATA, 1)] == [kbc.KBD_ACK, kbc.KBD_BAT_OK]
-    assert not resets
-    dev.write(kbc.COMMAND, 1, 0xFE)
-    assert resets == [1]
-    dev.write(kbc.COMMAND, 1, kbc.CMD_WRITE_OUTPORT)
-    dev.write(kbc.DATA, 1, 0x02)                      # reset line low
-    assert resets == [1, 1]
-    again = kbc.I8042.from_state(dev.state())
-    assert again.state() == dev.state()
-
-
-def test_i8042_irq1_follows_the_output_buffer():
-    line = Line()
-    dev = kbc.I8042(kbd_irq=line)
-    dev.write(kbc.DATA, 1, 0xF4)
-    assert line.levels == [True]
-    dev.read(kbc.DATA, 1)
-    assert line.levels == [True, False]
 
 
 def test_acpi_pm_timer_counts_at_3_579545_mhz_and_wraps_at_24_bits():
