@@ -440,6 +440,11 @@ void jit_link(cpu_t *c, void *site, block_t *to)
     void *code = block_jit(to, c->rip);
     if (!code) return;
     uint8_t *s = site;
+    if (s[0] == 0xe9) {   /* a successor in the same page: the jump alone */
+        int32_t rel = (int32_t)((uint8_t *)code - (s + 5));
+        memcpy(s + 1, &rel, 4);
+        return;
+    }
     int32_t d = -(int32_t)(uint32_t)c->epoch;
     memcpy(s + SITE_EPOCH, &d, 4);
     const uint32_t *genp = &c->vm->gen[to->gidx];
@@ -560,6 +565,7 @@ static int classify(const insn_t *d, native_t *n)
 typedef struct {
     em_t e;
     cpu_t *c;
+    uint64_t start;          /* the block's linear RIP */
     uint64_t rip;            /* of the instruction being translated */
     uint32_t done;           /* instructions of the block before it */
     /* out-of-line stubs, emitted after the body */
@@ -659,9 +665,11 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
     if (n->imp & (IMP_RAX_R | IMP_RAX_W)) ld64(e, RAX, GREG(R_RAX));
     if (n->imp & IMP_CL) ld64(e, RCX, GREG(R_RCX));
     if (n->imp & (IMP_RDX_R | IMP_RDX_W)) ld64(e, RDX, GREG(R_RDX));
-    if (n->reg_use) load_greg(e, R8, d->reg, osz);
+    /* a written-only operand needs no load: full-width results replace it,
+     * 32-bit ones zero-extend, narrower ones are stored at their width */
+    if (n->reg_use & U_R) load_greg(e, R8, d->reg, osz);
     int rmreg = d->rm;
-    if (!mem && n->rm_use && (n->modrm || n->ro)) load_greg(e, R9, rmreg, n->rmsize);
+    if (!mem && (n->rm_use & U_R) && (n->modrm || n->ro)) load_greg(e, R9, rmreg, n->rmsize);
     /* the instruction itself */
     opnd_t rmop = mem ? OX(RSI, RDI, 0, 0) : OR(R9);
     int regf = n->reg_use ? R8 : d->ext;
@@ -774,6 +782,20 @@ static void emit_exit(tx_t *t, uint64_t target, uint32_t count)
     shrx64(e, RCX, RCX, R13);                                  /* 1 when the budget went negative */
     jrcxz_over_jmp(e);
     uint8_t *out1 = jmp32(e);
+    if (((target ^ t->start) & ~0xfffULL) == 0) {
+        /* A successor in this block's page: reached through the same
+         * translation, and its bytes change only with this block's (whose
+         * own stores leave native code at once), so it needs no epoch or
+         * generation check -- loops run on the budget check alone. */
+        uint8_t *site = e->p;
+        uint8_t *link = jmp32(e);                              /* to the successor (patched) */
+        fix(out1, e->p); fix(link, e->p);
+        store_imm64(e, CPU(rip), target);
+        b1(e, 0x48); b1(e, 0x8d); b1(e, 0x05);                 /* lea rax, [rip + site - next] */
+        b4(e, (uint32_t)(int32_t)(site - (e->p + 4)));
+        jmp_to(e, j->exit_flags);
+        return;
+    }
     ld32(e, RCX, CPU(epoch));
     uint8_t *site = e->p;
     b1(e, 0x8d); b1(e, 0x89); b4(e, 0);                        /* lea ecx, [rcx - epoch] (patched) */
@@ -1073,7 +1095,7 @@ void *jit_compile(cpu_t *c, block_t *b)
     if (!t) return NULL;
     t->c = c;
     t->e = (em_t){ j->buf + j->used, j->buf + JIT_BYTES - 64, 0 };
-    t->rip = c->rip; t->done = 0; t->nst = 0;
+    t->start = t->rip = c->rip; t->done = 0; t->nst = 0;
     uint8_t *start = t->e.p;
     if (b->gpa2 != ~0ULL) {
         /* Its last instruction runs into the next page.  Links and the jump
