@@ -39,28 +39,32 @@ class Comparison:
     qemu_median: float
     bhive_instructions: int = 0        # median of the runs: guest instructions, all vCPUs, launch to end
     bhive_mips: float = 0.0            # median of instructions / (launch to the VM's end) / 1e6
+    bhive_cpu_mips: float = 0.0        # median of instructions / (the vCPU processes' CPU seconds) / 1e6
 
     @property
     def ratio(self) -> float:
         return self.bhive_median / self.qemu_median
 
 
-def guest_instructions(vm: str) -> int:
-    """Instructions the VM's vCPUs retired, from their `stopped` log lines."""
-    total = 0
+def guest_instructions(vm: str) -> tuple[int, float]:
+    """Instructions the VM's vCPUs retired and the CPU seconds their
+    processes used, from their `stopped` log lines."""
+    total, cpu = 0, 0.0
     for log in RunDir(vm).logs.glob("vcpu*.log"):
         for line in log.read_text().splitlines():
             m = re.search(r" stopped instructions=(\d+)", line)
             if m:
                 total += int(m.group(1))
-    return total
+                c = re.search(r" cpu_seconds=([\d.]+)", line)
+                cpu += float(c.group(1)) if c else 0.0
+    return total, cpu
 
 
 def compare(kernel: str = "bookworm-cloud", smp: int = 1, runs: int = 3, memory_mb: int = 1024,
             append: str = bootrun.TEST_APPEND, timeout: float = 300.0, qemu: bool = True) -> Comparison:
     kpath = Path(kernel) if Path(kernel).is_file() else guestkit.kernel_path(kernel)
     initrd = guestkit.build_initramfs()
-    ours, peer, insns, mips = [], [], [], []
+    ours, peer, insns, mips, cpu_mips = [], [], [], [], []
     for i in range(runs):
         argvs = [("bhive", bootrun.bhive_argv(kpath, initrd, smp, memory_mb, append, name=f"bootbench{smp}"))]
         if qemu:
@@ -71,12 +75,13 @@ def compare(kernel: str = "bookworm-cloud", smp: int = 1, runs: int = 3, memory_
                 raise bootrun.BootError(f"{vmm} guest reported BOOT-OK cpus={r.cpus}, expected {smp}")
             (ours if vmm == "bhive" else peer).append(r.seconds)
             if vmm == "bhive":
-                n = guest_instructions(f"bootbench{smp}")
+                n, cpu = guest_instructions(f"bootbench{smp}")
                 insns.append(n)
                 mips.append(n / r.total_seconds / 1e6)
+                cpu_mips.append(n / cpu / 1e6 if cpu else 0.0)
     return Comparison(str(kernel), smp, ours, peer, statistics.median(ours),
                       statistics.median(peer) if peer else float("nan"),
-                      int(statistics.median(insns)), statistics.median(mips))
+                      int(statistics.median(insns)), statistics.median(mips), statistics.median(cpu_mips))
 
 
 def main(argv: list[str] | None = None) -> int:

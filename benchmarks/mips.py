@@ -35,13 +35,14 @@ def image(loop: int, iterations: int) -> Path:
     return build_nasm(REPO / "guests/bench/loops.asm", defines={"LOOP": loop, "ITERATIONS": iterations})
 
 
-def wall_bhive(rom: Path, tmp: Path) -> float:
+def wall_bhive(rom: Path, tmp: Path, jit: bool = True) -> float:
     cfg = tmp / "rom.toml"
     cfg.write_text(f'[vm]\nmemory = "64M"\n[boot]\nimage = "{rom}"\nload_address = 0xF0000\n'
                    f'entry = 0xFFFF0\n[devices.debug_exit]\nport = 0xf4\n')
     t = time.perf_counter()
+    env = dict(os.environ, BHIVE_JIT="1" if jit else "0")
     p = subprocess.run([sys.executable, "-m", "bhive", "run", str(cfg), "--name", f"mips-{os.getpid()}"],
-                       cwd=REPO, capture_output=True, timeout=900)
+                       cwd=REPO, capture_output=True, timeout=900, env=env)
     dt = time.perf_counter() - t
     if p.returncode != 1:
         raise RuntimeError(f"bhive run of {rom.name} ended with {p.returncode}: {p.stderr.decode()[-300:]}")
@@ -69,19 +70,28 @@ def mips(wall, loop: int, per_iter: int, long_iters: int, tmp: Path) -> float:
     return per_iter * (long_iters - SHORT) / max(t_long - t_short, 1e-6) / 1e6
 
 
-def run(runs: int = 5, bhive_insns: float = 6e8, qemu_insns: float = 6e9) -> list[dict]:
+def wall_interpreter(rom: Path, tmp: Path) -> float:
+    return wall_bhive(rom, tmp, jit=False)
+
+
+def run(runs: int = 5, bhive_insns: float = 3e9, interp_insns: float = 6e8,
+        qemu_insns: float = 6e9) -> list[dict]:
+    """Per loop: softvmm with its JIT (the default), softvmm interpreting
+    only (BHIVE_JIT=0), and QEMU TCG; median MIPS of `runs` each."""
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name, (loop, per_iter) in LOOPS.items():
             b = [mips(wall_bhive, loop, per_iter, int(bhive_insns / per_iter), tmp) for _ in range(runs)]
+            i = [mips(wall_interpreter, loop, per_iter, int(interp_insns / per_iter), tmp) for _ in range(runs)]
             q = [mips(wall_qemu, loop, per_iter, int(qemu_insns / per_iter), tmp) for _ in range(runs)]
-            rows.append({"loop": name, "bhive": statistics.median(b), "qemu": statistics.median(q),
-                         "bhive_runs": b, "qemu_runs": q})
+            rows.append({"loop": name, "bhive": statistics.median(b), "interpreter": statistics.median(i),
+                         "qemu": statistics.median(q), "bhive_runs": b, "interpreter_runs": i, "qemu_runs": q})
     return rows
 
 
 if __name__ == "__main__":
     for row in run(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
-        print(f"{row['loop']:45s} bhive {row['bhive']:8.1f} MIPS   QEMU TCG {row['qemu']:8.1f} MIPS   "
+        print(f"{row['loop']:45s} bhive {row['bhive']:8.1f} MIPS (interpreter {row['interpreter']:.1f})   "
+              f"QEMU TCG {row['qemu']:8.1f} MIPS   "
               f"ratio {row['bhive'] / row['qemu']:.2f}")

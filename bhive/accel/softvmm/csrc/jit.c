@@ -26,16 +26,19 @@
  *
  * Blocks are translated after JIT_THRESHOLD interpreted runs.  Exits to a
  * constant RIP are chained by patching a jump to the successor's code once
- * the dispatcher has found it, valid while svm_cpu.epoch (TLB flushes,
- * mode changes, code writes) has not moved; every chained exit also counts
- * down svm_cpu.jit_budget so that the dispatcher regains control to look
- * at interrupts and the LAPIC timer.
+ * the dispatcher has found it; the jump is taken while svm_cpu.epoch (the
+ * code's linear -> physical mapping, see mmu.c) and the successor page's
+ * code generation (its bytes) are what they were when it was patched, or
+ * unconditionally when the successor is in the block's own page.  Returns
+ * and indirect jumps look their target up in a jump cache with the same
+ * checks.  Every exit counts down svm_cpu.jit_budget so that the
+ * dispatcher regains control to look at interrupts and the LAPIC timer.
  *
  * Host register use inside generated code:
  *   r15 = svm_cpu *, r14 = 12, r13 = 63, r12 = 31, rbx = 64 - JIT_JC_BITS,
  *   rbp = 64 - TLB_BITS (shift counts for SHRX/SHLX), all callee-saved so
- *   C calls keep them; rax rcx rdx rsi
- *   rdi r8-r11 are scratch: rsi = guest linear address, rdi = TLB addend
+ *   C calls keep them; rax rcx rdx rsi rdi r8-r11 are scratch:
+ *   rsi = guest linear address, rdi = TLB addend
  *   (the host address is [rsi+rdi]), r10 = the jtlb entry, r8 = ModRM.reg
  *   operand, r9 = ModRM.rm / opcode register operand, rax/rcx/rdx =
  *   implicit operands (accumulator, CL, rDX).
