@@ -193,20 +193,26 @@ def _softvmm_reason() -> str | None:
 
 
 @needs_kvm
+@pytest.mark.parametrize("engine", ["interpreter", "jit"])
 @pytest.mark.parametrize("group,n", [("int", 3000), ("directed", gen.directed_count()),
                                      ("misc", 2000), ("ext", 2000), ("string", 1000), ("xchg", 1000)])
-def test_kvm_vs_softvmm(group, n):
+def test_kvm_vs_softvmm(group, n, engine):
     """Every integer group against the native CPU (`int` mixes them all; the
-    others make sure each gets a fair share; `directed` is the whole list)."""
+    others make sure each gets a fair share; `directed` is the whole list),
+    once through softvmm's interpreter and once through its JIT, which
+    translates every case before its first run."""
     why = _softvmm_reason()
     if why:
         pytest.skip(why)
     from bhive.difftest.runner import DiffTester
     t = DiffTester("kvm", "softvmm", batch=1000)
+    t.mb.vcpu.jit_config(0 if engine == "jit" else -1)
     try:
         st = t.run(4242, n, group, max_reports=5, out=None)
+        translated = t.mb.vcpu.stats()["jit_blocks"]
     finally:
         t.close()
+    assert (translated > 0) == (engine == "jit"), translated
     assert st.cases == n and st.skipped == 0
     assert st.divergences == 0, "\n\n".join(st.reports)
 
