@@ -772,6 +772,20 @@ static void emit_lea(tx_t *t, const insn_t *d)
     st_sized(&t->e, sz, GREG(d->reg & 15), RSI);
 }
 
+/* count `count` instructions off the budget; with `check`, returns the
+ * jump (to be fixed) taken when it ran out */
+static uint8_t *emit_budget(tx_t *t, uint32_t count, int check)
+{
+    em_t *e = &t->e;
+    ld64(e, RCX, CPU(jit_budget));
+    lea64(e, RCX, OM(RCX, -(int32_t)count));
+    st64(e, CPU(jit_budget), RCX);
+    if (!check) return NULL;
+    shrx64(e, RCX, RCX, R13);                                  /* 1 when the budget went negative */
+    jrcxz_over_jmp(e);
+    return jmp32(e);
+}
+
 /* budget and chaining for an exit to a constant RIP (after `count`
  * instructions of the block); unchained exits set c->rip and return the
  * patch site to the dispatcher */
@@ -779,12 +793,7 @@ static void emit_exit(tx_t *t, uint64_t target, uint32_t count)
 {
     em_t *e = &t->e;
     struct jit *j = t->c->jit;
-    ld64(e, RCX, CPU(jit_budget));
-    lea64(e, RCX, OM(RCX, -(int32_t)count));
-    st64(e, CPU(jit_budget), RCX);
-    shrx64(e, RCX, RCX, R13);                                  /* 1 when the budget went negative */
-    jrcxz_over_jmp(e);
-    uint8_t *out1 = jmp32(e);
+    uint8_t *out1 = emit_budget(t, count, 1);
     if (((target ^ t->start) & ~0xfffULL) == 0) {
         /* A successor in this block's page: reached through the same
          * translation, and its bytes change only with this block's (whose
@@ -830,12 +839,7 @@ static void emit_exit_indirect(tx_t *t, int reg, uint32_t count)
     struct jit *j = t->c->jit;
     if (reg != RAX) mov_rr64(e, RAX, reg);
     st64(e, CPU(rip), RAX);
-    ld64(e, RCX, CPU(jit_budget));
-    lea64(e, RCX, OM(RCX, -(int32_t)count));
-    st64(e, CPU(jit_budget), RCX);
-    shrx64(e, RCX, RCX, R13);                                  /* 1 when the budget went negative */
-    jrcxz_over_jmp(e);
-    uint8_t *out1 = jmp32(e);
+    uint8_t *out1 = emit_budget(t, count, 1);
     _Static_assert(sizeof(jit_jc_t) == 32, "jit_jc_t is indexed as slot * 32");
     rorx64(e, RCX, RAX, 12);
     lea64(e, RCX, OX(RAX, RCX, 0, 0));
@@ -904,9 +908,7 @@ static void emit_exit_to(tx_t *t, uint64_t rip, uint32_t count)
 {
     em_t *e = &t->e;
     store_imm64(e, CPU(rip), rip);
-    ld64(e, RCX, CPU(jit_budget));
-    lea64(e, RCX, OM(RCX, -(int32_t)count));
-    st64(e, CPU(jit_budget), RCX);
+    emit_budget(t, count, 0);
     mov_imm(e, RAX, 0);
     jmp_to(e, t->c->jit->exit_flags);
 }
