@@ -111,7 +111,7 @@ HANDLER(h_enter)
     /* SDM ENTER, exceptions: #PF "if a write using the final value of the
      * stack pointer would cause a page fault".  Checked after the pushes
      * (which stay in memory when it faults: what the hardware does) */
-    (void)mem_read_rmw(c, lin_addr(c, S_SS, sp), 1);
+    (void)mem_read_rmw_x(c, lin_wr(c, S_SS, sp, 1), 1, ACC_SS);
     setreg(c, R_RBP, sz == 2 ? 2 : (c->ssz == 8 ? 8 : 4), frame);
     sp_set(c, sp);
 }

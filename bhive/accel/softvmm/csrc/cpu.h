@@ -259,6 +259,11 @@ typedef struct svm_cpu {
     uint8_t exit_queued;     /* an exit is waiting to be returned by svm_run */
     seg_t seg[8];
     uint64_t segbase[8];     /* effective bases (0 for ES/CS/SS/DS in 64-bit mode) */
+    /* outside 64-bit mode: an access of [off, off + size) through segment s
+     * needs no further check when off + size <= seg_end[write][s]; anything
+     * else (beyond the limit, wrong type, null, expand-down) goes to
+     * seg_check() (system.c, SDM Vol 3A 5.3 and 5.4) */
+    uint64_t seg_end[2][8];
     struct { uint64_t base; uint32_t limit; } gdtr, idtr;
     uint64_t cr0, cr2, cr3, cr4, cr8, efer;
     uint64_t dr[8];
@@ -354,11 +359,14 @@ void io_check(cpu_t *c, uint16_t port, int size);
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);
 int pio_lane_try(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);   /* pio_lane.c */
 void pio_lanes_free(cpu_t *c);
-enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8 };
+enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8,
+       ACC_SS = 16 };   /* through SS: a non-canonical address is #SS(0), not #GP(0) (SDM Vol 3A 6.15 int 12) */
 
 /* system.c */
 void update_mode(cpu_t *c);
 void load_seg(cpu_t *c, int sreg, uint16_t sel);
+void seg_cache_limits(cpu_t *c, int sreg);   /* recompute seg_end[][sreg] from the hidden part */
+void seg_check(cpu_t *c, int sreg, uint64_t off, int size, int w);   /* #GP(0)/#SS(0) or return */
 void set_seg_real(cpu_t *c, int sreg, uint16_t sel);
 uint64_t get_rflags(cpu_t *c);
 void set_rflags(cpu_t *c, uint64_t v);

@@ -8,6 +8,52 @@
 #include "mem.h"
 #include "handlers.h"
 
+/* ---- segment limit and type checks (SDM Vol 3A 5.3, 5.4) -----------------
+ * Outside 64-bit mode every data access is checked against the segment's
+ * hidden part: an expand-up segment allows offsets 0..limit, an expand-down
+ * one limit+1..0xffff (B=0) or ..0xffffffff (B=1).  In protected mode a
+ * write needs a writable data segment and a read a data or readable code
+ * segment, and a null (unusable) segment allows nothing.  Real and
+ * virtual-8086 mode check only the limit (real-mode code writes through CS:
+ * the type bits are not looked at, SDM Vol 3A 20.1.1).  A violation is
+ * #SS(0) through SS and #GP(0) otherwise (SDM Vol 3A 6.15, interrupts 12, 13).
+ * seg_end[][] caches the common case (expand-up, right type) as a bound on
+ * off + size; everything else lands in seg_check(). */
+void seg_cache_limits(cpu_t *c, int s)
+{
+    const seg_t *sg = &c->seg[s];
+    uint64_t end = (uint64_t)sg->limit + 1;
+    uint64_t r = end, w = end;
+    unsigned type = sg->access & 0xf;
+    if (sg->access & 0x10000) r = w = 0;                     /* null selector */
+    else if (!(type & 8) && (type & 4)) r = w = 0;          /* expand-down data: seg_check() */
+    else if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) {
+        if (type & 8) { w = 0; if (!(type & 2)) r = 0; }    /* code: no writes; execute-only: no reads */
+        else if (!(type & 2)) w = 0;                         /* read-only data */
+    }
+    c->seg_end[0][s] = r;
+    c->seg_end[1][s] = w;
+}
+
+void seg_check(cpu_t *c, int s, uint64_t off, int size, int w)
+{
+    const seg_t *sg = &c->seg[s];
+    int vec = s == S_SS ? EX_SS : EX_GP;
+    unsigned type = sg->access & 0xf;
+    uint64_t last = off + (uint64_t)size - 1;
+    if (sg->access & 0x10000) raise_exc(c, vec, 1, 0);
+    if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) {
+        if ((type & 8) ? (w || !(type & 2)) : (w && !(type & 2))) raise_exc(c, vec, 1, 0);
+    }
+    if (!(type & 8) && (type & 4)) {
+        /* expand-down (SDM Vol 3A 5.3): valid offsets are limit+1 .. 64K-1 or 4G-1 */
+        uint64_t upper = (sg->access & 0x4000) ? 0xffffffffULL : 0xffffULL;
+        if (off <= sg->limit || last > upper) raise_exc(c, vec, 1, 0);
+        return;
+    }
+    if (last > sg->limit) raise_exc(c, vec, 1, 0);
+}
+
 /* ---- modes --------------------------------------------------------------- */
 void update_mode(cpu_t *c)
 {
@@ -23,6 +69,7 @@ void update_mode(cpu_t *c)
     else if (!(c->cr0 & CR0_PE)) c->ssz = 2;
     else c->ssz = (c->seg[S_SS].access & 0x4000) ? 4 : 2;
     for (int s = 0; s < 8; s++) c->segbase[s] = c->seg[s].base;
+    for (int s = S_ES; s <= S_GS; s++) seg_cache_limits(c, s);
     if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
     int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
     if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
@@ -44,6 +91,7 @@ void set_seg_real(cpu_t *c, int s, uint16_t sel)
     }
     c->segbase[s] = c->seg[s].base;
     if (s == S_CS || s == S_SS) update_mode(c);
+    else seg_cache_limits(c, s);
 }
 
 int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi)
@@ -75,6 +123,7 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
         if (s == S_SS) c->seg[s].access |= (uint32_t)c->cpl << 5;
         c->segbase[s] = 0;
         if (s == S_SS) update_mode(c);
+        else seg_cache_limits(c, s);
         return;
     }
     uint32_t lo, hi;
@@ -109,7 +158,10 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
         c->seg[S_SS].access = (c->seg[S_SS].access & ~0x60u) | ((uint32_t)(sel & 3) << 5);
         update_mode(c);
     } else if (s == S_SS) update_mode(c);
-    else if (c->long64 && s != S_FS && s != S_GS) c->segbase[s] = 0;
+    else {
+        if (c->long64 && s != S_FS && s != S_GS) c->segbase[s] = 0;
+        seg_cache_limits(c, s);
+    }
 }
 
 /* ---- TSC ----------------------------------------------------------------
