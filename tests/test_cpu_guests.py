@@ -20,15 +20,82 @@ EXPECTED_SYS64 = [
 ]
 
 
-def test_sys64_exceptions_paging_user_mode_syscall(bhive):
-    proc = bhive.run("run", "configs/cpu-sys64.toml", "--name", "cpu-sys64", timeout=120)
+# 32-bit protected mode (guests/cpu/sys32.asm)
+EXPECTED_SYS32 = [
+    "#OF INTO with OF=1 (32-bit)",
+    "#OF is a trap: saved EIP after INTO",
+    "#BR BOUND index above the upper bound",
+    "BOUND index within the bounds",
+    "#NM x87 with CR0.TS",
+    "#NM x87 with CR0.EM",
+    "#NM SSE with CR0.TS",
+    "#UD SSE with CR0.EM",
+    "#MF unmasked x87 zero-divide at the next FWAIT (CR0.NE)",
+    "#MF is delayed to the next waiting x87 instruction",
+    "#XM unmasked SSE zero-divide (CR4.OSXMMEXCPT)",
+    "#UD unmasked SSE zero-divide without CR4.OSXMMEXCPT",
+    "dword read at the end of a 4K data segment",
+    "#GP(0) dword read crossing the data segment limit",
+    "#GP(0) byte write just past the limit (ES)",
+    "read through a read-only data segment",
+    "#GP(0) write through a read-only data segment",
+    "read through a readable code segment (CS override)",
+    "#GP(0) write through a code segment (CS override)",
+    "#GP(0) access through a null segment (FS)",
+    "expand-down data segment: offsets above the limit",
+    "#GP(0) expand-down data segment: offset at/below the limit",
+    "#SS(0) SS access beyond the stack segment limit",
+    "#SS(0) EBP-based access crossing the stack segment limit",
+    "#SS(0) expand-down stack segment below its limit",
+    "#GP(sel) execute-only code segment into DS",
+    "#GP(sel) read-only data segment into SS",
+    "#GP(sel) SS with RPL/DPL != CPL",
+    "#NP(sel) not-present data segment into ES",
+    "#GP(sel) selector beyond the GDT limit",
+    "IRETD to CPL3 and INT back through a DPL3 gate",
+    "CPL3 -> CPL0 interrupt frame on the TSS ESP0 stack (SS:ESP, CS)",
+    "#TS(sel) INT from CPL3 whose TSS SS1 has RPL/DPL != 1",
+    "#SS(sel) INT from CPL3 whose TSS SS2 is not present",
+    "CALL through a call gate CPL3 -> CPL0 and RETF 8 back",
+    "call gate: TSS stack, 2 parameters copied, old SS:ESP and CS:EIP",
+    "RETF 8 to CPL3: CS, SS, ESP with the parameters released",
+    "RETF to CPL3 nulls a DS with DPL 0",
+    "CALL through a call gate at the same privilege level",
+    "same-privilege call gate: CS:EIP pushed on the current stack",
+    "far JMP through a call gate",
+    "far JMP through a call gate lands in the gate's code segment",
+    "#GP(sel) CALL from CPL3 through a DPL0 call gate",
+    "#GP(sel) far JMP from CPL3 to non-conforming DPL0 code",
+    "SYSENTER -> SYSEXIT round trip",
+    "SYSENTER/SYSEXIT selectors and stacks from the MSRs",
+    "#GP(0) SYSENTER with IA32_SYSENTER_CS = 0",
+    "self-IPI after STI",
+    "STI shadow: the interrupt is taken after the next instruction",
+    "single-step #DB over MOV SS",
+    "MOV SS shadow: the single-step trap comes after the next instruction",
+]
+
+
+def run_checks(bhive, name: str, expected: list[str], timeout: float = 120) -> str:
+    """Run configs/cpu-<name>.toml; every check must report PASS, in order,
+    and the guest must end with isa-debug-exit 0 (`bhive run` status 1)."""
+    proc = bhive.run("run", f"configs/cpu-{name}.toml", "--name", f"cpu-{name}", timeout=timeout)
     out = proc.stdout.decode(errors="replace")
     fails = re.findall(r"^FAIL .*$", out, re.M)
     assert not fails, out
     passed = re.findall(r"^PASS (.*?)\r?$", out, re.M)
-    assert passed == EXPECTED_SYS64, out
-    assert "sys64: failures=0" in out, out
+    assert passed == expected, out
+    assert re.search(rf"^{name}: failures=0+\r?$", out, re.M), out
     assert proc.returncode == 1, (proc.returncode, out, proc.stderr)
+    return out
+
+
+def test_sys64_exceptions_paging_user_mode_syscall(bhive):
+    run_checks(bhive, "sys64", EXPECTED_SYS64)
+
+
+def test_sys32_exceptions_segments_call_gates_sysenter(bhive):
+    run_checks(bhive, "sys32", EXPECTED_SYS32)
 
 
 def test_smp_atomics_eight_vcpu_processes(bhive):

@@ -62,6 +62,10 @@ enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS, S_LDTR, S_TR, S_NONE = 15 };
 #define EFER_LMA 0x400u
 #define EFER_NXE 0x800u
 
+/* interrupt shadows (SDM Vol 3A 6.8.3): both block interrupts and NMIs for
+ * one instruction; MOV SS / POP SS also hold debug traps (TF) over it */
+enum { SHADOW_STI = 1, SHADOW_MOVSS = 2 };
+
 /* exception vectors */
 enum { EX_DE = 0, EX_DB = 1, EX_NMI = 2, EX_BP = 3, EX_OF = 4, EX_BR = 5, EX_UD = 6, EX_NM = 7,
        EX_DF = 8, EX_TS = 10, EX_NP = 11, EX_SS = 12, EX_GP = 13, EX_PF = 14, EX_MF = 16,
@@ -248,7 +252,7 @@ typedef struct svm_cpu {
     uint8_t csz;             /* default code size: 2, 4 or 8 */
     uint8_t ssz;             /* stack address size: 2, 4 or 8 */
     uint8_t long64;          /* 64-bit mode (LMA && CS.L) */
-    uint8_t shadow;          /* interrupt shadow (STI / MOV SS) for the next instruction */
+    uint8_t shadow;          /* interrupt shadow for the next instruction: SHADOW_STI / SHADOW_MOVSS */
     uint8_t halted;
     uint8_t irq_pending;     /* lapic may have something deliverable */
     uint8_t nmi_blocked;
@@ -365,6 +369,7 @@ enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8,
 /* system.c */
 void update_mode(cpu_t *c);
 void load_seg(cpu_t *c, int sreg, uint16_t sel);
+void new_stack_check(cpu_t *c, uint16_t nss, int ncpl, int ext, uint32_t *lo, uint32_t *hi);
 void seg_cache_limits(cpu_t *c, int sreg);   /* recompute seg_end[][sreg] from the hidden part */
 void seg_check(cpu_t *c, int sreg, uint64_t off, int size, int w);   /* #GP(0)/#SS(0) or return */
 void set_seg_real(cpu_t *c, int sreg, uint16_t sel);
@@ -378,6 +383,11 @@ void set_efer(cpu_t *c, uint64_t v);
 void cpu_reset(cpu_t *c);
 void cpu_do_sipi(cpu_t *c, int vec);
 int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi);
+
+/* task.c: hardware task switch (SDM Vol 3A 7.3) to the TSS or through the
+ * task gate `sel` (descriptor lo/hi); ret_eip is the outgoing task's EIP */
+enum { TS_JMP = 0, TS_CALL = 1, TS_IRET = 2, TS_INT = 3 };
+void task_switch(cpu_t *c, uint16_t sel, uint32_t lo, uint32_t hi, int reason, uint64_t ret_eip);
 
 /* cpuid.c */
 void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t out[4]);

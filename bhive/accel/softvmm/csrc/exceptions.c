@@ -181,12 +181,17 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         uint64_t sp, ssb;
         int ssz;
         if (ncpl < c->cpl) {
-            /* inner-privilege stack from the 32-bit TSS (SDM 6.12.1) */
-            uint64_t tss = c->seg[S_TR].base;
-            uint32_t nesp = (uint32_t)mem_read_slow(c, tss + 4 + 8 * ncpl, 4, ACC_SYS);
-            uint16_t nss = (uint16_t)mem_read_slow(c, tss + 8 + 8 * ncpl, 2, ACC_SYS);
+            /* inner-privilege stack from the TSS (SDM 6.12.1, INT n
+             * "INTER-PRIVILEGE-LEVEL-INTERRUPT"): SSn:ESPn of a 32-bit TSS,
+             * SSn:SPn of a 16-bit one; #TS(TSS + EXT) beyond its limit */
+            seg_t *tr = &c->seg[S_TR];
+            int t32 = (tr->access & 0xf) == 9 || (tr->access & 0xf) == 0xb;
+            uint32_t a = t32 ? 8u * ncpl + 4 : 4u * ncpl + 2;
+            if (a + (t32 ? 5 : 3) > tr->limit) raise_exc(c, EX_TS, 1, (tr->sel & 0xfffc) + ext);
+            uint32_t nesp = (uint32_t)mem_read_slow(c, tr->base + a, t32 ? 4 : 2, ACC_SYS);
+            uint16_t nss = (uint16_t)mem_read_slow(c, tr->base + a + (t32 ? 4 : 2), 2, ACC_SYS);
             uint32_t slo, shi;
-            if ((nss & ~3) == 0 || desc_read(c, nss, &slo, &shi)) raise_exc(c, EX_TS, 1, nss & ~3);
+            new_stack_check(c, nss, ncpl, ext, &slo, &shi);
             ssb = (slo >> 16) | ((uint64_t)(shi & 0xff) << 16) | (shi & 0xff000000);
             ssz = (shi & 0x400000) ? 4 : 2;
             sp = nesp;

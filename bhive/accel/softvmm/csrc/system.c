@@ -110,6 +110,21 @@ int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi)
     return 0;
 }
 
+/* The inner stack of a privilege change through an interrupt/trap gate or
+ * a call gate, as read from the TSS (SDM Vol 2A INT n "INTER-PRIVILEGE-
+ * LEVEL-INTERRUPT", CALL "MORE-PRIVILEGE"): #TS(EXT) for a null selector,
+ * #TS(selector + EXT) for one outside the table, with RPL or DPL other than
+ * the new CPL, or not a writable data segment; #SS(selector + EXT) if it is
+ * not present.  Returns the descriptor. */
+void new_stack_check(cpu_t *c, uint16_t nss, int ncpl, int ext, uint32_t *lo, uint32_t *hi)
+{
+    uint32_t err = (nss & 0xfffc) | (ext ? 1 : 0);
+    if ((nss & 0xfffc) == 0) raise_exc(c, EX_TS, 1, ext ? 1 : 0);
+    if (desc_read(c, nss, lo, hi) || (nss & 3) != ncpl) raise_exc(c, EX_TS, 1, err);
+    if ((int)((*hi >> 13) & 3) != ncpl || (*hi & 0x1a00) != 0x1200) raise_exc(c, EX_TS, 1, err);
+    if (!(*hi & 0x8000)) raise_exc(c, EX_SS, 1, err);
+}
+
 /* Load a segment register in protected mode (SDM Vol 3A 3.4.3, 5.5).
  * M1 checks presence, null CS/SS and S-bit; full type/privilege checks TODO. */
 void load_seg(cpu_t *c, int s, uint16_t sel)
@@ -298,7 +313,7 @@ HANDLER(h_mov_sreg_rm)
     if (s > 5 || s == S_CS) raise_ud(c);
     uint16_t sel = (uint16_t)rd_rm(c, i, 2);
     load_seg(c, s, sel);
-    if (s == S_SS) { c->shadow = 1; c->brk = 1; }   /* MOV SS blocks interrupts for one instruction */
+    if (s == S_SS) { c->shadow = SHADOW_MOVSS; c->brk = 1; }   /* MOV SS blocks interrupts and #DB for one instruction */
 }
 HANDLER(h_push_sreg)
 {
@@ -314,7 +329,7 @@ HANDLER(h_pop_sreg)
     uint16_t sel = (uint16_t)ld(c, S_SS, sp, i->osz);
     load_seg(c, s, sel);
     sp_set(c, sp + i->osz);
-    if (s == S_SS) { c->shadow = 1; c->brk = 1; }
+    if (s == S_SS) { c->shadow = SHADOW_MOVSS; c->brk = 1; }
 }
 
 /* ---- descriptor tables: 0F 00, 0F 01 ------------------------------------ */
@@ -426,7 +441,7 @@ HANDLER(h_cli) { if (!iopl_ok(c)) raise_gp(c, 0); c->rflags &= ~(uint64_t)F_IF; 
 HANDLER(h_sti)
 {
     if (!iopl_ok(c)) raise_gp(c, 0);
-    if (!(c->rflags & F_IF)) c->shadow = 1;   /* STI shadow (SDM Vol 3A 6.8.3) */
+    if (!(c->rflags & F_IF)) c->shadow = SHADOW_STI;   /* STI shadow (SDM Vol 3A 6.8.3) */
     c->rflags |= F_IF;
     c->brk = 1;
 }
@@ -706,8 +721,7 @@ HANDLER(h_lfp)
     default: s = S_DS; break;   /* C5: LDS */
     }
     load_seg(c, s, sel);
-    setreg(c, i->reg, sz, v);
-    if (s == S_SS) { c->shadow = 1; c->brk = 1; }
+    setreg(c, i->reg, sz, v);   /* LSS: no interrupt shadow (only MOV SS and POP SS, SDM Vol 3A 6.8.3) */
 }
 
 /* LAR / LSL (0F 02 / 0F 03) and VERR / VERW (0F 00 /4 /5): SDM Vol 2A.
