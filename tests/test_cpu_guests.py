@@ -8,15 +8,23 @@ import re
 
 EXPECTED_SYS64 = [
     "#DE divide error", "#DB single-step (TF)", "#BP int3", "#UD for INTO in 64-bit mode", "#UD ud2",
+    "#NM SSE with CR0.TS (64-bit)", "#MF unmasked x87 zero-divide (64-bit)",
+    "#XM unmasked SSE zero-divide (64-bit)",
     "#GP non-canonical", "#NP segment not present", "#SS not-present stack segment",
-    "#GP(sel) SS with RPL != CPL", "#PF not present read (err 0)",
+    "#GP(sel) SS with RPL != CPL",
+    "#SS(0) push with a non-canonical RSP (IST1)", "#SS(0) non-canonical RBP-based access",
+    "#SS(0) non-canonical access with an SS override",
+    "#PF not present read (err 0)",
     "#PF write to read-only at CPL0 with CR0.WP (err 3)", "#PF reserved bit (err 9)",
     "#PF NX fetch (err 0x11)", "#PF user read of supervisor page (err 5)",
     "#PF user write to read-only page (err 7)",
     "#GP INT 0x80 through a DPL0 gate from CPL3 (err 0x402)",
     "IRETQ to CPL3 and #BP back through a DPL3 gate",
     "#AC misaligned access at CPL3 with CR0.AM and EFLAGS.AC",
-    "SYSCALL -> SYSRET -> SYSCALL round trip", "#DF for #NP while delivering #GP",
+    "SYSCALL -> SYSRET -> SYSCALL round trip",
+    "64-bit call gate CPL3 -> CPL0 and RETF (REX.W) back",
+    "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP",
+    "#DF for #NP while delivering #GP",
 ]
 
 
