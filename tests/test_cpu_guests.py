@@ -84,6 +84,50 @@ EXPECTED_SYS32 = [
 ]
 
 
+# every mode switch, up and back down (guests/cpu/modes.asm)
+EXPECTED_MODES = [
+    "real mode: 16-bit operand size",
+    "real mode: CR0.PE = 0",
+    "real mode: segment base = selector * 16",
+    "real mode: INT through the IVT, 3-word frame, IRET",
+    "real mode: far CALL and RETF",
+    "16-bit protected mode: 16-bit operand size",
+    "16-bit protected mode: CR0.PE = 1",
+    "16-bit protected mode: segment base from the descriptor",
+    "16-bit protected mode: INT through a 16-bit gate, 3-word frame, IRET",
+    "32-bit protected mode: 32-bit operand size",
+    "32-bit protected mode: INT through a 32-bit gate, 3-dword frame, IRETD",
+    "32-bit protected mode: far CALL and RETF",
+    "2-level paging: linear 0x400000 -> the marker page",
+    "2-level paging: #PF through the 32-bit IDT (err 0, CR2)",
+    "2-level paging: still 32-bit code",
+    "PAE paging: linear 0x40000000 (PDPTE 1) -> the marker page",
+    "PAE paging: NX fetch #PF through the 32-bit IDT (err 0x11, CR2)",
+    "EFER.LMA after CR0.PG with EFER.LME (compatibility mode)",
+    "compatibility mode after activation: 32-bit operand size",
+    "64-bit mode: REX.W prefix, 64-bit code",
+    "4-level paging: linear 0x8000000000 (PML4 entry 1) -> the marker page",
+    "64-bit mode: INT through a 64-bit gate, aligned 40-byte frame, IRETQ",
+    "IRETQ to compatibility mode: 32-bit operand size",
+    "compatibility mode: EFER.LMA = 1",
+    "compatibility mode: INT through the 64-bit IDT, aligned 40-byte frame, IRETQ back",
+    "RETF from compatibility mode back to 64-bit mode",
+    "far JMP from 64-bit to compatibility mode",
+    "CR0.PG = 0 in compatibility mode clears EFER.LMA",
+    "32-bit protected mode: 32-bit operand size",
+    "32-bit protected mode: INT through a 32-bit gate, 3-dword frame, IRETD",
+    "16-bit protected mode: 16-bit operand size",
+    "16-bit protected mode: CR0.PE = 1",
+    "16-bit protected mode: segment base from the descriptor",
+    "16-bit protected mode: INT through a 16-bit gate, 3-word frame, IRET",
+    "back in real mode: 16-bit operand size",
+    "real mode: CR0.PE = 0",
+    "real mode: segment base = selector * 16",
+    "real mode: INT through the IVT, 3-word frame, IRET",
+    "real mode: far CALL and RETF",
+]
+
+
 def run_checks(bhive, name: str, expected: list[str], timeout: float = 120) -> str:
     """Run configs/cpu-<name>.toml; every check must report PASS, in order,
     and the guest must end with isa-debug-exit 0 (`bhive run` status 1)."""
@@ -104,6 +148,10 @@ def test_sys64_exceptions_paging_user_mode_syscall(bhive):
 
 def test_sys32_exceptions_segments_call_gates_sysenter(bhive):
     run_checks(bhive, "sys32", EXPECTED_SYS32)
+
+
+def test_modes_every_switch_up_to_64_bit_and_back_to_real_mode(bhive):
+    run_checks(bhive, "modes", EXPECTED_MODES)
 
 
 def test_smp_atomics_eight_vcpu_processes(bhive):
