@@ -371,7 +371,8 @@ void update_mode(cpu_t *c);
 void load_seg(cpu_t *c, int sreg, uint16_t sel);
 void new_stack_check(cpu_t *c, uint16_t nss, int ncpl, int ext, uint32_t *lo, uint32_t *hi);
 void seg_cache_limits(cpu_t *c, int sreg);   /* recompute seg_end[][sreg] from the hidden part */
-void seg_check(cpu_t *c, int sreg, uint64_t off, int size, int w);   /* #GP(0)/#SS(0) or return */
+/* #GP(0)/#SS(0), or the linear address when the access is allowed */
+uint64_t seg_check(cpu_t *c, int sreg, uint64_t off, int size, int w);
 void set_seg_real(cpu_t *c, int sreg, uint16_t sel);
 uint64_t get_rflags(cpu_t *c);
 void set_rflags(cpu_t *c, uint64_t v);

@@ -76,7 +76,7 @@ static inline uint64_t lin_addr(cpu_t *c, int seg, uint64_t off)
 static inline uint64_t lin_acc(cpu_t *c, int seg, uint64_t off, int size, int w)
 {
     if (likely(c->long64)) return c->segbase[seg] + off;
-    if (unlikely(off + (uint64_t)size > c->seg_end[w][seg])) seg_check(c, seg, off, size, w);
+    if (unlikely(off + (uint64_t)size > c->seg_end[w][seg])) return seg_check(c, seg, off, size, w);
     return (uint32_t)(c->segbase[seg] + off);
 }
 #define lin_rd(c, seg, off, size) lin_acc((c), (seg), (off), (size), 0)

@@ -35,7 +35,7 @@ void seg_cache_limits(cpu_t *c, int s)
     c->seg_end[1][s] = w;
 }
 
-void seg_check(cpu_t *c, int s, uint64_t off, int size, int w)
+uint64_t seg_check(cpu_t *c, int s, uint64_t off, int size, int w)
 {
     const seg_t *sg = &c->seg[s];
     int vec = s == S_SS ? EX_SS : EX_GP;
@@ -49,9 +49,8 @@ void seg_check(cpu_t *c, int s, uint64_t off, int size, int w)
         /* expand-down (SDM Vol 3A 5.3): valid offsets are limit+1 .. 64K-1 or 4G-1 */
         uint64_t upper = (sg->access & 0x4000) ? 0xffffffffULL : 0xffffULL;
         if (off <= sg->limit || last > upper) raise_exc(c, vec, 1, 0);
-        return;
-    }
-    if (last > sg->limit) raise_exc(c, vec, 1, 0);
+    } else if (last > sg->limit) raise_exc(c, vec, 1, 0);
+    return (uint32_t)(c->segbase[s] + off);
 }
 
 /* ---- modes --------------------------------------------------------------- */
