@@ -81,6 +81,14 @@ EXPECTED_SYS32 = [
     "STI shadow: the interrupt is taken after the next instruction",
     "single-step #DB over MOV SS",
     "MOV SS shadow: the single-step trap comes after the next instruction",
+    "far JMP to a TSS and a far JMP back",
+    "JMP task switch: TR, CR0.TS, NT clear, registers saved and restored, busy bits",
+    "CALL through a task gate and IRET (NT) back",
+    "nested task: NT = 1, previous-task link, busy bit cleared by IRET",
+    "INT n through an IDT task gate",
+    "INT n task gate: TR and the previous-task link",
+    "#GP(0) through an IDT task gate, error code on the new task's stack",
+    "#GP(sel) far JMP to a busy TSS",
 ]
 
 
@@ -146,7 +154,7 @@ def test_sys64_exceptions_paging_user_mode_syscall(bhive):
     run_checks(bhive, "sys64", EXPECTED_SYS64)
 
 
-def test_sys32_exceptions_segments_call_gates_sysenter(bhive):
+def test_sys32_exceptions_segments_call_gates_sysenter_tasks(bhive):
     run_checks(bhive, "sys32", EXPECTED_SYS32)
 
 

@@ -10,7 +10,10 @@
 ;   IRET to CPL3 and back through the TSS ESP0 stack;
 ;   call gates: CPL3 -> CPL0 with parameter copy and RETF n back (outer
 ;     level: DS with DPL0 becomes null), same-privilege CALL, far JMP;
-;   SYSENTER/SYSEXIT; the interrupt shadow of STI and of MOV SS.
+;   SYSENTER/SYSEXIT; the interrupt shadow of STI and of MOV SS;
+;   hardware task switches (SDM Vol 3A 7.3): far JMP to a TSS and back, CALL
+;     through a task gate and IRET with NT, INT n and #GP through IDT task
+;     gates (error code on the new task's stack), busy TSS.
 ; Single vCPU; starts in real mode at 0x8000.
 
 %define IDT     0x20000
@@ -20,6 +23,9 @@
 %define USTACK  0x70000
 %define SESTACK 0x78000             ; IA32_SYSENTER_ESP
 %define APIC    0xfee00000
+%define TSS2    0x22000             ; task of the far JMP
+%define TSS3    0x23000             ; nested task (CALL / INT through task gates, IRET)
+%define TSS5    0x24000             ; #GP handler task
 
         org 0x8000
         bits 16
@@ -95,6 +101,24 @@ pm32:   mov ax, 0x10
         mov word [TSS + 0x66], 0x68
         mov ax, 0x28
         ltr ax
+        mov eax, 0x44                   ; task gate -> TSS3
+        mov ebx, 0
+        mov ecx, 0xa0
+        mov edx, 0x8500
+        call set_gate
+        ; the other tasks: flat ring-0 segments, IF = 0, own stacks
+        mov edi, TSS2
+        mov eax, task2
+        mov edx, 0x60000
+        call make_tss
+        mov edi, TSS3
+        mov eax, task3
+        mov edx, 0x5f000
+        call make_tss
+        mov edi, TSS5
+        mov eax, task5
+        mov edx, 0x5e000
+        call make_tss
         ; call gates
         mov edi, gdt + 0x70             ; DPL3 -> 0x08:cg_inner, 2 dword parameters
         mov ebx, cg_inner
@@ -494,6 +518,80 @@ movss_next:
         cmp dword [ex_eip], movss_next
         RESULT e, "MOV SS shadow: the single-step trap comes after the next instruction"
 
+        ; ---- task switches (SDM Vol 3A 7.3) ------------------------------------
+        T
+        mov ebx, 0x1234
+        mov esi, 0x5678
+        mov dword [t_tr], 0
+        jmp 0x98:0                      ; -> TSS2, which JMPs back to TSS 0x28
+        mov [t_ebx], ebx
+        mov [t_esi], esi
+        E -1, -1, "far JMP to a TSS and a far JMP back"
+        clts
+        xor ebp, ebp
+        MISMATCH dword [t_tr], 0x98
+        MISMATCH dword [t_nt], 0
+        MISMATCH dword [t_ts], 8
+        MISMATCH dword [t_ebx], 0x1234  ; this task's registers came back from its TSS
+        MISMATCH dword [t_esi], 0x5678
+        str ax
+        MISMATCH ax, 0x28
+        test byte [gdt + 0x98 + 5], 2   ; TSS2 no longer busy
+        setnz al
+        movzx eax, al
+        add ebp, eax
+        test ebp, ebp
+        RESULT z, "JMP task switch: TR, CR0.TS, NT clear, registers saved and restored, busy bits"
+
+        T
+        mov dword [t_tr], 0
+        call 0xa8:0                     ; task gate -> TSS3, which IRETs back
+        E -1, -1, "CALL through a task gate and IRET (NT) back"
+        clts
+        xor ebp, ebp
+        MISMATCH dword [t_tr], 0xa0
+        MISMATCH dword [t_nt], 0x4000
+        MISMATCH dword [t_link], 0x28
+        test byte [gdt + 0xa0 + 5], 2   ; TSS3 not busy after the IRET
+        setnz al
+        movzx eax, al
+        add ebp, eax
+        pushfd
+        pop eax
+        and eax, 0x4000
+        add ebp, eax
+        test ebp, ebp
+        RESULT z, "nested task: NT = 1, previous-task link, busy bit cleared by IRET"
+
+        T
+        mov dword [t_tr], 0
+        int 0x44                        ; IDT task gate -> TSS3
+        E -1, -1, "INT n through an IDT task gate"
+        clts
+        xor ebp, ebp
+        MISMATCH dword [t_tr], 0xa0
+        MISMATCH dword [t_link], 0x28
+        test ebp, ebp
+        RESULT z, "INT n task gate: TR and the previous-task link"
+
+        T
+        mov dword [IDT + 13 * 8], 0xb00000     ; #GP -> task gate to TSS5
+        mov dword [IDT + 13 * 8 + 4], 0x8500
+        xor eax, eax
+        mov fs, ax
+        mov eax, [fs:0]                 ; #GP(0): TSS5 records it and IRETs to [resume]
+        E 13, 0, "#GP(0) through an IDT task gate, error code on the new task's stack"
+        clts
+        mov eax, 13
+        mov ebx, stub13
+        mov ecx, 0x08
+        mov edx, 0x8e00
+        call set_gate
+
+        T
+        jmp 0x28:0                      ; the current task: busy
+        E 13, 0x28, "#GP(sel) far JMP to a busy TSS"
+
         ; ---- done ------------------------------------------------------------
         mov esi, m_done
         call puts32
@@ -573,6 +671,58 @@ sysenter_entry:
         mov [se_esp], esp
         sysexit                         ; EDX = EIP, ECX = ESP (kept from user mode)
 never:  jmp never
+
+; tasks (ring 0, flat): record TR, EFLAGS.NT, CR0.TS and the previous-task link
+task2:  call task_record
+        mov ebx, 0xdead                 ; the caller's registers live in its TSS
+        mov esi, 0xbeef
+        jmp 0x28:0                      ; JMP back: TSS2 becomes available again
+        jmp task2
+task3:  call task_record
+        iretd                           ; NT = 1: back to the previous task
+        jmp task3
+task5:  pop eax                         ; the #GP error code
+        mov [ex_err], eax
+        mov dword [ex_vec], 13
+        mov eax, [resume]               ; resume the faulting task at the check
+        mov [TSS + 0x20], eax
+        iretd
+        jmp task5
+task_record:
+        str ax
+        movzx eax, ax
+        mov [t_tr], eax
+        pushfd
+        pop eax
+        and eax, 0x4000
+        mov [t_nt], eax
+        mov eax, cr0
+        and eax, 8
+        mov [t_ts], eax
+        mov eax, [TSS3]
+        mov [t_link], eax
+        ret
+
+; make_tss: EDI 32-bit TSS, EAX EIP, EDX ESP
+make_tss:
+        push edi
+        push eax
+        mov ecx, 0x68 / 4
+        xor eax, eax
+        rep stosd
+        pop eax
+        pop edi
+        mov [edi + 0x20], eax
+        mov dword [edi + 0x24], 2
+        mov [edi + 0x38], edx
+        mov dword [edi + 0x48], 0x10    ; ES
+        mov dword [edi + 0x4c], 0x08    ; CS
+        mov dword [edi + 0x50], 0x10    ; SS
+        mov dword [edi + 0x54], 0x10    ; DS
+        mov dword [edi + 0x58], 0x10    ; FS
+        mov dword [edi + 0x5c], 0x10    ; GS
+        mov word [edi + 0x66], 0x68
+        ret
 
 to_user:                                ; EDI = user EIP
         mov ax, 0x23
@@ -732,6 +882,10 @@ gdt:    dq 0
         dq 0                            ; 0x80 call gate (DPL0) -> jg_target
         dq 0x00cf98000000ffff           ; 0x88 execute-only code
         dq 0x00cf12000000ffff           ; 0x90 data, not present
+        dq 0x0000890000000067 | (TSS2 << 16)  ; 0x98 TSS2
+        dq 0x0000890000000067 | (TSS3 << 16)  ; 0xa0 TSS3
+        dq 0x0000850000a00000           ; 0xa8 task gate -> 0xa0
+        dq 0x0000890000000067 | (TSS5 << 16)  ; 0xb0 TSS5
 gdt_end:
 gdt_desc: dw gdt_end - gdt - 1
         dd gdt
@@ -769,6 +923,12 @@ se_cs:     dd 0
 se_ss:     dd 0
 se_esp:    dd 0
 fails:     dd 0
+t_tr:      dd 0
+t_nt:      dd 0
+t_ts:      dd 0
+t_link:    dd 0
+t_ebx:     dd 0
+t_esi:     dd 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0
 m_vec:  db " vec=", 0

@@ -395,16 +395,27 @@ HANDLER(h_retf)
     c->brk = 1;
 }
 
-/* IRET (SDM Vol 2A IRET pseudo-code; real, protected and IA-32e modes).
- * Nested task return and virtual-8086 returns are not implemented yet. */
+/* IRET (SDM Vol 2A IRET pseudo-code; real, protected and IA-32e modes,
+ * nested-task return).  Returns to virtual-8086 mode are not implemented. */
 HANDLER(h_iret)
 {
     int sz = i->osz;
+    uint64_t cur = get_rflags(c);
+    if ((c->cr0 & CR0_PE) && (cur & F_NT)) {
+        /* nested-task return (SDM Vol 2A IRET "TASK-RETURN", Vol 3A 7.3):
+         * back to the task in the previous-task link; none in IA-32e mode */
+        if (c->efer & EFER_LMA) raise_gp(c, 0);
+        uint16_t link = (uint16_t)mem_read_slow(c, c->seg[S_TR].base, 2, ACC_SYS);
+        uint32_t lo, hi;
+        if ((link & 4) || desc_read(c, link, &lo, &hi)) raise_exc(c, EX_TS, 1, link & 0xfffc);
+        task_switch(c, link, lo, hi, TS_IRET, c->nrip);
+        c->nmi_blocked = 0;
+        return;
+    }
     uint64_t sp = sp_get(c);
     uint64_t nip = ld(c, S_SS, sp, sz);
     uint16_t cs = (uint16_t)ld(c, S_SS, sp_wrap(c, sp + sz), sz);
     uint64_t fl = ld(c, S_SS, sp_wrap(c, sp + 2 * sz), sz);
-    uint64_t cur = get_rflags(c);
     if (!(c->cr0 & CR0_PE)) {
         uint64_t mask = (sz == 2) ? 0xffff : 0x3f7fd5;
         set_seg_real(c, S_CS, cs);
@@ -415,10 +426,8 @@ HANDLER(h_iret)
         c->brk = 1;
         return;
     }
-    if (cur & F_NT) {
-        if (c->efer & EFER_LMA) raise_gp(c, 0);   /* no task switches in IA-32e mode */
-        exit_unhandled(c);                          /* nested-task return: not implemented */
-    }
+    /* a return to virtual-8086 mode (EFLAGS.VM popped at CPL 0): not implemented */
+    if (sz == 4 && c->cpl == 0 && !(c->efer & EFER_LMA) && (fl & F_VM)) exit_unhandled(c);
     int rpl = cs & 3;
     uint64_t nsp = 0; uint16_t nss = 0;
     int outer = rpl > c->cpl;

@@ -116,8 +116,8 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
     if (long_idt) off |= (uint64_t)(uint32_t)mem_read_slow(c, gaddr + 8, 4, ACC_SYS) << 32;
     int type = (hi >> 8) & 0x1f;
     int gdpl = (hi >> 13) & 3;
-    int is_intr;
-    int gate32 = 1;
+    int is_intr = 0;
+    int gate32 = 1, task = 0;
     if (long_idt) {
         if (type != 0xe && type != 0xf) raise_gp(c, idt_err);
         is_intr = type == 0xe;
@@ -127,12 +127,27 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         case 0xf: is_intr = 0; break;
         case 0x6: is_intr = 1; gate32 = 0; break;
         case 0x7: is_intr = 0; gate32 = 0; break;
-        case 0x5: exit_unhandled(c);   /* task gate: TODO(M2) */
+        case 0x5: task = 1; break;      /* task gate: a task switch (SDM Vol 3A 6.11, 7.3) */
         default: raise_gp(c, idt_err);
         }
     }
     if ((kind == EV_SWINT || kind == EV_SWEXC) && gdpl < c->cpl) raise_gp(c, vec * 8 + 2);
     if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, vec * 8 + 2 + ext);
+    if (task) {
+        /* the handler is a task: switch to the TSS the gate names, then push
+         * the error code on the new task's stack (SDM Vol 3A 6.12.2) */
+        task_switch(c, (uint16_t)(lo >> 16), lo, hi, TS_INT, ret_rip);
+        if (has_err) {
+            int esz = (c->seg[S_TR].access & 8) ? 4 : 2;
+            uint64_t sp = sp_wrap(c, sp_get(c) - esz);
+            st(c, S_SS, sp, esz, err);
+            sp_set(c, sp);
+        }
+        if (kind == EV_NMI) c->nmi_blocked = 1;
+        c->delivering = 0;
+        c->brk = 1;
+        return;
+    }
     uint16_t sel = lo >> 16;
     if ((sel & ~3) == 0) raise_gp(c, ext);
     uint32_t dlo, dhi;
