@@ -87,7 +87,7 @@ EXPECTED_SYS32 = [
     "nested task: NT = 1, previous-task link, busy bit cleared by IRET",
     "INT n through an IDT task gate",
     "INT n task gate: TR and the previous-task link",
-    "#GP(0) through an IDT task gate, error code on the new task's stack",
+    "#GP(sel) through an IDT task gate, error code on the new task's stack",
     "#GP(sel) far JMP to a busy TSS",
 ]
 

@@ -577,10 +577,9 @@ movss_next:
         T
         mov dword [IDT + 13 * 8], 0xb00000     ; #GP -> task gate to TSS5
         mov dword [IDT + 13 * 8 + 4], 0x8500
-        xor eax, eax
-        mov fs, ax
-        mov eax, [fs:0]                 ; #GP(0): TSS5 records it and IRETs to [resume]
-        E 13, 0, "#GP(0) through an IDT task gate, error code on the new task's stack"
+        mov ax, 0x88                    ; execute-only code into DS: #GP(0x88);
+        mov ds, ax                      ; TSS5 records it and IRETs to [resume]
+        E 13, 0x88, "#GP(sel) through an IDT task gate, error code on the new task's stack"
         clts
         mov eax, 13
         mov ebx, stub13
