@@ -37,6 +37,8 @@ MUTS = {
  "pg_off_keeps_lma": ("system.c", "    if (!(v & CR0_PG) && (old & CR0_PG)) c->efer &= ~(uint64_t)EFER_LMA;", "    ;"),
  "pm_seg_base_real": ("system.c", "    c->seg[s].sel = sel; c->seg[s].base = base; c->seg[s].limit = limit; c->seg[s].access = access;\n    c->segbase[s] = base;", "    base = (uint64_t)sel << 4;\n    c->seg[s].sel = sel; c->seg[s].base = base; c->seg[s].limit = limit; c->seg[s].access = access;\n    c->segbase[s] = base;"),
  "cgate64_no_null_ss": ("control.c", "        c->seg[S_SS].sel = nss; c->seg[S_SS].base = 0; c->seg[S_SS].limit = 0;\n        c->seg[S_SS].access = 0x10000 | ((uint32_t)ncpl << 5);", "        c->seg[S_SS].sel = 0x18; c->seg[S_SS].base = 0; c->seg[S_SS].limit = 0;\n        c->seg[S_SS].access = 0x10000 | ((uint32_t)ncpl << 5);"),
+ "real_mode_64k_limits": [("system.c", "    uint64_t end = (uint64_t)sg->limit + 1;", "    uint64_t end = (c->cr0 & CR0_PE) ? (uint64_t)sg->limit + 1 : 0;"),
+                          ("system.c", "    } else if (last > sg->limit) raise_exc(c, vec, 1, 0);", "    } else if (last > ((c->cr0 & CR0_PE) ? sg->limit : 0xffff)) raise_exc(c, vec, 1, 0);")],
  "dbl_pf_cr2": ("mmu.c", "    c->exc_cr2 = lin;", "    c->exc_cr2 = lin + 4;"),
 }
 GUESTS = ["sys32", "sys64", "modes"]
@@ -51,11 +53,14 @@ def run_guest(name):
 
 def main(names):
     for name in names:
-        f, old, new = MUTS[name]
-        path = CS / f
-        src = path.read_text()
-        assert src.count(old) == 1, (name, src.count(old))
-        path.write_text(src.replace(old, new))
+        edits = MUTS[name] if isinstance(MUTS[name], list) else [MUTS[name]]
+        saved = {}
+        for f, old, new in edits:
+            path = CS / f
+            saved.setdefault(path, path.read_text())
+            src = path.read_text()
+            assert src.count(old) == 1, (name, src.count(old))
+            path.write_text(src.replace(old, new))
         try:
             b = subprocess.run([PY, "bhive/accel/softvmm/_build.py"], cwd=REPO, capture_output=True)
             assert b.returncode == 0, b.stderr.decode()[-2000:]
@@ -65,7 +70,8 @@ def main(names):
                 if rc != 1 or fails:
                     print(f"  {g}: rc={rc} passes={len(passes)}", *[f"\n    FAIL {x}" for x in fails])
         finally:
-            path.write_text(src)
+            for path, src in saved.items():
+                path.write_text(src)
     subprocess.run([PY, "bhive/accel/softvmm/_build.py"], cwd=REPO, capture_output=True)
 
 if __name__ == "__main__":

@@ -133,6 +133,8 @@ EXPECTED_MODES = [
     "real mode: segment base = selector * 16",
     "real mode: INT through the IVT, 3-word frame, IRET",
     "real mode: far CALL and RETF",
+    "real mode: a word at offset 0xFFFF is #GP through the IVT (no error code)",
+    "real mode: FS keeps the 4G limit cached in protected mode (unreal mode)",
 ]
 
 

@@ -164,6 +164,11 @@ real_mode_checks:
 real_far:
         retf
 
+rm_gp:  mov [int_sp], sp                 ; #GP in real mode: resume after the access
+        mov bp, sp
+        mov word [bp], rm_gp_next
+        iret
+
 ; 16-bit interrupt handler: the IVT in real mode, a 16-bit gate in protected mode
 int16_handler:
         mov [int_sp], sp
@@ -484,6 +489,8 @@ down16: mov ax, 0x20
         mov sp, STACK
         lidt [idt16_desc]
         call pm16_checks
+        mov ax, 0x10                    ; FS: 4G data, cached into real mode ("unreal")
+        mov fs, ax
         ; -> real mode: PE off, far JMP to a real-mode CS
         mov eax, cr0
         and al, ~1
@@ -499,6 +506,21 @@ real2:  xor ax, ax
         cmp eax, 0x1234ffff
         RESULT e, "back in real mode: 16-bit operand size"
         call real_mode_checks
+        ; segment limits apply in real mode too (SDM Vol 3A 20.1.1): a word at
+        ; 0xFFFF is #GP, delivered through the IVT without an error code
+        mov word [13 * 4], rm_gp
+        mov word [13 * 4 + 2], 0
+        mov dword [int_sp], 0
+        mov [far_sp], sp
+        mov ax, [0xffff]
+rm_gp_next:
+        mov ax, [far_sp]
+        sub ax, 6
+        cmp ax, [int_sp]
+        RESULT e, "real mode: a word at offset 0xFFFF is #GP through the IVT (no error code)"
+        mov eax, [fs:dword MARK2_PHYS]  ; FS not reloaded since protected mode
+        cmp eax, MARK2
+        RESULT e, "real mode: FS keeps the 4G limit cached in protected mode (unreal mode)"
         mov si, m_done
         call puts16
         mov eax, [fails]
