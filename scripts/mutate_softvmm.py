@@ -39,6 +39,8 @@ MUTS = {
  "cgate64_no_null_ss": ("control.c", "        c->seg[S_SS].sel = nss; c->seg[S_SS].base = 0; c->seg[S_SS].limit = 0;\n        c->seg[S_SS].access = 0x10000 | ((uint32_t)ncpl << 5);", "        c->seg[S_SS].sel = 0x18; c->seg[S_SS].base = 0; c->seg[S_SS].limit = 0;\n        c->seg[S_SS].access = 0x10000 | ((uint32_t)ncpl << 5);"),
  "real_mode_64k_limits": [("system.c", "    uint64_t end = (uint64_t)sg->limit + 1;", "    uint64_t end = (c->cr0 & CR0_PE) ? (uint64_t)sg->limit + 1 : 0;"),
                           ("system.c", "    } else if (last > sg->limit) raise_exc(c, vec, 1, 0);", "    } else if (last > ((c->cr0 & CR0_PE) ? sg->limit : 0xffff)) raise_exc(c, vec, 1, 0);")],
+ "no_cs_limit_branch": ("control.c", "    if (unlikely(target > c->seg[S_CS].limit) && !c->long64) raise_gp(c, 0);", "    ;"),
+ "call_pushes_before_check": ("control.c", "    uint64_t t = near_target(c, rd_rm(c, i, sz), sz);\n        push(c, sz, c->nrip);", "    push(c, sz, c->nrip);\n        uint64_t t = near_target(c, rd_rm(c, i, sz), sz);"),
  "dbl_pf_cr2": ("mmu.c", "    c->exc_cr2 = lin;", "    c->exc_cr2 = lin + 4;"),
 }
 GUESTS = ["sys32", "sys64", "modes"]

@@ -5,6 +5,7 @@
 ;     #MF (unmasked x87, CR0.NE), #XM (unmasked SSE, CR4.OSXMMEXCPT),
 ;     #TS and #SS(sel) for a bad inner stack in the TSS;
 ;   segment limit and type checks (SDM Vol 3A 5.3, 5.4): #GP(0) / #SS(0),
+;     near branches beyond the CS limit,
 ;     expand-down segments, null segments, read-only data, code writes;
 ;   descriptor-load checks (#GP(sel), #NP(sel));
 ;   IRET to CPL3 and back through the TSS ESP0 stack;
@@ -359,6 +360,25 @@ into_next:
         pop eax
         mov eax, [ss:0x800]
         E 12, 0, "#SS(0) expand-down stack segment below its limit"
+
+        T
+        jmp 0xb8:.lim1                  ; CS with a 64K limit
+.lim1:  mov word [0x30000], 0x0b0f       ; ud2 there: #UD if the limit were ignored
+        mov eax, 0x30000
+        jmp eax
+        E 13, 0, "#GP(0) near JMP beyond the CS limit"
+
+        T
+        jmp 0xb8:.lim2
+.lim2:  mov [t_esp], esp
+        mov word [0x30000], 0x0b0f
+        mov eax, 0x30000
+        call eax
+        E 13, 0, "#GP(0) near CALL beyond the CS limit"
+        mov eax, [t_esp]
+        sub eax, 12
+        cmp [ex_frame], eax
+        RESULT e, "near CALL beyond the CS limit pushes nothing"
 
         ; ---- descriptor loads ------------------------------------------------
         T
@@ -885,6 +905,7 @@ gdt:    dq 0
         dq 0x0000890000000067 | (TSS3 << 16)  ; 0xa0 TSS3
         dq 0x0000850000a00000           ; 0xa8 task gate -> 0xa0
         dq 0x0000890000000067 | (TSS5 << 16)  ; 0xb0 TSS5
+        dq 0x00409a000000ffff           ; 0xb8 32-bit code, limit 0xffff
 gdt_end:
 gdt_desc: dw gdt_end - gdt - 1
         dd gdt
@@ -927,6 +948,7 @@ t_nt:      dd 0
 t_ts:      dd 0
 t_link:    dd 0
 t_ebx:     dd 0
+t_esp:     dd 0
 t_esi:     dd 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0

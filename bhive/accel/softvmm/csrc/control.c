@@ -5,26 +5,35 @@
 #include "mem.h"
 #include "handlers.h"
 
-static inline void jump(cpu_t *c, uint64_t target, int osz)
+/* A near branch target: truncated to the operand size and, outside 64-bit
+ * mode, within the CS limit, else #GP(0) (SDM Vol 2A JMP, CALL, RET, Jcc,
+ * LOOP: "if the target is beyond the code segment limit").  Checked before
+ * anything (RSP, RCX) is committed. */
+static inline uint64_t near_target(cpu_t *c, uint64_t target, int osz)
 {
-    c->nrip = (osz == 8) ? target : (target & szmask(osz));
+    if (osz == 8) return target;
+    target &= szmask(osz);
+    if (unlikely(target > c->seg[S_CS].limit) && !c->long64) raise_gp(c, 0);
+    return target;
 }
+static inline void jump(cpu_t *c, uint64_t target, int osz) { c->nrip = near_target(c, target, osz); }
 
 HANDLER(h_jcc) { if (cond(c, i->op & 15)) jump(c, c->nrip + i->imm, i->osz); }
 HANDLER(h_jmp_rel) { jump(c, c->nrip + i->imm, i->osz); }
 HANDLER(h_call_rel)
 {
     uint64_t ret = c->nrip;
+    uint64_t t = near_target(c, ret + i->imm, i->osz);
     push(c, i->osz, ret);
-    jump(c, ret + i->imm, i->osz);
+    c->nrip = t;
 }
 HANDLER(h_ret)
 {
     /* C3 / C2 iw */
     uint64_t sp = sp_get(c);
-    uint64_t t = ld(c, S_SS, sp, i->osz);
+    uint64_t t = near_target(c, ld(c, S_SS, sp, i->osz), i->osz);
     sp_set(c, sp + i->osz + (i->op == 0xc2 ? (i->imm & 0xffff) : 0));
-    jump(c, t, i->osz);
+    c->nrip = t;
 }
 HANDLER(h_loop)
 {
@@ -36,11 +45,12 @@ HANDLER(h_loop)
         return;
     }
     cx = (cx - 1) & szmask(as);
-    setreg(c, R_RCX, as, cx);
     int take = cx != 0;
     if (i->op == 0xe0) take = take && !cond(c, 4);
     else if (i->op == 0xe1) take = take && cond(c, 4);
-    if (take) jump(c, c->nrip + i->imm, i->osz);
+    uint64_t t = take ? near_target(c, c->nrip + i->imm, i->osz) : 0;
+    setreg(c, R_RCX, as, cx);
+    if (take) c->nrip = t;
 }
 
 /* ---- stack --------------------------------------------------------------- */
@@ -124,9 +134,9 @@ HANDLER(h_grp5)
     int sz = i->osz;
     switch (i->ext) {
     case 2: { /* CALL near indirect */
-        uint64_t t = rd_rm(c, i, sz);
+        uint64_t t = near_target(c, rd_rm(c, i, sz), sz);
         push(c, sz, c->nrip);
-        jump(c, t, sz);
+        c->nrip = t;
         break; }
     case 4: jump(c, rd_rm(c, i, sz), sz); break;
     case 6: push(c, sz, rd_rm(c, i, sz)); break;
