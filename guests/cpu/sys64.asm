@@ -249,6 +249,14 @@ lm:     mov ax, 0x18
         SKIP "#TS: a bad TSS SSn needs legacy mode (checked by sys32)"
 
         T
+        mov rax, 0x8000000000001000
+        mov [TSS + 0x2c], rax           ; IST2: non-canonical
+        mov byte [IDT + 3 * 16 + 4], 2  ; #BP on IST2
+        int3
+        E 12, 0, -1, "#SS(0) delivering through a non-canonical IST pointer"
+        mov byte [IDT + 3 * 16 + 4], 0
+
+        T
         mov rsp, 0x8000000000000000
         push rax
         E 12, 0, -1, "#SS(0) push with a non-canonical RSP (IST1)"

@@ -174,6 +174,11 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         if (ist) rsp = mem_read_slow(c, tss + 0x24 + 8 * (ist - 1), 8, ACC_SYS);
         else if (ncpl < c->cpl) rsp = mem_read_slow(c, tss + 4 + 8 * ncpl, 8, ACC_SYS);
         rsp &= ~15ULL;
+        /* a non-canonical stack (from IST/RSPn or the current RSP) is #SS(EXT)
+         * before anything is pushed (SDM Vol 2A INT n, IA-32e mode) */
+        if ((uint64_t)(((int64_t)rsp << 16) >> 16) != rsp ||
+            (uint64_t)(((int64_t)(rsp - 48) << 16) >> 16) != rsp - 48)
+            raise_exc(c, EX_SS, 1, ext);
         uint64_t sp = rsp;
         push_lin(c, 0, &sp, 8, 8, oss);
         push_lin(c, 0, &sp, 8, 8, orsp);
