@@ -459,7 +459,7 @@ HANDLER(h_iret)
         if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, cs & ~3);
         int to64 = (c->efer & EFER_LMA) && (hi & 0x200000);
         if (to64 && (hi & 0x400000)) raise_gp(c, cs & ~3);                  /* L=1 with D=1 */
-        if (to64 && (uint64_t)(((int64_t)nip << 16) >> 16) != nip) raise_gp(c, 0);
+        check_target_ip(c, lo, hi, to64 ? nip : nip & szmask(sz == 8 ? 4 : sz));   /* canonical / CS limit: #GP(0) */
         if (pop_ss) {
             if ((nss & ~3) == 0 && !(nss & 4)) {
                 if (!((c->efer & EFER_LMA) && sz == 8 && rpl < 3)) raise_gp(c, 0);

@@ -68,7 +68,8 @@ void update_mode(cpu_t *c)
     else if (!(c->cr0 & CR0_PE)) c->ssz = 2;
     else c->ssz = (c->seg[S_SS].access & 0x4000) ? 4 : 2;
     for (int s = 0; s < 8; s++) c->segbase[s] = c->seg[s].base;
-    for (int s = S_ES; s <= S_GS; s++) seg_cache_limits(c, s);
+    if (!c->long64)   /* 64-bit mode checks no limits: the bounds are set when it is left */
+        for (int s = S_ES; s <= S_GS; s++) seg_cache_limits(c, s);
     if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
     int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
     if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
@@ -340,7 +341,8 @@ static void load_sys_seg(cpu_t *c, int s, uint16_t sel)
     if (desc_read(c, sel, &lo, &hi)) raise_gp(c, sel & ~3);
     int type = (hi >> 8) & 0x1f;
     if (s == S_LDTR && type != 2) raise_gp(c, sel & ~3);
-    if (s == S_TR && type != 9 && type != 1) raise_gp(c, sel & ~3);
+    /* LTR: an available TSS; a 16-bit one is not allowed in IA-32e mode (SDM Vol 2A LTR) */
+    if (s == S_TR && type != 9 && (type != 1 || (c->efer & EFER_LMA))) raise_gp(c, sel & ~3);
     if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, sel & ~3);
     uint64_t base = (lo >> 16) | ((uint64_t)(hi & 0xff) << 16) | (hi & 0xff000000);
     if (c->efer & EFER_LMA) {
