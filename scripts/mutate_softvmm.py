@@ -42,6 +42,7 @@ MUTS = {
  "no_cs_limit_branch": ("control.c", "    if (unlikely(target > c->seg[S_CS].limit) && !c->long64) raise_gp(c, 0);", "    ;"),
  "call_pushes_before_check": ("control.c", "    uint64_t t = near_target(c, rd_rm(c, i, sz), sz);\n        push(c, sz, c->nrip);", "    push(c, sz, c->nrip);\n        uint64_t t = near_target(c, rd_rm(c, i, sz), sz);"),
  "ist_noncanon_gp": ("exceptions.c", "            raise_exc(c, EX_SS, 1, ext);\n        uint64_t sp = rsp;", "            raise_exc(c, EX_GP, 1, ext);\n        uint64_t sp = rsp;"),
+ "no_frame_limit": ("exceptions.c", "    if (bad) raise_exc(c, EX_SS, 1, err);", "    (void)bad;"),
  "dbl_pf_cr2": ("mmu.c", "    c->exc_cr2 = lin;", "    c->exc_cr2 = lin + 4;"),
 }
 GUESTS = ["sys32", "sys64", "modes"]

@@ -92,6 +92,8 @@ EXPECTED_SYS32 = [
     "INT n through an IDT task gate",
     "INT n task gate: TR and the previous-task link",
     "#GP(sel) through an IDT task gate, error code on the new task's stack",
+    "#SS(0) interrupt frame beyond the stack segment limit (via a task gate)",
+    "#SS for the interrupt frame is raised at the INT, before any push",
     "#GP(sel) far JMP to a busy TSS",
 ]
 

@@ -595,6 +595,7 @@ movss_next:
         RESULT z, "INT n task gate: TR and the previous-task link"
 
         T
+        mov dword [t5_vec], 13
         mov dword [IDT + 13 * 8], 0xb00000     ; #GP -> task gate to TSS5
         mov dword [IDT + 13 * 8 + 4], 0x8500
         mov ax, 0x88                    ; execute-only code into DS: #GP(0x88);
@@ -603,6 +604,24 @@ movss_next:
         clts
         mov eax, 13
         mov ebx, stub13
+        mov ecx, 0x08
+        mov edx, 0x8e00
+        call set_gate
+
+        T
+        mov dword [t5_vec], 12
+        mov dword [IDT + 12 * 8], 0xb00000     ; #SS -> task gate to TSS5
+        mov dword [IDT + 12 * 8 + 4], 0x8500
+        mov ax, 0x60                    ; stack, limit 0xffff
+        mov ss, ax
+        mov esp, 0x10008
+.ss_int: int 0x43                       ; the 12-byte frame would cross the limit
+        E 12, 0, "#SS(0) interrupt frame beyond the stack segment limit (via a task gate)"
+        cmp dword [ex_eip], .ss_int
+        RESULT e, "#SS for the interrupt frame is raised at the INT, before any push"
+        clts
+        mov eax, 12
+        mov ebx, stub12
         mov ecx, 0x08
         mov edx, 0x8e00
         call set_gate
@@ -700,9 +719,12 @@ task2:  call task_record
 task3:  call task_record
         iretd                           ; NT = 1: back to the previous task
         jmp task3
-task5:  pop eax                         ; the #GP error code
+task5:  pop eax                         ; the error code
         mov [ex_err], eax
-        mov dword [ex_vec], 13
+        mov eax, [t5_vec]
+        mov [ex_vec], eax
+        mov eax, [TSS + 0x20]           ; where the faulting task stopped
+        mov [ex_eip], eax
         mov eax, [resume]               ; resume the faulting task at the check
         mov [TSS + 0x20], eax
         iretd
@@ -949,6 +971,7 @@ t_ts:      dd 0
 t_link:    dd 0
 t_ebx:     dd 0
 t_esp:     dd 0
+t5_vec:    dd 0
 t_esi:     dd 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0

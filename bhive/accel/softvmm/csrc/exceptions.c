@@ -70,6 +70,20 @@ static inline void push_lin(cpu_t *c, uint64_t ss_base, uint64_t *sp, int ssz, i
     mem_write_slow(c, ss_base + *sp, sz, v, ACC_W | ACC_SYS);
 }
 
+/* Legacy-mode delivery (SDM Vol 2A INT n): the whole frame of `room` bytes
+ * below sp must lie within the stack segment (expand-up: at most its limit;
+ * expand-down: above it), else #SS(err) before anything is pushed. */
+static void frame_fits(cpu_t *c, uint64_t sp, int room, int ssz, uint32_t limit, uint32_t access, uint32_t err)
+{
+    uint64_t m = szmask(ssz), lo = (sp - room) & m, last = (sp - 1) & m;
+    int bad;
+    if ((access & 0x0c) == 0x04)
+        bad = lo <= limit || last > ((access & 0x4000) ? 0xffffffffULL : 0xffffULL);
+    else
+        bad = last > limit || lo > limit;
+    if (bad) raise_exc(c, EX_SS, 1, err);
+}
+
 static void clear_flags_on_delivery(cpu_t *c, int is_intr_gate)
 {
     uint64_t f = get_rflags(c);
@@ -200,6 +214,9 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         int psz = gate32 ? 4 : 2;
         uint64_t sp, ssb;
         int ssz;
+        uint32_t climit = (dlo & 0xffff) | (dhi & 0xf0000);
+        if (dhi & 0x800000) climit = (climit << 12) | 0xfff;
+        if ((gate32 ? (uint32_t)off : (off & 0xffff)) > climit) raise_gp(c, ext);   /* handler beyond the CS limit */
         if (ncpl < c->cpl) {
             /* inner-privilege stack from the TSS (SDM 6.12.1, INT n
              * "INTER-PRIVILEGE-LEVEL-INTERRUPT"): SSn:ESPn of a 32-bit TSS,
@@ -215,6 +232,9 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
             ssb = (slo >> 16) | ((uint64_t)(shi & 0xff) << 16) | (shi & 0xff000000);
             ssz = (shi & 0x400000) ? 4 : 2;
             sp = nesp;
+            uint32_t slim = (slo & 0xffff) | (shi & 0xf0000);
+            if (shi & 0x800000) slim = (slim << 12) | 0xfff;
+            frame_fits(c, sp, (has_err ? 6 : 5) * psz, ssz, slim, (shi >> 8) & 0xf0ff, (nss & 0xfffc) + ext);
             push_lin(c, ssb, &sp, ssz, psz, oss);
             push_lin(c, ssb, &sp, ssz, psz, orsp);
             push_lin(c, ssb, &sp, ssz, psz, oflags);
@@ -226,6 +246,7 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
             sp_set(c, sp);
         } else {
             ssb = c->segbase[S_SS]; ssz = c->ssz; sp = sp_get(c);
+            frame_fits(c, sp, (has_err ? 4 : 3) * psz, ssz, c->seg[S_SS].limit, c->seg[S_SS].access, ext);
             push_lin(c, ssb, &sp, ssz, psz, oflags);
             push_lin(c, ssb, &sp, ssz, psz, ocs);
             push_lin(c, ssb, &sp, ssz, psz, ret_rip);
