@@ -364,7 +364,8 @@ int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);
 int pio_lane_try(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);   /* pio_lane.c */
 void pio_lanes_free(cpu_t *c);
 enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8,
-       ACC_SS = 16 };   /* through SS: a non-canonical address is #SS(0), not #GP(0) (SDM Vol 3A 6.15 int 12) */
+       ACC_SS = 16,     /* through SS: a non-canonical address is #SS(0), not #GP(0) (SDM Vol 3A 6.15 int 12) */
+       ACC_SEGQ = 32 }; /* segment not known here: the instruction's memory operand decides (insn_mem_seg) */
 
 /* system.c */
 void update_mode(cpu_t *c);
@@ -414,6 +415,7 @@ void cpu_pause(cpu_t *c);               /* run.c: PAUSE with pause-loop back-off
 handler_t specialize(const insn_t *d, int long64);
 handler_t fuse_jcc(handler_t first);
 void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single);
+int insn_mem_seg(cpu_t *c);   /* segment of the memory operand of the instruction at RIP (cold paths) */
 extern const char *softvmm_version;
 
 /* flags (alu.c) */

@@ -73,7 +73,7 @@ static inline uint64_t lin_addr(cpu_t *c, int seg, uint64_t off)
  * 5.3, 5.4): one compare against a bound precomputed at the segment load,
  * seg_check() for anything unusual.  64-bit mode does no limit checks
  * (SDM Vol 3A 5.3.1), so its path is the same single branch as before. */
-static inline uint64_t lin_acc(cpu_t *c, int seg, uint64_t off, int size, int w)
+static inline __attribute__((always_inline)) uint64_t lin_acc(cpu_t *c, int seg, uint64_t off, int size, int w)
 {
     if (likely(c->long64)) return c->segbase[seg] + off;
     if (unlikely(off + (uint64_t)size > c->seg_end[w][seg])) return seg_check(c, seg, off, size, w);
@@ -81,9 +81,12 @@ static inline uint64_t lin_acc(cpu_t *c, int seg, uint64_t off, int size, int w)
 }
 #define lin_rd(c, seg, off, size) lin_acc((c), (seg), (off), (size), 0)
 #define lin_wr(c, seg, off, size) lin_acc((c), (seg), (off), (size), 1)
-/* extra access bits for the slow path: stack-segment accesses (#SS on a
- * non-canonical address in 64-bit mode) */
-#define SEG_ACC(seg) ((seg) == S_SS ? ACC_SS : 0)
+/* Extra access bits for the slow path of an access through `seg`: which of
+ * #SS or #GP a non-canonical address raises in 64-bit mode.  Exact when the
+ * segment is a compile-time constant (stack operations); otherwise
+ * ACC_SEGQ, resolved by decoding the instruction only when such a fault
+ * happens (mmu.c), so the fast path never keeps the segment around. */
+#define SEG_ACC(seg) (__builtin_constant_p(seg) ? ((seg) == S_SS ? ACC_SS : 0) : ACC_SEGQ)
 
 /* ---- memory ------------------------------------------------------------ */
 static inline int user_acc(cpu_t *c) { return c->cpl == 3 ? ACC_U : 0; }
@@ -150,17 +153,17 @@ static inline void st(cpu_t *c, int seg, uint64_t off, int size, uint64_t v)
 }
 
 /* ---- ModRM operands ---------------------------------------------------- */
-static inline uint64_t rd_rm(cpu_t *c, const insn_t *i, int sz)
+static inline __attribute__((always_inline)) uint64_t rd_rm(cpu_t *c, const insn_t *i, int sz)
 {
     if (i->mod == 3) return getreg(c, i->rm, sz);
     return ld(c, i->seg, ea_off(c, i), sz);
 }
-static inline uint64_t rd_rm_w(cpu_t *c, const insn_t *i, int sz)
+static inline __attribute__((always_inline)) uint64_t rd_rm_w(cpu_t *c, const insn_t *i, int sz)
 {
     if (i->mod == 3) return getreg(c, i->rm, sz);
     return mem_read_rmw_x(c, lin_wr(c, i->seg, ea_off(c, i), sz), sz, SEG_ACC(i->seg));
 }
-static inline void wr_rm(cpu_t *c, const insn_t *i, int sz, uint64_t v)
+static inline __attribute__((always_inline)) void wr_rm(cpu_t *c, const insn_t *i, int sz, uint64_t v)
 {
     if (i->mod == 3) setreg(c, i->rm, sz, v);
     else st(c, i->seg, ea_off(c, i), sz, v);
