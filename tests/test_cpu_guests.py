@@ -13,7 +13,7 @@ EXPECTED_SYS64 = [
     "#GP non-canonical", "#NP segment not present", "#SS not-present stack segment",
     "#GP(sel) SS with RPL != CPL",
     "#SS(0) delivering through a non-canonical IST pointer",
-    "#SS(0) push with a non-canonical RSP (IST1)", "#SS(0) non-canonical RBP-based access",
+    "#SS(0) push with a non-canonical RSP (IST1)", "#SS(0) PUSHFQ with a non-canonical RSP", "#SS(0) non-canonical RBP-based access",
     "#SS(0) non-canonical access with an SS override",
     "#PF not present read (err 0)",
     "#PF write to read-only at CPL0 with CR0.WP (err 3)", "#PF reserved bit (err 9)",

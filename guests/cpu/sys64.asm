@@ -262,6 +262,11 @@ lm:     mov ax, 0x18
         E 12, 0, -1, "#SS(0) push with a non-canonical RSP (IST1)"
 
         T
+        mov rsp, 0x8000000000000008
+        pushfq
+        E 12, 0, -1, "#SS(0) PUSHFQ with a non-canonical RSP"
+
+        T
         mov rbp, 0x8000000000000000
         mov rax, [rbp + 8]
         E 12, 0, -1, "#SS(0) non-canonical RBP-based access"
