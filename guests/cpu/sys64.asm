@@ -2,8 +2,10 @@
 ;   PASS <name> / FAIL <name> vec=<v> err=<e> / SKIP <name>: <why>
 ; then isa-debug-exit with the number of failures (0 -> `bhive run` exits 1).
 ; Exceptions (with error codes and CR2), page faults (not present, U/S, R/W,
-; WP at CPL0, NX, RSVD), #AC at CPL3, TF single-step #DB, #DF, IRET to user
-; mode and back, SYSCALL/SYSRET.  Single vCPU; starts in real mode at 0x8000.
+; WP at CPL0, NX, RSVD), #AC at CPL3, TF single-step #DB, #DF, #SS for
+; non-canonical stack references (on an IST stack), #NM/#MF/#XM, IRET to
+; user mode and back, SYSCALL/SYSRET, a 64-bit call gate CPL3 -> CPL0 and
+; RETF back.  Single vCPU; starts in real mode at 0x8000.
 
 %define COM1    0x3f8
 %define PML4    0x100000
@@ -94,9 +96,11 @@ lm:     mov ax, 0x18
         cmp ebx, 32
         jb .idt
         mov byte [IDT + 3 * 16 + 5], 0xee      ; #BP gate DPL 3
+        mov byte [IDT + 12 * 16 + 4], 1        ; #SS on IST1: RSP may be non-canonical
         lidt [idt_desc]
-        ; TSS: RSP0
+        ; TSS: RSP0, IST1
         mov qword [TSS + 4], KSTACK - 0x1000
+        mov qword [TSS + 0x24], KSTACK - 0x2000
         mov word [TSS + 0x66], 0x68
         mov ax, 0x38
         ltr ax
@@ -123,6 +127,24 @@ lm:     mov ax, 0x18
         mov rax, 0x303000 | 0x007 | (1 << 45)
         mov [PTT + 4 * 8], rax                                  ; 4: reserved bit 45
         mov byte [0x302000], 0xc3                               ; ret (never runs)
+        ; 64-bit call gate at 0x50 (16 bytes): DPL3 -> 0x10:cg64_target
+        lea rax, [rel cg64_target]
+        mov word [gdt + 0x50], ax
+        mov word [gdt + 0x52], 0x10
+        mov word [gdt + 0x54], 0xec00
+        shr rax, 16
+        mov word [gdt + 0x56], ax
+        shr rax, 16
+        mov dword [gdt + 0x58], eax
+        mov dword [gdt + 0x5c], 0
+        ; x87/SSE: CR0.MP|NE, CR4.OSFXSR|OSXMMEXCPT
+        mov rax, cr0
+        or eax, 0x22
+        mov cr0, rax
+        mov rax, cr4
+        or eax, 0x600
+        mov cr4, rax
+        fninit
 
 %macro T 0
   %push t
@@ -179,7 +201,28 @@ lm:     mov ax, 0x18
         ud2
         E 6, 0, -1, "#UD ud2"
 
-        SKIP "#NM/#MF/#XM: x87/SSE belong to the FPU branch, not in this build"
+        T
+        mov rax, cr0
+        or eax, 8                       ; CR0.TS
+        mov cr0, rax
+        addps xmm0, xmm1
+        E 7, 0, -1, "#NM SSE with CR0.TS (64-bit)"
+
+        T
+        fninit
+        fldcw [rel fcw_zm]              ; zero-divide unmasked
+        fld1
+        fldz
+        fdivp st1, st0
+        fwait
+        E 16, 0, -1, "#MF unmasked x87 zero-divide (64-bit)"
+
+        T
+        ldmxcsr [rel mxcsr_zm]
+        movss xmm0, [rel one]
+        xorps xmm1, xmm1
+        divss xmm0, xmm1
+        E 19, 0, -1, "#XM unmasked SSE zero-divide (64-bit)"
 
         T
         mov rax, 0x8000000000000000
@@ -203,7 +246,35 @@ lm:     mov ax, 0x18
         mov ss, ax
         E 13, 0x28, -1, "#GP(sel) SS with RPL != CPL"
 
-        SKIP "#TS: needs a task switch or 32-bit TSS stack (not exercised here)"
+        SKIP "#TS: a bad TSS SSn needs legacy mode (checked by sys32)"
+
+        T
+        mov rax, 0x8000000000001000
+        mov [TSS + 0x2c], rax           ; IST2: non-canonical
+        mov byte [IDT + 3 * 16 + 4], 2  ; #BP on IST2
+        int3
+        E 12, 0, -1, "#SS(0) delivering through a non-canonical IST pointer"
+        mov byte [IDT + 3 * 16 + 4], 0
+
+        T
+        mov rsp, 0x8000000000000000
+        push rax
+        E 12, 0, -1, "#SS(0) push with a non-canonical RSP (IST1)"
+
+        T
+        mov rsp, 0x8000000000000008
+        pushfq
+        E 12, 0, -1, "#SS(0) PUSHFQ with a non-canonical RSP"
+
+        T
+        mov rbp, 0x8000000000000000
+        mov rax, [rbp + 8]
+        E 12, 0, -1, "#SS(0) non-canonical RBP-based access"
+
+        T
+        mov rbx, 0x8000000000000000
+        mov rax, [ss:rbx]
+        E 12, 0, -1, "#SS(0) non-canonical access with an SS override"
 
         T
         mov rax, [TPAGE]
@@ -276,6 +347,45 @@ lm:     mov ax, 0x18
 .scok:
 
         T
+        lea rdi, [rel u_cgate64]
+        jmp to_user
+        E 3, 0, -1, "64-bit call gate CPL3 -> CPL0 and RETF (REX.W) back"
+        xor ebp, ebp
+        lea rax, [rel u_cg64_back]
+        cmp [cg_frame], rax
+        setne cl
+        add bpl, cl
+        cmp qword [cg_frame + 8], 0x33
+        setne cl
+        add bpl, cl
+        cmp qword [cg_frame + 16], USTACK
+        setne cl
+        add bpl, cl
+        cmp qword [cg_frame + 24], 0x2b
+        setne cl
+        add bpl, cl
+        cmp qword [cg_rsp], KSTACK - 0x1000 - 32
+        setne cl
+        add bpl, cl
+        cmp qword [cg_cs], 0x10
+        setne cl
+        add bpl, cl
+        cmp qword [cg_ss], 0
+        setne cl
+        add bpl, cl
+        cmp qword [u_cs2], 0x33
+        setne cl
+        add bpl, cl
+        cmp qword [u_ss2], 0x2b
+        setne cl
+        add bpl, cl
+        cmp qword [u_rsp2], USTACK
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_cg64]
+        call verdict
+
+        T
         mov byte [IDT + 13 * 16 + 5], 0x0e      ; #GP gate: P = 0
         mov rax, 0x8000000000000000
         mov rax, [rax]                  ; #GP -> #NP delivering it -> #DF
@@ -318,6 +428,16 @@ u_ac:
         popfq
         mov rax, [USTACK - 0x103]       ; misaligned
         jmp $
+u_cgate64:
+        call far [rel cg64_ptr]         ; m16:64 (nasm adds REX.W); the offset is ignored for a call gate
+u_cg64_back:
+        mov eax, cs
+        mov [rel u_cs2], rax
+        mov eax, ss
+        mov [rel u_ss2], rax
+        mov [rel u_rsp2], rsp
+        int3
+        jmp $
 u_syscall:
         mov eax, 1
         syscall                         ; -> kernel, SYSRETs to u_sc2
@@ -336,6 +456,22 @@ to_user:                                ; RDI = user RIP; IRETQ to CPL 3
         push 0x33
         push rdi
         iretq
+
+cg64_target:                            ; CPL0 through the 64-bit call gate
+        mov [rel cg_rsp], rsp
+        mov eax, cs
+        mov [rel cg_cs], rax
+        mov eax, ss
+        mov [rel cg_ss], rax
+        mov rax, [rsp]
+        mov [rel cg_frame], rax
+        mov rax, [rsp + 8]
+        mov [rel cg_frame + 8], rax
+        mov rax, [rsp + 16]
+        mov [rel cg_frame + 16], rax
+        mov rax, [rsp + 24]
+        mov [rel cg_frame + 24], rax
+        o64 retf                        ; RIP, CS, RSP, SS: back to CPL 3
 
 syscall_entry:
         cmp eax, 1
@@ -378,8 +514,10 @@ ex_common:                                 ; [rsp] vector, [rsp+8] error code, t
         mov rax, cr2
         mov [ex_cr2], rax
         mov rax, cr0
-        and eax, ~0x40000               ; leave CR0.AM off
+        and eax, ~0x4000c               ; leave CR0.AM, TS, EM off
         mov cr0, rax
+        fninit
+        ldmxcsr [rel mxcsr_default]
         pop rax
         mov ax, 0x18
         mov ds, ax
@@ -434,25 +572,6 @@ check:
         call putc
         ret
 
-putc:   push rdx
-        push rax
-        mov dx, COM1 + 5
-.busy:  in al, dx
-        test al, 0x20
-        jz .busy
-        pop rax
-        mov dx, COM1
-        out dx, al
-        pop rdx
-        ret
-puts:   push rax
-.n:     lodsb
-        test al, al
-        jz .d
-        call putc
-        jmp .n
-.d:     pop rax
-        ret
 puthex: push rcx
         push rbx
         mov rbx, rax
@@ -469,25 +588,23 @@ puthex: push rcx
         pop rbx
         pop rcx
         ret
-putdec: push rbx
-        push rcx
-        push rdx
-        mov ebx, 10
-        xor ecx, ecx
-.dv:    xor edx, edx
-        div ebx
-        push rdx
-        inc ecx
-        test eax, eax
-        jnz .dv
-.o:     pop rax
-        add al, '0'
+; verdict: PASS/FAIL <RCX name> by BPL (number of mismatches)
+verdict:
+        test bpl, bpl
+        jnz .bad
+        lea rsi, [rel m_pass]
+        call puts
+        jmp .name
+.bad:   inc dword [fails]
+        lea rsi, [rel m_fail]
+        call puts
+.name:  mov rsi, rcx
+        call puts
+        mov al, 10
         call putc
-        loop .o
-        pop rdx
-        pop rcx
-        pop rbx
         ret
+
+%include "../lib/console64.inc"
 
         align 8
 stubs:
@@ -506,6 +623,7 @@ gdt:    dq 0
         dq 0x0000890000000067 | ((TSS & 0xffffff) << 16)   ; 0x38 TSS
         dq 0
         dq 0x00cf12000000ffff           ; 0x48 data, not present
+        dq 0, 0                         ; 0x50 64-bit call gate (DPL3) -> cg64_target
 gdt_end:
 gdt_desc: dw gdt_end - gdt - 1
         dq gdt
@@ -522,6 +640,21 @@ sc_ss:     dq 0
 sc_ucs:    dq 0
 sc_r11:    dq 0
 fails:     dd 0
+cg_rsp:    dq 0
+cg_cs:     dq 0
+cg_ss:     dq 0
+cg_frame:  times 4 dq 0
+u_cs2:     dq 0
+u_ss2:     dq 0
+u_rsp2:    dq 0
+cg64_ptr:  dq 0
+           dw 0x50 | 3
+fcw_zm:    dw 0x037b
+           align 4
+mxcsr_zm:  dd 0x1d80
+mxcsr_default: dd 0x1f80
+one:       dd 1.0
+n_cg64: db "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP", 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0
 m_vec:  db " vec=", 0

@@ -103,7 +103,7 @@ static uint64_t rmw_compute(cpu_t *c, int kind, int sz, uint64_t a, uint64_t b, 
     }
 }
 
-static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int cfin, int atomic);
+static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int cfin, int atomic, int xacc);
 /* Read-modify-write of the r/m operand; returns the old value.  LOCK (or
  * XCHG with memory) makes it a host atomic on shared RAM (SDM 8.1.2). */
 static uint64_t rmw(cpu_t *c, const insn_t *i, int sz, int kind, uint64_t b, int cfin, int atomic)
@@ -114,15 +114,16 @@ static uint64_t rmw(cpu_t *c, const insn_t *i, int sz, int kind, uint64_t b, int
         if (kind != K_ALU0 + 7) setreg(c, i->rm, sz, r);
         return a;
     }
-    uint64_t lin = lin_addr(c, i->seg, ea_off(c, i));
-    if (kind == K_ALU0 + 7) {   /* CMP: read only */
-        uint64_t a = mem_read(c, lin, sz);
+    int cmp = kind == K_ALU0 + 7;
+    uint64_t lin = lin_acc(c, i->seg, ea_off(c, i), sz, !cmp);
+    if (cmp) {   /* CMP: read only */
+        uint64_t a = mem_read_x(c, lin, sz, SEG_ACC(i->seg));
         alu(c, 7, sz, a, b, 0);
         return a;
     }
-    return rmw_at(c, lin, sz, kind, b, cfin, atomic);
+    return rmw_at(c, lin, sz, kind, b, cfin, atomic, SEG_ACC(i->seg));
 }
-static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int cfin, int atomic)
+static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int cfin, int atomic, int xacc)
 {
     if (atomic) {
         void *p = mem_host_rmw(c, lin, sz);
@@ -134,7 +135,7 @@ static uint64_t rmw_at(cpu_t *c, uint64_t lin, int sz, int kind, uint64_t b, int
             return old;
         }
     }
-    uint64_t a = mem_read_rmw(c, lin, sz);
+    uint64_t a = mem_read_rmw_x(c, lin, sz, xacc);
     uint64_t r = rmw_compute(c, kind, sz, a, b, cfin);
     mem_write(c, lin, sz, r);
     return a;
@@ -426,9 +427,9 @@ HANDLER(h_bt)
          * address size (SDM Vol 2A BT "bit base / bit offset", Vol 1 3.4.3) */
         int64_t bytes = (off >> 3) & ~(int64_t)(sz - 1);
         bit = (uint64_t)off & (sz * 8 - 1);
-        uint64_t lin = lin_addr(c, i->seg, (ea_off(c, i) + (uint64_t)bytes) & szmask(i->asz));
-        if (kind < 0) old = mem_read(c, lin, sz);
-        else old = rmw_at(c, lin, sz, kind, bit, 0, i->lock);
+        uint64_t lin = lin_acc(c, i->seg, (ea_off(c, i) + (uint64_t)bytes) & szmask(i->asz), sz, kind >= 0);
+        if (kind < 0) old = mem_read_x(c, lin, sz, SEG_ACC(i->seg));
+        else old = rmw_at(c, lin, sz, kind, bit, 0, i->lock, SEG_ACC(i->seg));
     }
     uint64_t f = flags_materialize(c);
     flags_set_exact(c, (f & ~(uint64_t)F_CF) | ((old >> bit) & 1 ? F_CF : 0));
@@ -499,13 +500,13 @@ HANDLER(h_cmpxchg)
         old = getreg(c, i->rm, sz);
         if (old == acc) setreg(c, i->rm, sz, src);
     } else {
-        uint64_t lin = lin_addr(c, i->seg, ea_off(c, i));
+        uint64_t lin = lin_wr(c, i->seg, ea_off(c, i), sz);
         void *p = i->lock ? mem_host_rmw(c, lin, sz) : NULL;
         if (p) {
             old = acc;
             cas(p, sz, &old, src);
         } else {
-            old = mem_read_rmw(c, lin, sz);
+            old = mem_read_rmw_x(c, lin, sz, SEG_ACC(i->seg));
             /* the destination is always written (SDM CMPXCHG) */
             mem_write(c, lin, sz, old == acc ? src : old);
         }
@@ -517,7 +518,7 @@ HANDLER(h_cmpxchg8b)
 {
     /* 0F C7 /1: CMPXCHG8B / CMPXCHG16B (REX.W) */
     if (i->mod == 3) raise_ud(c);
-    uint64_t lin = lin_addr(c, i->seg, ea_off(c, i));
+    uint64_t lin = lin_wr(c, i->seg, ea_off(c, i), i->osz == 8 ? 16 : 8);
     if (i->osz == 8) {
         if (lin & 15) raise_gp(c, 0);
         unsigned __int128 exp = ((unsigned __int128)c->r[R_RDX] << 64) | c->r[R_RAX];

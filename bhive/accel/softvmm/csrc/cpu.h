@@ -62,6 +62,10 @@ enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS, S_LDTR, S_TR, S_NONE = 15 };
 #define EFER_LMA 0x400u
 #define EFER_NXE 0x800u
 
+/* interrupt shadows (SDM Vol 3A 6.8.3): both block interrupts and NMIs for
+ * one instruction; MOV SS / POP SS also hold debug traps (TF) over it */
+enum { SHADOW_STI = 1, SHADOW_MOVSS = 2 };
+
 /* exception vectors */
 enum { EX_DE = 0, EX_DB = 1, EX_NMI = 2, EX_BP = 3, EX_OF = 4, EX_BR = 5, EX_UD = 6, EX_NM = 7,
        EX_DF = 8, EX_TS = 10, EX_NP = 11, EX_SS = 12, EX_GP = 13, EX_PF = 14, EX_MF = 16,
@@ -274,7 +278,7 @@ typedef struct svm_cpu {
     uint8_t csz;             /* default code size: 2, 4 or 8 */
     uint8_t ssz;             /* stack address size: 2, 4 or 8 */
     uint8_t long64;          /* 64-bit mode (LMA && CS.L) */
-    uint8_t shadow;          /* interrupt shadow (STI / MOV SS) for the next instruction */
+    uint8_t shadow;          /* interrupt shadow for the next instruction: SHADOW_STI / SHADOW_MOVSS */
     uint8_t halted;
     uint8_t irq_pending;     /* lapic may have something deliverable */
     uint8_t nmi_blocked;
@@ -285,6 +289,11 @@ typedef struct svm_cpu {
     uint8_t exit_queued;     /* an exit is waiting to be returned by svm_run */
     seg_t seg[8];
     uint64_t segbase[8];     /* effective bases (0 for ES/CS/SS/DS in 64-bit mode) */
+    /* outside 64-bit mode: an access of [off, off + size) through segment s
+     * needs no further check when off + size <= seg_end[write][s]; anything
+     * else (beyond the limit, wrong type, null, expand-down) goes to
+     * seg_check() (system.c, SDM Vol 3A 5.3 and 5.4) */
+    uint64_t seg_end[2][8];
     struct { uint64_t base; uint32_t limit; } gdtr, idtr;
     uint64_t cr0, cr2, cr3, cr4, cr8, efer;
     uint64_t dr[8];
@@ -428,11 +437,17 @@ void io_check(cpu_t *c, uint16_t port, int size);
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);
 int pio_lane_try(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);   /* pio_lane.c */
 void pio_lanes_free(cpu_t *c);
-enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8 };
+enum { ACC_W = 1, ACC_U = 2, ACC_X = 4, ACC_SYS = 8,
+       ACC_SS = 16,     /* through SS: a non-canonical address is #SS(0), not #GP(0) (SDM Vol 3A 6.15 int 12) */
+       ACC_SEGQ = 32 }; /* segment not known here: the instruction's memory operand decides (insn_mem_seg) */
 
 /* system.c */
 void update_mode(cpu_t *c);
 void load_seg(cpu_t *c, int sreg, uint16_t sel);
+void new_stack_check(cpu_t *c, uint16_t nss, int ncpl, int ext, uint32_t *lo, uint32_t *hi);
+void seg_cache_limits(cpu_t *c, int sreg);   /* recompute seg_end[][sreg] from the hidden part */
+/* #GP(0)/#SS(0), or the linear address when the access is allowed */
+uint64_t seg_check(cpu_t *c, int sreg, uint64_t off, int size, int w);
 void set_seg_real(cpu_t *c, int sreg, uint16_t sel);
 uint64_t get_rflags(cpu_t *c);
 void set_rflags(cpu_t *c, uint64_t v);
@@ -444,6 +459,11 @@ void set_efer(cpu_t *c, uint64_t v);
 void cpu_reset(cpu_t *c);
 void cpu_do_sipi(cpu_t *c, int vec);
 int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi);
+
+/* task.c: hardware task switch (SDM Vol 3A 7.3) to the TSS or through the
+ * task gate `sel` (descriptor lo/hi); ret_eip is the outgoing task's EIP */
+enum { TS_JMP = 0, TS_CALL = 1, TS_IRET = 2, TS_INT = 3 };
+void task_switch(cpu_t *c, uint16_t sel, uint32_t lo, uint32_t hi, int reason, uint64_t ret_eip);
 
 /* cpuid.c */
 void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t out[4]);
@@ -484,6 +504,7 @@ void block_cache_flush(cpu_t *c);                /* drop every decoded block and
 handler_t specialize(const insn_t *d, int long64);
 handler_t fuse_jcc(handler_t first);
 void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single);
+int insn_mem_seg(cpu_t *c);   /* segment of the memory operand of the instruction at RIP (cold paths) */
 extern const char *softvmm_version;
 
 /* flags (alu.c) */

@@ -70,6 +70,20 @@ static inline void push_lin(cpu_t *c, uint64_t ss_base, uint64_t *sp, int ssz, i
     mem_write_slow(c, ss_base + *sp, sz, v, ACC_W | ACC_SYS);
 }
 
+/* Legacy-mode delivery (SDM Vol 2A INT n): the whole frame of `room` bytes
+ * below sp must lie within the stack segment (expand-up: at most its limit;
+ * expand-down: above it), else #SS(err) before anything is pushed. */
+static void frame_fits(cpu_t *c, uint64_t sp, int room, int ssz, uint32_t limit, uint32_t access, uint32_t err)
+{
+    uint64_t m = szmask(ssz), lo = (sp - room) & m, last = (sp - 1) & m;
+    int bad;
+    if ((access & 0x0c) == 0x04)
+        bad = lo <= limit || last > ((access & 0x4000) ? 0xffffffffULL : 0xffffULL);
+    else
+        bad = last > limit || lo > limit;
+    if (bad) raise_exc(c, EX_SS, 1, err);
+}
+
 static void clear_flags_on_delivery(cpu_t *c, int is_intr_gate)
 {
     uint64_t f = get_rflags(c);
@@ -116,8 +130,8 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
     if (long_idt) off |= (uint64_t)(uint32_t)mem_read_slow(c, gaddr + 8, 4, ACC_SYS) << 32;
     int type = (hi >> 8) & 0x1f;
     int gdpl = (hi >> 13) & 3;
-    int is_intr;
-    int gate32 = 1;
+    int is_intr = 0;
+    int gate32 = 1, task = 0;
     if (long_idt) {
         if (type != 0xe && type != 0xf) raise_gp(c, idt_err);
         is_intr = type == 0xe;
@@ -127,12 +141,27 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         case 0xf: is_intr = 0; break;
         case 0x6: is_intr = 1; gate32 = 0; break;
         case 0x7: is_intr = 0; gate32 = 0; break;
-        case 0x5: exit_unhandled(c);   /* task gate: TODO(M2) */
+        case 0x5: task = 1; break;      /* task gate: a task switch (SDM Vol 3A 6.11, 7.3) */
         default: raise_gp(c, idt_err);
         }
     }
     if ((kind == EV_SWINT || kind == EV_SWEXC) && gdpl < c->cpl) raise_gp(c, vec * 8 + 2);
     if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, vec * 8 + 2 + ext);
+    if (task) {
+        /* the handler is a task: switch to the TSS the gate names, then push
+         * the error code on the new task's stack (SDM Vol 3A 6.12.2) */
+        task_switch(c, (uint16_t)(lo >> 16), lo, hi, TS_INT, ret_rip);
+        if (has_err) {
+            int esz = (c->seg[S_TR].access & 8) ? 4 : 2;
+            uint64_t sp = sp_wrap(c, sp_get(c) - esz);
+            st(c, S_SS, sp, esz, err);
+            sp_set(c, sp);
+        }
+        if (kind == EV_NMI) c->nmi_blocked = 1;
+        c->delivering = 0;
+        c->brk = 1;
+        return;
+    }
     uint16_t sel = lo >> 16;
     if ((sel & ~3) == 0) raise_gp(c, ext);
     uint32_t dlo, dhi;
@@ -159,6 +188,11 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         if (ist) rsp = mem_read_slow(c, tss + 0x24 + 8 * (ist - 1), 8, ACC_SYS);
         else if (ncpl < c->cpl) rsp = mem_read_slow(c, tss + 4 + 8 * ncpl, 8, ACC_SYS);
         rsp &= ~15ULL;
+        /* a non-canonical stack (from IST/RSPn or the current RSP) is #SS(EXT)
+         * before anything is pushed (SDM Vol 2A INT n, IA-32e mode) */
+        if ((uint64_t)(((int64_t)rsp << 16) >> 16) != rsp ||
+            (uint64_t)(((int64_t)(rsp - 48) << 16) >> 16) != rsp - 48)
+            raise_exc(c, EX_SS, 1, ext);
         uint64_t sp = rsp;
         push_lin(c, 0, &sp, 8, 8, oss);
         push_lin(c, 0, &sp, 8, 8, orsp);
@@ -180,16 +214,27 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
         int psz = gate32 ? 4 : 2;
         uint64_t sp, ssb;
         int ssz;
+        uint32_t climit = (dlo & 0xffff) | (dhi & 0xf0000);
+        if (dhi & 0x800000) climit = (climit << 12) | 0xfff;
+        if ((gate32 ? (uint32_t)off : (off & 0xffff)) > climit) raise_gp(c, ext);   /* handler beyond the CS limit */
         if (ncpl < c->cpl) {
-            /* inner-privilege stack from the 32-bit TSS (SDM 6.12.1) */
-            uint64_t tss = c->seg[S_TR].base;
-            uint32_t nesp = (uint32_t)mem_read_slow(c, tss + 4 + 8 * ncpl, 4, ACC_SYS);
-            uint16_t nss = (uint16_t)mem_read_slow(c, tss + 8 + 8 * ncpl, 2, ACC_SYS);
+            /* inner-privilege stack from the TSS (SDM 6.12.1, INT n
+             * "INTER-PRIVILEGE-LEVEL-INTERRUPT"): SSn:ESPn of a 32-bit TSS,
+             * SSn:SPn of a 16-bit one; #TS(TSS + EXT) beyond its limit */
+            seg_t *tr = &c->seg[S_TR];
+            int t32 = (tr->access & 0xf) == 9 || (tr->access & 0xf) == 0xb;
+            uint32_t a = t32 ? 8u * ncpl + 4 : 4u * ncpl + 2;
+            if (a + (t32 ? 5 : 3) > tr->limit) raise_exc(c, EX_TS, 1, (tr->sel & 0xfffc) + ext);
+            uint32_t nesp = (uint32_t)mem_read_slow(c, tr->base + a, t32 ? 4 : 2, ACC_SYS);
+            uint16_t nss = (uint16_t)mem_read_slow(c, tr->base + a + (t32 ? 4 : 2), 2, ACC_SYS);
             uint32_t slo, shi;
-            if ((nss & ~3) == 0 || desc_read(c, nss, &slo, &shi)) raise_exc(c, EX_TS, 1, nss & ~3);
+            new_stack_check(c, nss, ncpl, ext, &slo, &shi);
             ssb = (slo >> 16) | ((uint64_t)(shi & 0xff) << 16) | (shi & 0xff000000);
             ssz = (shi & 0x400000) ? 4 : 2;
             sp = nesp;
+            uint32_t slim = (slo & 0xffff) | (shi & 0xf0000);
+            if (shi & 0x800000) slim = (slim << 12) | 0xfff;
+            frame_fits(c, sp, (has_err ? 6 : 5) * psz, ssz, slim, (shi >> 8) & 0xf0ff, (nss & 0xfffc) + ext);
             push_lin(c, ssb, &sp, ssz, psz, oss);
             push_lin(c, ssb, &sp, ssz, psz, orsp);
             push_lin(c, ssb, &sp, ssz, psz, oflags);
@@ -201,6 +246,7 @@ void deliver_event(cpu_t *c, int vec, int kind, int has_err, uint32_t err, uint6
             sp_set(c, sp);
         } else {
             ssb = c->segbase[S_SS]; ssz = c->ssz; sp = sp_get(c);
+            frame_fits(c, sp, (has_err ? 4 : 3) * psz, ssz, c->seg[S_SS].limit, c->seg[S_SS].access, ext);
             push_lin(c, ssb, &sp, ssz, psz, oflags);
             push_lin(c, ssb, &sp, ssz, psz, ocs);
             push_lin(c, ssb, &sp, ssz, psz, ret_rip);

@@ -63,8 +63,9 @@
     }                                                                                 \
     static void h_##name##_mem_r##SZ(cpu_t *c, const insn_t *i)                       \
     {                                                                                 \
-        uint64_t lin = lin_addr(c, i->seg, ea_off(c, i));                             \
-        uint64_t a = WB_##name ? mem_read_rmw(c, lin, SZ / 8) : mem_read(c, lin, SZ / 8); \
+        uint64_t lin = lin_acc(c, i->seg, ea_off(c, i), SZ / 8, WB_##name);           \
+        uint64_t a = WB_##name ? mem_read_rmw_x(c, lin, SZ / 8, SEG_ACC(i->seg))      \
+                               : mem_read_x(c, lin, SZ / 8, SEG_ACC(i->seg));         \
         uint64_t b = TRUNC(c->r[i->reg]);                                             \
         uint64_t r = TRUNC(OP_##name(a, b));                                          \
         if (WB_##name) mem_write(c, lin, SZ / 8, r);                                  \
@@ -72,8 +73,9 @@
     }                                                                                 \
     static void h_##name##_mem_imm##SZ(cpu_t *c, const insn_t *i)                     \
     {                                                                                 \
-        uint64_t lin = lin_addr(c, i->seg, ea_off(c, i));                             \
-        uint64_t a = WB_##name ? mem_read_rmw(c, lin, SZ / 8) : mem_read(c, lin, SZ / 8); \
+        uint64_t lin = lin_acc(c, i->seg, ea_off(c, i), SZ / 8, WB_##name);           \
+        uint64_t a = WB_##name ? mem_read_rmw_x(c, lin, SZ / 8, SEG_ACC(i->seg))      \
+                               : mem_read_x(c, lin, SZ / 8, SEG_ACC(i->seg));         \
         uint64_t b = TRUNC(i->imm);                                                   \
         uint64_t r = TRUNC(OP_##name(a, b));                                          \
         if (WB_##name) mem_write(c, lin, SZ / 8, r);                                  \
@@ -135,20 +137,20 @@ static void h_jmp64(cpu_t *c, const insn_t *i) { c->nrip += i->imm; }
 static void h_push64(cpu_t *c, const insn_t *i)
 {
     uint64_t sp = c->r[R_RSP] - 8;
-    mem_write(c, sp, 8, c->r[i->rm]);
+    mem_write_x(c, sp, 8, c->r[i->rm], ACC_SS);
     c->r[R_RSP] = sp;
 }
 static void h_pop64(cpu_t *c, const insn_t *i)
 {
     uint64_t sp = c->r[R_RSP];
-    uint64_t v = mem_read(c, sp, 8);
+    uint64_t v = mem_read_x(c, sp, 8, ACC_SS);
     c->r[R_RSP] = sp + 8;
     c->r[i->rm] = v;
 }
 static void h_call64(cpu_t *c, const insn_t *i)
 {
     uint64_t sp = c->r[R_RSP] - 8;
-    mem_write(c, sp, 8, c->nrip);
+    mem_write_x(c, sp, 8, c->nrip, ACC_SS);
     c->r[R_RSP] = sp;
     c->nrip += i->imm;
 }
@@ -156,7 +158,7 @@ static void h_ret64(cpu_t *c, const insn_t *i)
 {
     (void)i;
     uint64_t sp = c->r[R_RSP];
-    c->nrip = mem_read(c, sp, 8);
+    c->nrip = mem_read_x(c, sp, 8, ACC_SS);
     c->r[R_RSP] = sp + 8;
 }
 

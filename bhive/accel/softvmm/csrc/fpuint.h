@@ -11,7 +11,7 @@
 static inline void fmem_read(cpu_t *c, int seg, uint64_t off, void *dst, int n)
 {
     uint8_t *p = dst;
-    uint64_t lin = lin_addr(c, seg, off);
+    uint64_t lin = lin_rd(c, seg, off, n);
     while (n >= 8) { uint64_t v = mem_read(c, lin, 8); memcpy(p, &v, 8); p += 8; lin += 8; n -= 8; }
     if (n >= 4) { uint32_t v = (uint32_t)mem_read(c, lin, 4); memcpy(p, &v, 4); p += 4; lin += 4; n -= 4; }
     if (n >= 2) { uint16_t v = (uint16_t)mem_read(c, lin, 2); memcpy(p, &v, 2); p += 2; lin += 2; n -= 2; }
@@ -19,7 +19,7 @@ static inline void fmem_read(cpu_t *c, int seg, uint64_t off, void *dst, int n)
 }
 static inline void fmem_probe_w(cpu_t *c, int seg, uint64_t off, int n)
 {
-    uint64_t lin = lin_addr(c, seg, off);
+    uint64_t lin = lin_wr(c, seg, off, n);
     if (n > 8 && ((lin & 0xfff) + (uint64_t)n > 0x1000)) {
         (void)mem_read_rmw(c, lin, 1);
         (void)mem_read_rmw(c, lin + n - 1, 1);

@@ -77,7 +77,7 @@ HANDLER(h_movbe_crc32)
     }
     if (i->rep || i->mod == 3) raise_ud(c);
     int sz = i->osz;
-    uint64_t lin = lin_addr(c, i->seg, ea_off(c, i));
+    uint64_t lin = lin_acc(c, i->seg, ea_off(c, i), sz, i->op != 0xf0);
     if (i->op == 0xf0) {
         uint64_t v = mem_read(c, lin, sz);
         v = sz == 8 ? __builtin_bswap64(v) : sz == 4 ? __builtin_bswap32((uint32_t)v) : __builtin_bswap16((uint16_t)v);

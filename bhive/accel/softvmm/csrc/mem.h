@@ -61,12 +61,32 @@ static inline uint64_t ea_off(cpu_t *c, const insn_t *i)
     else if (i->asz == 2) a = (uint16_t)a;
     return a;
 }
+/* Linear address of seg:off without any segment check: for addresses that
+ * are not accessed (INVLPG).  Every access goes through lin_acc(). */
 static inline uint64_t lin_addr(cpu_t *c, int seg, uint64_t off)
 {
     uint64_t l = c->segbase[seg] + off;
-    /* TODO(M2): segment limit and type checks outside 64-bit mode (SDM 5.3) */
     return c->long64 ? l : (uint32_t)l;
 }
+/* Linear address of an access of `size` bytes at seg:off (w: a write).
+ * Outside 64-bit mode the segment's limit and type are checked (SDM Vol 3A
+ * 5.3, 5.4): one compare against a bound precomputed at the segment load,
+ * seg_check() for anything unusual.  64-bit mode does no limit checks
+ * (SDM Vol 3A 5.3.1), so its path is the same single branch as before. */
+static inline __attribute__((always_inline)) uint64_t lin_acc(cpu_t *c, int seg, uint64_t off, int size, int w)
+{
+    if (likely(c->long64)) return c->segbase[seg] + off;
+    if (unlikely(off + (uint64_t)size > c->seg_end[w][seg])) return seg_check(c, seg, off, size, w);
+    return (uint32_t)(c->segbase[seg] + off);
+}
+#define lin_rd(c, seg, off, size) lin_acc((c), (seg), (off), (size), 0)
+#define lin_wr(c, seg, off, size) lin_acc((c), (seg), (off), (size), 1)
+/* Extra access bits for the slow path of an access through `seg`: which of
+ * #SS or #GP a non-canonical address raises in 64-bit mode.  Exact when the
+ * segment is a compile-time constant (stack operations); otherwise
+ * ACC_SEGQ, resolved by decoding the instruction only when such a fault
+ * happens (mmu.c), so the fast path never keeps the segment around. */
+#define SEG_ACC(seg) (__builtin_constant_p(seg) ? ((seg) == S_SS ? ACC_SS : 0) : ACC_SEGQ)
 
 /* ---- memory ------------------------------------------------------------ */
 static inline int user_acc(cpu_t *c) { return c->cpl == 3 ? ACC_U : 0; }
@@ -90,14 +110,15 @@ static inline void host_st(void *p, int size, uint64_t v)
     }
 }
 
-static inline uint64_t mem_read(cpu_t *c, uint64_t lin, int size)
+/* The _x forms take extra ACC_* bits (ACC_SS) for the slow path only. */
+static inline uint64_t mem_read_x(cpu_t *c, uint64_t lin, int size, int xacc)
 {
     tlbe_t *e = &c->tlb[tlb_slot(lin)];
     if (likely(e->tag_r == (lin & ~0xfffULL) && (lin & 0xfff) <= 0x1000u - size))
         return host_ld((void *)(e->addend + lin), size);
-    return mem_read_slow(c, lin, size, user_acc(c));
+    return mem_read_slow(c, lin, size, user_acc(c) | xacc);
 }
-static inline void mem_write(cpu_t *c, uint64_t lin, int size, uint64_t v)
+static inline void mem_write_x(cpu_t *c, uint64_t lin, int size, uint64_t v, int xacc)
 {
     tlbe_t *e = &c->tlb[tlb_slot(lin)];
     if (likely(e->tag_w == (lin & ~0xfffULL) && (lin & 0xfff) <= 0x1000u - size)) {
@@ -108,38 +129,41 @@ static inline void mem_write(cpu_t *c, uint64_t lin, int size, uint64_t v)
             code_written(c, e->gidx);
         return;
     }
-    mem_write_slow(c, lin, size, v, ACC_W | user_acc(c));
+    mem_write_slow(c, lin, size, v, ACC_W | user_acc(c) | xacc);
 }
 /* Read the destination of a read-modify-write: the access is checked (and
  * faults, with W=1 in the #PF error code) as a write, like hardware does. */
-static inline uint64_t mem_read_rmw(cpu_t *c, uint64_t lin, int size)
+static inline uint64_t mem_read_rmw_x(cpu_t *c, uint64_t lin, int size, int xacc)
 {
     tlbe_t *e = &c->tlb[tlb_slot(lin)];
     if (likely(e->tag_w == (lin & ~0xfffULL) && (lin & 0xfff) <= 0x1000u - size))
         return host_ld((void *)(e->addend + lin), size);
-    return mem_read_slow(c, lin, size, ACC_W | user_acc(c));
+    return mem_read_slow(c, lin, size, ACC_W | user_acc(c) | xacc);
 }
+static inline uint64_t mem_read(cpu_t *c, uint64_t lin, int size) { return mem_read_x(c, lin, size, 0); }
+static inline void mem_write(cpu_t *c, uint64_t lin, int size, uint64_t v) { mem_write_x(c, lin, size, v, 0); }
+static inline uint64_t mem_read_rmw(cpu_t *c, uint64_t lin, int size) { return mem_read_rmw_x(c, lin, size, 0); }
 static inline uint64_t ld(cpu_t *c, int seg, uint64_t off, int size)
 {
-    return mem_read(c, lin_addr(c, seg, off), size);
+    return mem_read_x(c, lin_rd(c, seg, off, size), size, SEG_ACC(seg));
 }
 static inline void st(cpu_t *c, int seg, uint64_t off, int size, uint64_t v)
 {
-    mem_write(c, lin_addr(c, seg, off), size, v);
+    mem_write_x(c, lin_wr(c, seg, off, size), size, v, SEG_ACC(seg));
 }
 
 /* ---- ModRM operands ---------------------------------------------------- */
-static inline uint64_t rd_rm(cpu_t *c, const insn_t *i, int sz)
+static inline __attribute__((always_inline)) uint64_t rd_rm(cpu_t *c, const insn_t *i, int sz)
 {
     if (i->mod == 3) return getreg(c, i->rm, sz);
     return ld(c, i->seg, ea_off(c, i), sz);
 }
-static inline uint64_t rd_rm_w(cpu_t *c, const insn_t *i, int sz)
+static inline __attribute__((always_inline)) uint64_t rd_rm_w(cpu_t *c, const insn_t *i, int sz)
 {
     if (i->mod == 3) return getreg(c, i->rm, sz);
-    return mem_read_rmw(c, lin_addr(c, i->seg, ea_off(c, i)), sz);
+    return mem_read_rmw_x(c, lin_wr(c, i->seg, ea_off(c, i), sz), sz, SEG_ACC(i->seg));
 }
-static inline void wr_rm(cpu_t *c, const insn_t *i, int sz, uint64_t v)
+static inline __attribute__((always_inline)) void wr_rm(cpu_t *c, const insn_t *i, int sz, uint64_t v)
 {
     if (i->mod == 3) setreg(c, i->rm, sz, v);
     else st(c, i->seg, ea_off(c, i), sz, v);

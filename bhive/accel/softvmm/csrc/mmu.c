@@ -233,8 +233,12 @@ static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *per
     int shift = 12;
     if (c->efer & EFER_LMA) {
         if ((uint64_t)(((int64_t)lin << 16) >> 16) != lin) {
+            /* SDM Vol 3A 6.15 (interrupts 12, 13) and Vol 1 3.3.7.1: a
+             * non-canonical address is #SS(0) when it references SS (stack
+             * operations, RSP/RBP-based or SS-override operands), else #GP(0) */
             if (!fault) return -1;
-            raise_gp(c, 0);
+            int ss = (acc & ACC_SS) || ((acc & ACC_SEGQ) && insn_mem_seg(c) == S_SS);
+            raise_exc(c, ss ? EX_SS : EX_GP, 1, 0);
         }
         levels = 4; wide = 1; table = c->cr3 & PTE_ADDR;
     } else if (c->cr4 & CR4_PAE) {

@@ -133,7 +133,7 @@ void h_mmx(cpu_t *c, const insn_t *i)
         if (i->asz == 4) di = (uint32_t)di; else if (i->asz == 2) di = (uint16_t)di;
         int seg = i->segovr != S_NONE ? i->segovr : S_DS;
         for (int k = 0; k < 8; k++)
-            if ((m >> (8 * k + 7)) & 1) (void)mem_read_rmw(c, lin_addr(c, seg, di + k), 1);
+            if ((m >> (8 * k + 7)) & 1) (void)mem_read_rmw(c, lin_wr(c, seg, di + k, 1), 1);
         for (int k = 0; k < 8; k++)
             if ((m >> (8 * k + 7)) & 1) st(c, seg, di + k, 1, (d >> (8 * k)) & 0xff);
         mmx_state(c);

@@ -462,7 +462,8 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
             c->tf_trap = 1; c->sw_event = 0;
             exec_block(c, sb, 1);
             if (sh) c->shadow = 0;
-            if (c->tf_trap && !c->sw_event) {
+            /* MOV SS / POP SS hold the single-step trap to the next instruction too (SDM Vol 3A 6.8.3) */
+            if (c->tf_trap && !c->sw_event && c->shadow != SHADOW_MOVSS) {
                 c->tf_trap = 0;
                 c->dr[6] |= 0x4000;
                 deliver_event(c, EX_DB, EV_HWEXC, 0, 0, c->rip);

@@ -602,7 +602,7 @@ moves:
         if (i->asz == 4) di = (uint32_t)di; else if (i->asz == 2) di = (uint16_t)di;
         int seg = i->segovr != S_NONE ? i->segovr : S_DS;
         for (int k = 0; k < 16; k++)
-            if (m->b[k] & 0x80) (void)mem_read_rmw(c, lin_addr(c, seg, di + k), 1);
+            if (m->b[k] & 0x80) (void)mem_read_rmw(c, lin_wr(c, seg, di + k, 1), 1);
         for (int k = 0; k < 16; k++)
             if (m->b[k] & 0x80) st(c, seg, di + k, 1, d->b[k]);
         return;

@@ -189,7 +189,7 @@ HANDLER(h_ins)
     io_check(c, port, sz);
     REP_LOOP(c, i, {
         uint64_t v = 0;
-        uint64_t lin = lin_addr(c, S_ES, getreg(c, R_RDI, as));
+        uint64_t lin = lin_wr(c, S_ES, getreg(c, R_RDI, as), sz);
         /* probe the destination first so a #PF is taken before the port is read */
         mem_write(c, lin, sz, mem_read(c, lin, sz));
         pio_access(c, port, sz, 0, &v);

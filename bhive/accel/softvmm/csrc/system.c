@@ -8,6 +8,51 @@
 #include "mem.h"
 #include "handlers.h"
 
+/* ---- segment limit and type checks (SDM Vol 3A 5.3, 5.4) -----------------
+ * Outside 64-bit mode every data access is checked against the segment's
+ * hidden part: an expand-up segment allows offsets 0..limit, an expand-down
+ * one limit+1..0xffff (B=0) or ..0xffffffff (B=1).  In protected mode a
+ * write needs a writable data segment and a read a data or readable code
+ * segment, and a null (unusable) segment allows nothing.  Real and
+ * virtual-8086 mode check only the limit (real-mode code writes through CS:
+ * the type bits are not looked at, SDM Vol 3A 20.1.1).  A violation is
+ * #SS(0) through SS and #GP(0) otherwise (SDM Vol 3A 6.15, interrupts 12, 13).
+ * seg_end[][] caches the common case (expand-up, right type) as a bound on
+ * off + size; everything else lands in seg_check(). */
+void seg_cache_limits(cpu_t *c, int s)
+{
+    const seg_t *sg = &c->seg[s];
+    uint64_t end = (uint64_t)sg->limit + 1;
+    uint64_t r = end, w = end;
+    unsigned type = sg->access & 0xf;
+    if (sg->access & 0x10000) r = w = 0;                     /* null selector */
+    else if (!(type & 8) && (type & 4)) r = w = 0;          /* expand-down data: seg_check() */
+    else if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) {
+        if (type & 8) { w = 0; if (!(type & 2)) r = 0; }    /* code: no writes; execute-only: no reads */
+        else if (!(type & 2)) w = 0;                         /* read-only data */
+    }
+    c->seg_end[0][s] = r;
+    c->seg_end[1][s] = w;
+}
+
+uint64_t seg_check(cpu_t *c, int s, uint64_t off, int size, int w)
+{
+    const seg_t *sg = &c->seg[s];
+    int vec = s == S_SS ? EX_SS : EX_GP;
+    unsigned type = sg->access & 0xf;
+    uint64_t last = off + (uint64_t)size - 1;
+    if (sg->access & 0x10000) raise_exc(c, vec, 1, 0);
+    if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) {
+        if ((type & 8) ? (w || !(type & 2)) : (w && !(type & 2))) raise_exc(c, vec, 1, 0);
+    }
+    if (!(type & 8) && (type & 4)) {
+        /* expand-down (SDM Vol 3A 5.3): valid offsets are limit+1 .. 64K-1 or 4G-1 */
+        uint64_t upper = (sg->access & 0x4000) ? 0xffffffffULL : 0xffffULL;
+        if (off <= sg->limit || last > upper) raise_exc(c, vec, 1, 0);
+    } else if (last > sg->limit) raise_exc(c, vec, 1, 0);
+    return (uint32_t)(c->segbase[s] + off);
+}
+
 /* ---- modes --------------------------------------------------------------- */
 void update_mode(cpu_t *c)
 {
@@ -23,6 +68,8 @@ void update_mode(cpu_t *c)
     else if (!(c->cr0 & CR0_PE)) c->ssz = 2;
     else c->ssz = (c->seg[S_SS].access & 0x4000) ? 4 : 2;
     for (int s = 0; s < 8; s++) c->segbase[s] = c->seg[s].base;
+    if (!c->long64)   /* 64-bit mode checks no limits: the bounds are set when it is left */
+        for (int s = S_ES; s <= S_GS; s++) seg_cache_limits(c, s);
     if (c->long64) c->segbase[S_ES] = c->segbase[S_CS] = c->segbase[S_SS] = c->segbase[S_DS] = 0;
     int ncpl = (c->cr0 & CR0_PE) ? (cs->sel & 3) : 0;
     if ((c->cr0 & CR0_PE) && !(c->rflags & F_VM)) ncpl = (c->seg[S_SS].access >> 5) & 3;
@@ -50,6 +97,7 @@ void set_seg_real(cpu_t *c, int s, uint16_t sel)
     }
     c->segbase[s] = c->seg[s].base;
     if (s == S_CS || s == S_SS) update_mode(c);
+    else seg_cache_limits(c, s);
 }
 
 int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi)
@@ -68,6 +116,21 @@ int desc_read(cpu_t *c, uint16_t sel, uint32_t *lo, uint32_t *hi)
     return 0;
 }
 
+/* The inner stack of a privilege change through an interrupt/trap gate or
+ * a call gate, as read from the TSS (SDM Vol 2A INT n "INTER-PRIVILEGE-
+ * LEVEL-INTERRUPT", CALL "MORE-PRIVILEGE"): #TS(EXT) for a null selector,
+ * #TS(selector + EXT) for one outside the table, with RPL or DPL other than
+ * the new CPL, or not a writable data segment; #SS(selector + EXT) if it is
+ * not present.  Returns the descriptor. */
+void new_stack_check(cpu_t *c, uint16_t nss, int ncpl, int ext, uint32_t *lo, uint32_t *hi)
+{
+    uint32_t err = (nss & 0xfffc) | (ext ? 1 : 0);
+    if ((nss & 0xfffc) == 0) raise_exc(c, EX_TS, 1, ext ? 1 : 0);
+    if (desc_read(c, nss, lo, hi) || (nss & 3) != ncpl) raise_exc(c, EX_TS, 1, err);
+    if ((int)((*hi >> 13) & 3) != ncpl || (*hi & 0x1a00) != 0x1200) raise_exc(c, EX_TS, 1, err);
+    if (!(*hi & 0x8000)) raise_exc(c, EX_SS, 1, err);
+}
+
 /* Load a segment register in protected mode (SDM Vol 3A 3.4.3, 5.5).
  * M1 checks presence, null CS/SS and S-bit; full type/privilege checks TODO. */
 void load_seg(cpu_t *c, int s, uint16_t sel)
@@ -81,6 +144,7 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
         if (s == S_SS) c->seg[s].access |= (uint32_t)c->cpl << 5;
         c->segbase[s] = 0;
         if (s == S_SS) update_mode(c);
+        else seg_cache_limits(c, s);
         return;
     }
     uint32_t lo, hi;
@@ -115,7 +179,10 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
         c->seg[S_SS].access = (c->seg[S_SS].access & ~0x60u) | ((uint32_t)(sel & 3) << 5);
         update_mode(c);
     } else if (s == S_SS) update_mode(c);
-    else if (c->long64 && s != S_FS && s != S_GS) c->segbase[s] = 0;
+    else {
+        if (c->long64 && s != S_FS && s != S_GS) c->segbase[s] = 0;
+        seg_cache_limits(c, s);
+    }
 }
 
 /* ---- TSC ----------------------------------------------------------------
@@ -252,7 +319,7 @@ HANDLER(h_mov_sreg_rm)
     if (s > 5 || s == S_CS) raise_ud(c);
     uint16_t sel = (uint16_t)rd_rm(c, i, 2);
     load_seg(c, s, sel);
-    if (s == S_SS) { c->shadow = 1; c->brk = 1; }   /* MOV SS blocks interrupts for one instruction */
+    if (s == S_SS) { c->shadow = SHADOW_MOVSS; c->brk = 1; }   /* MOV SS blocks interrupts and #DB for one instruction */
 }
 HANDLER(h_push_sreg)
 {
@@ -268,7 +335,7 @@ HANDLER(h_pop_sreg)
     uint16_t sel = (uint16_t)ld(c, S_SS, sp, i->osz);
     load_seg(c, s, sel);
     sp_set(c, sp + i->osz);
-    if (s == S_SS) { c->shadow = 1; c->brk = 1; }
+    if (s == S_SS) { c->shadow = SHADOW_MOVSS; c->brk = 1; }
 }
 
 /* ---- descriptor tables: 0F 00, 0F 01 ------------------------------------ */
@@ -280,7 +347,8 @@ static void load_sys_seg(cpu_t *c, int s, uint16_t sel)
     if (desc_read(c, sel, &lo, &hi)) raise_gp(c, sel & ~3);
     int type = (hi >> 8) & 0x1f;
     if (s == S_LDTR && type != 2) raise_gp(c, sel & ~3);
-    if (s == S_TR && type != 9 && type != 1) raise_gp(c, sel & ~3);
+    /* LTR: an available TSS; a 16-bit one is not allowed in IA-32e mode (SDM Vol 2A LTR) */
+    if (s == S_TR && type != 9 && (type != 1 || (c->efer & EFER_LMA))) raise_gp(c, sel & ~3);
     if (!(hi & 0x8000)) raise_exc(c, EX_NP, 1, sel & ~3);
     uint64_t base = (lo >> 16) | ((uint64_t)(hi & 0xff) << 16) | (hi & 0xff000000);
     if (c->efer & EFER_LMA) {
@@ -380,7 +448,7 @@ HANDLER(h_cli) { if (!iopl_ok(c)) raise_gp(c, 0); c->rflags &= ~(uint64_t)F_IF; 
 HANDLER(h_sti)
 {
     if (!iopl_ok(c)) raise_gp(c, 0);
-    if (!(c->rflags & F_IF)) c->shadow = 1;   /* STI shadow (SDM Vol 3A 6.8.3) */
+    if (!(c->rflags & F_IF)) c->shadow = SHADOW_STI;   /* STI shadow (SDM Vol 3A 6.8.3) */
     c->rflags |= F_IF;
     c->brk = 1;
 }
@@ -660,8 +728,7 @@ HANDLER(h_lfp)
     default: s = S_DS; break;   /* C5: LDS */
     }
     load_seg(c, s, sel);
-    setreg(c, i->reg, sz, v);
-    if (s == S_SS) { c->shadow = 1; c->brk = 1; }
+    setreg(c, i->reg, sz, v);   /* LSS: no interrupt shadow (only MOV SS and POP SS, SDM Vol 3A 6.8.3) */
 }
 
 /* LAR / LSL (0F 02 / 0F 03) and VERR / VERW (0F 00 /4 /5): SDM Vol 2A.
