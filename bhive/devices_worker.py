@@ -1,6 +1,7 @@
 """Entry point of every device actor process.
 
     python -m bhive.devices_worker RUN_DIR ACTOR
+    python -m bhive.devices_worker --zygote RUN_DIR    (the fork server: bhive.zygote)
 
 Reads the VM's validated config from the run directory, builds the device
 named ACTOR through its `HostedDevice` glue below, and runs it on the
@@ -19,6 +20,7 @@ from pathlib import Path
 import zmq
 
 from . import config as config_mod
+from . import worker
 from .actors import fw_cfg
 from .actors.acpi_pm import AcpiPm
 from .actors.debug_exit import DebugExit
@@ -754,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bhive.devices_worker RUN_DIR ACTOR", file=sys.stderr)
         return 2
     run_path, role = Path(argv[0]), argv[1]
+    worker.name_process(role)
     rundir = RunDir(run_path.name, run_path.parent)
     vm = config_mod.from_json(rundir.read_json("supervisor.json")["config"])
     dev_cfg = vm.devices[role]
@@ -766,6 +769,13 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def zygote_preload(rundir: RunDir) -> None:
+    """What an actor imports after its start, imported once by the zygote."""
+    from .firmware import tables  # noqa: F401  (fw_cfg_items)
+
+
 if __name__ == "__main__":
-    from .worker import exit_now
-    exit_now(main())     # without the interpreter's teardown
+    if sys.argv[1:2] == ["--zygote"]:
+        from . import zygote
+        zygote.serve("bhive.devices_worker", "actor", main, sys.argv[2:], zygote_preload)
+    worker.exit_now(main())     # without the interpreter's teardown

@@ -39,6 +39,7 @@ import zmq
 from . import accel as accel_mod
 from . import config as config_mod
 from . import loader
+from . import zygote as zygote_mod
 from .bus import channel, schema
 from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VcpuGo, VmEvent
 from .bus.shm import ConsoleRing, SharedRegion
@@ -55,6 +56,7 @@ STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
 STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
+ZYGOTE_TIMEOUT = 10.0     # a zygote that does not answer a request by then is replaced by exec
 HALT_GRACE = 0.3          # all vCPUs halted: wait this long for a pending exit event
 # A guest kernel that panics prints this and then spins or halts with
 # interrupts on, which no CPU-level event reveals: the console does.
@@ -128,6 +130,7 @@ class Proc:
     counters: dict = field(default_factory=dict)
     policy: str = "always"
     max_restarts: int = 10
+    spawned_by: str = ""           # "zygote-actor" / "zygote-vcpu" (forked), "exec"
 
     @property
     def pid(self) -> int | None:
@@ -157,6 +160,9 @@ class Supervisor:
         self.panic_line = ""
         self.actors_up = False                  # every actor has said Hello (once)
         self.released: set[str] = set()         # vCPUs that were sent VcpuGo
+        self.zygotes: dict[str, zygote_mod.Zygote] = {}     # by kind: "actor", "vcpu"
+        self.subreaper_was: bool | None = None  # before _start_zygotes made this process one
+        self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
         self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
@@ -202,6 +208,7 @@ class Supervisor:
         for i in range(self.cfg.cpus):
             self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
                                           [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
+        self._start_zygotes()
         self.ctx = zmq.Context.instance()
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
@@ -209,21 +216,29 @@ class Supervisor:
         self.ctl.bind(self.rundir.endpoint("supervisor"))
         # Every process at once, vCPUs first (their set-up is the longest):
         # a vCPU waits for VcpuGo (_release_vcpus) before its first instruction.
+        # The zygotes are still importing: their answers (the pids) are
+        # read once the image is loaded.
+        self.deferred = []
         for proc in sorted(self.procs.values(), key=lambda p: p.kind != "vcpu"):
             self.spawn(proc)
+        deferred, self.deferred = self.deferred, None
         try:
             boot = loader.load(self.cfg, ram.view)
         except BaseException:
+            self._finish_spawns(deferred)
             for proc in self.procs.values():
                 proc.popen.kill()
                 proc.popen.wait()
+            self._stop_zygotes()
             self.ctl.close()
             self.rundir.drop_shared_memory()
             raise
         finally:
             ram.close()
+        self._finish_spawns(deferred)
         info = self.rundir.read_json("supervisor.json")
         info["boot"] = boot.to_json()
+        info["zygotes"] = {z.role: z.pid for z in self.zygotes.values()}
         self.rundir.write_json("supervisor.json", info)
 
     def _create_channels(self) -> dict[str, int]:
@@ -241,20 +256,105 @@ class Supervisor:
                 channel.create(self.rundir.shm / channel.channel_file(dev.name, f"vcpu{i}"))
         return fds
 
-    def spawn(self, proc: Proc) -> None:
-        err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
+    # -- spawning: forked by a zygote, or exec'd -----------------------------
+    def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env[channel.ENV_FDS] = channel.encode_fds(self.fds)
+        return env
+
+    def _start_zygotes(self) -> None:
+        """One fork server per worker module (bhive.zygote), started with
+        exec now, so that their imports overlap the rest of the launch.
+        Their workers are reparented to this process: it becomes a
+        subreaper.  Without zygotes every worker is exec'd."""
+        if os.environ.get(zygote_mod.NO_ZYGOTE_ENV):
+            return
+        was = zygote_mod.become_subreaper()
+        if was is None:
+            self.log("zygote-unavailable", reason="cannot become a child subreaper")
+            return
+        self.subreaper_was = was
+        env = self._worker_env()
+        for kind, module in (("actor", "bhive.devices_worker"), ("vcpu", "bhive.vcpu_worker")):
+            args = [p.argv[3:] for p in self.procs.values() if p.kind == kind]
+            if not args:
+                continue
+            longest = max(args, key=lambda a: len("\0".join(a)))
+            try:
+                zyg = zygote_mod.Zygote(kind, module, self.rundir, env, tuple(self.fds.values()), longest)
+            except OSError as exc:
+                self.log("zygote-failed", kind=kind, error=str(exc))
+                continue
+            self.zygotes[kind] = zyg
+            self.log("zygote", role=zyg.role, pid=zyg.pid)
+
+    def _stop_zygotes(self) -> None:
+        for zyg in self.zygotes.values():
+            zyg.close()
+        for zyg in self.zygotes.values():
+            zyg.reap()
+        zygote_mod.restore_subreaper(self.subreaper_was)
+        self.subreaper_was = None
+
+    def _zygote_for(self, proc: Proc) -> zygote_mod.Zygote | None:
+        """The zygote that can fork `proc`: one that is up, for a process
+        that is the zygote's module run with arguments (not some other
+        command line)."""
+        zyg = self.zygotes.get(proc.kind)
+        if zyg is None or not zyg.alive or proc.argv[:3] != [sys.executable, "-m", zyg.module]:
+            return None
+        return zyg
+
+    def spawn(self, proc: Proc) -> None:
+        """Start `proc`'s process: forked by its zygote if there is one (the
+        pid is known once the zygote answers: at once, or, while prepare()
+        defers it, after the image is loaded), else exec'd."""
+        proc.state = "starting"
+        proc.started = proc.heartbeat = time.monotonic()
+        zyg = self._zygote_for(proc)
+        if zyg is not None:
+            with open(self.rundir.logs / f"{proc.role}.stderr", "ab") as err:
+                sent = zyg.request(proc.role, proc.argv[3:], self._worker_env(),
+                                   sorted(self.fds.values()), err.fileno())
+            if sent:
+                proc.popen = None
+                proc.spawned_by = zyg.role
+                self.log("spawn", role=proc.role, restarts=proc.restarts, via=zyg.role)
+                if self.deferred is not None:
+                    self.deferred.append(proc)
+                else:
+                    self._finish_spawns([proc])
+                return
+        self._spawn_exec(proc)
+
+    def _finish_spawns(self, procs: list[Proc]) -> None:
+        """Read the zygotes' answers for `procs` (in the order asked); one
+        that failed, or whose zygote is gone, is exec'd instead."""
+        for proc in procs:
+            zyg = self.zygotes.get(proc.kind)
+            reply = zyg.reply(ZYGOTE_TIMEOUT) if zyg is not None else None
+            if reply is not None and reply.pid > 0:
+                proc.popen = zygote_mod.ForkedProcess(reply.pid, proc.argv)
+                self.log("forked", role=proc.role, pid=reply.pid, restarts=proc.restarts)
+                continue
+            self.log("zygote-failed", role=proc.role, zygote=zyg.role if zyg else None,
+                     error=reply.error if reply is not None else "the zygote is gone")
+            self._spawn_exec(proc)
+
+    def _spawn_exec(self, proc: Proc) -> None:
+        err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
         # No preexec_fn (it would make subprocess fork this whole process
         # instead of vfork): the worker arms its parent-death signal itself
         # (bhive.worker.die_with_supervisor).
         proc.popen = subprocess.Popen(proc.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                      env=env, close_fds=True, pass_fds=tuple(self.fds.values()))
+                                      env=self._worker_env(), close_fds=True,
+                                      pass_fds=tuple(self.fds.values()))
         err.close()
+        proc.spawned_by = "exec"
         proc.state = "starting"
         proc.started = proc.heartbeat = time.monotonic()
-        self.log("spawn", role=proc.role, pid=proc.pid, restarts=proc.restarts)
+        self.log("spawn", role=proc.role, pid=proc.pid, restarts=proc.restarts, via="exec")
 
     def _wait_ready(self, roles: list[str]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -485,6 +585,8 @@ class Supervisor:
         applies what the (now stopped) vCPUs posted to it before it exits,
         so the guest's last console bytes before an isa-debug-exit write
         are not lost."""
+        for zyg in self.zygotes.values():
+            zyg.close()             # no more workers: the zygotes exit meanwhile
         for kind in ("vcpu", "actor"):
             procs = [p for p in self.procs.values() if p.kind == kind and p.popen is not None]
             for proc in procs:
@@ -505,6 +607,7 @@ class Supervisor:
                 proc.wait()
             for proc in procs:
                 proc.state = "exited"
+        self._stop_zygotes()
         self.pump_console()
         self.write_procs()
         info = self.rundir.read_json("supervisor.json") or {}
@@ -520,7 +623,7 @@ class Supervisor:
         for p in self.procs.values():
             table.append({"role": p.role, "kind": p.kind, "pid": p.pid, "state": p.state,
                           "restarts": p.restarts, "uptime": (now - p.started) if p.started else 0,
-                          "counters": p.counters})
+                          "counters": p.counters, "spawned_by": p.spawned_by})
         self.rundir.write_json("procs.json", table)
 
     def run(self) -> int:

@@ -1,6 +1,7 @@
 """Entry point of every vCPU process: one OS process per virtual CPU.
 
     python -m bhive.vcpu_worker RUN_DIR VCPUID
+    python -m bhive.vcpu_worker --zygote RUN_DIR       (the fork server: bhive.zygote)
 
 The main thread runs the vCPU (`vm_run`) and completes each exit exactly
 once: a port or MMIO access goes to the actor that owns the address and
@@ -485,10 +486,21 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bhive.vcpu_worker RUN_DIR VCPUID", file=sys.stderr)
         return 2
     run_path = Path(argv[0])
+    worker.name_process(f"vcpu{argv[1]}")
     sys.setswitchinterval(0.0005)  # the MSI thread must not wait on a busy main thread
-    worker = VcpuWorker(RunDir(run_path.name, run_path.parent), int(argv[1]))
-    return worker.run()
+    vcpu = VcpuWorker(RunDir(run_path.name, run_path.parent), int(argv[1]))
+    return vcpu.run()
+
+
+def zygote_preload(rundir: RunDir) -> None:
+    """What a vCPU imports after its start, imported once by the zygote:
+    the VM's accelerator (the cffi C core for softvmm)."""
+    info = rundir.read_json("supervisor.json") or {}
+    accel_mod.get(info.get("config", {}).get("accel", "softvmm"))
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--zygote"]:
+        from . import zygote
+        zygote.serve("bhive.vcpu_worker", "vcpu", main, sys.argv[2:], zygote_preload)
     worker.exit_now(main())

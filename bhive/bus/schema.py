@@ -37,6 +37,8 @@ class MsgType(enum.IntEnum):
     EOI_REQUEST = 15
     PIC_OUTPUT = 16
     VCPU_GO = 17
+    ZYGOTE_SPAWN = 18
+    ZYGOTE_SPAWNED = 19
 
 
 class SchemaError(ValueError):
@@ -260,6 +262,35 @@ class Ack:
     TYPE: ClassVar[MsgType]
     req_id: int
     accepted: int      # e.g. console bytes taken
+
+
+# --- Fork server: supervisor <-> zygote ------------------------------------
+
+@message(MsgType.ZYGOTE_SPAWN)
+class ZygoteSpawn:
+    """Supervisor -> zygote (bhive.zygote): fork a worker.  The child runs
+    the zygote module's `main(args)` as `python -m MODULE ARGS...` would,
+    with exactly `env` as its environment, stdin on /dev/null, stdout and
+    stderr on the one file descriptor sent along (SCM_RIGHTS), and of the
+    zygote's other descriptors only `keep_fds` (the doorbells the
+    supervisor passed it at its start, under the same numbers)."""
+
+    TYPE: ClassVar[MsgType]
+    role: str          # "uart", "vcpu0": the process name (bhive:ROLE)
+    args: list         # argv after `python -m MODULE`
+    env: dict
+    keep_fds: list
+
+
+@message(MsgType.ZYGOTE_SPAWNED)
+class ZygoteSpawned:
+    """Zygote -> supervisor, one per ZygoteSpawn, in order: the worker's
+    pid (a child of the supervisor, which is its subreaper), or 0 and why."""
+
+    TYPE: ClassVar[MsgType]
+    role: str
+    pid: int
+    error: str
 
 
 def message_types() -> dict[int, type]:
