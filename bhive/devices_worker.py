@@ -1,7 +1,6 @@
 """Entry point of every device actor process.
 
     python -m bhive.devices_worker RUN_DIR ACTOR
-    python -m bhive.devices_worker --zygote RUN_DIR    (the fork server: bhive.zygote)
 
 Reads the VM's validated config from the run directory, builds the device
 named ACTOR through its `HostedDevice` glue below, and runs it on the
@@ -769,13 +768,5 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def zygote_preload(rundir: RunDir) -> None:
-    """What an actor imports after its start, imported once by the zygote."""
-    from .firmware import tables  # noqa: F401  (fw_cfg_items)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--zygote"]:
-        from . import zygote
-        zygote.serve("bhive.devices_worker", "actor", main, sys.argv[2:], zygote_preload)
     worker.exit_now(main())     # without the interpreter's teardown

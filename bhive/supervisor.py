@@ -130,7 +130,7 @@ class Proc:
     counters: dict = field(default_factory=dict)
     policy: str = "always"
     max_restarts: int = 10
-    spawned_by: str = ""           # "zygote-actor" / "zygote-vcpu" (forked), "exec"
+    spawned_by: str = ""           # "zygote" (forked by it) or "exec"
 
     @property
     def pid(self) -> int | None:
@@ -138,7 +138,10 @@ class Proc:
 
 
 class Supervisor:
-    def __init__(self, cfg: config_mod.VmConfig, console_out=None, console_in_fd: int | None = None):
+    def __init__(self, cfg: config_mod.VmConfig, console_out=None, console_in_fd: int | None = None,
+                 zygote: zygote_mod.Zygote | None = None):
+        """`zygote`: one started already (bhive run starts it first thing);
+        without one, prepare() starts it."""
         self.cfg = cfg
         self.rundir = RunDir(cfg.name)
         self.console_out = console_out          # binary stream or None
@@ -160,8 +163,8 @@ class Supervisor:
         self.panic_line = ""
         self.actors_up = False                  # every actor has said Hello (once)
         self.released: set[str] = set()         # vCPUs that were sent VcpuGo
-        self.zygotes: dict[str, zygote_mod.Zygote] = {}     # by kind: "actor", "vcpu"
-        self.subreaper_was: bool | None = None  # before _start_zygotes made this process one
+        self.zygote = zygote
+        self.subreaper_was: bool | None = None  # before _bind_zygote made this process one
         self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
         self.t0 = time.monotonic()
 
@@ -174,6 +177,13 @@ class Supervisor:
         loading (decompressing a kernel takes a few hundred ms); they need
         the boot state only once they are released (VcpuGo).  An image that
         turns out bad ends them again before the ConfigError is raised."""
+        try:
+            self._prepare()
+        except BaseException:
+            self._stop_zygote()
+            raise
+
+    def _prepare(self) -> None:
         if self.rundir.is_live():
             raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
                                          f"(bhive stop {self.cfg.name}, or pick --name)")
@@ -208,7 +218,7 @@ class Supervisor:
         for i in range(self.cfg.cpus):
             self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
                                           [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
-        self._start_zygotes()
+        self._bind_zygote()
         self.ctx = zmq.Context.instance()
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
@@ -216,7 +226,7 @@ class Supervisor:
         self.ctl.bind(self.rundir.endpoint("supervisor"))
         # Every process at once, vCPUs first (their set-up is the longest):
         # a vCPU waits for VcpuGo (_release_vcpus) before its first instruction.
-        # The zygotes are still importing: their answers (the pids) are
+        # The zygote may still be importing: its answers (the pids) are
         # read once the image is loaded.
         self.deferred = []
         for proc in sorted(self.procs.values(), key=lambda p: p.kind != "vcpu"):
@@ -229,7 +239,6 @@ class Supervisor:
             for proc in self.procs.values():
                 proc.popen.kill()
                 proc.popen.wait()
-            self._stop_zygotes()
             self.ctl.close()
             self.rundir.drop_shared_memory()
             raise
@@ -238,7 +247,7 @@ class Supervisor:
         self._finish_spawns(deferred)
         info = self.rundir.read_json("supervisor.json")
         info["boot"] = boot.to_json()
-        info["zygotes"] = {z.role: z.pid for z in self.zygotes.values()}
+        info["zygote"] = self.zygote.pid if self.zygote is not None and self.zygote.alive else None
         self.rundir.write_json("supervisor.json", info)
 
     def _create_channels(self) -> dict[str, int]:
@@ -263,48 +272,47 @@ class Supervisor:
         env[channel.ENV_FDS] = channel.encode_fds(self.fds)
         return env
 
-    def _start_zygotes(self) -> None:
-        """One fork server per worker module (bhive.zygote), started with
-        exec now, so that their imports overlap the rest of the launch.
-        Their workers are reparented to this process: it becomes a
-        subreaper.  Without zygotes every worker is exec'd."""
+    def _bind_zygote(self) -> None:
+        """Bind the fork server (bhive.zygote) to this VM, starting it if
+        bhive run did not: its workers are reparented to this process,
+        which becomes a subreaper.  Without it every worker is exec'd."""
         if os.environ.get(zygote_mod.NO_ZYGOTE_ENV):
+            self._stop_zygote()
             return
         was = zygote_mod.become_subreaper()
         if was is None:
             self.log("zygote-unavailable", reason="cannot become a child subreaper")
+            self._stop_zygote()
             return
         self.subreaper_was = was
-        env = self._worker_env()
-        for kind, module in (("actor", "bhive.devices_worker"), ("vcpu", "bhive.vcpu_worker")):
-            args = [p.argv[3:] for p in self.procs.values() if p.kind == kind]
-            if not args:
-                continue
-            longest = max(args, key=lambda a: len("\0".join(a)))
-            try:
-                zyg = zygote_mod.Zygote(kind, module, self.rundir, env, tuple(self.fds.values()), longest)
-            except OSError as exc:
-                self.log("zygote-failed", kind=kind, error=str(exc))
-                continue
-            self.zygotes[kind] = zyg
-            self.log("zygote", role=zyg.role, pid=zyg.pid)
+        try:
+            if self.zygote is None:
+                self.zygote = zygote_mod.Zygote()
+        except OSError as exc:
+            self.log("zygote-unavailable", reason=str(exc))
+            return
+        with open(self.rundir.logs / f"{zygote_mod.ROLE}.stderr", "ab") as err:
+            bound = self.zygote.bind(str(self.rundir.path), self.cfg.accel, err.fileno(),
+                                     list(self.fds.values()))
+        self.log("zygote", pid=self.zygote.pid, bound=bound)
 
-    def _stop_zygotes(self) -> None:
-        for zyg in self.zygotes.values():
-            zyg.close()
-        for zyg in self.zygotes.values():
-            zyg.reap()
+    def _stop_zygote(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote.reap()
         zygote_mod.restore_subreaper(self.subreaper_was)
         self.subreaper_was = None
 
-    def _zygote_for(self, proc: Proc) -> zygote_mod.Zygote | None:
-        """The zygote that can fork `proc`: one that is up, for a process
-        that is the zygote's module run with arguments (not some other
+    def _zygote_module(self, proc: Proc) -> str | None:
+        """The worker module `proc` runs, if the zygote can fork it: the
+        zygote is up and `proc` is `python -m MODULE ARGS` (not some other
         command line)."""
-        zyg = self.zygotes.get(proc.kind)
-        if zyg is None or not zyg.alive or proc.argv[:3] != [sys.executable, "-m", zyg.module]:
+        if self.zygote is None or not self.zygote.alive or len(proc.argv) < 3:
             return None
-        return zyg
+        python, dash_m, module = proc.argv[:3]
+        if python != sys.executable or dash_m != "-m" or module not in zygote_mod.MODULES:
+            return None
+        return module
 
     def spawn(self, proc: Proc) -> None:
         """Start `proc`'s process: forked by its zygote if there is one (the
@@ -312,15 +320,14 @@ class Supervisor:
         defers it, after the image is loaded), else exec'd."""
         proc.state = "starting"
         proc.started = proc.heartbeat = time.monotonic()
-        zyg = self._zygote_for(proc)
-        if zyg is not None:
+        module = self._zygote_module(proc)
+        if module is not None:
             with open(self.rundir.logs / f"{proc.role}.stderr", "ab") as err:
-                sent = zyg.request(proc.role, proc.argv[3:], self._worker_env(),
-                                   sorted(self.fds.values()), err.fileno())
+                sent = self.zygote.request(proc.role, module, proc.argv[3:], self._worker_env(), err.fileno())
             if sent:
                 proc.popen = None
-                proc.spawned_by = zyg.role
-                self.log("spawn", role=proc.role, restarts=proc.restarts, via=zyg.role)
+                proc.spawned_by = "zygote"
+                self.log("spawn", role=proc.role, restarts=proc.restarts, via="zygote")
                 if self.deferred is not None:
                     self.deferred.append(proc)
                 else:
@@ -329,16 +336,15 @@ class Supervisor:
         self._spawn_exec(proc)
 
     def _finish_spawns(self, procs: list[Proc]) -> None:
-        """Read the zygotes' answers for `procs` (in the order asked); one
+        """Read the zygote's answers for `procs` (in the order asked); one
         that failed, or whose zygote is gone, is exec'd instead."""
         for proc in procs:
-            zyg = self.zygotes.get(proc.kind)
-            reply = zyg.reply(ZYGOTE_TIMEOUT) if zyg is not None else None
+            reply = self.zygote.reply(ZYGOTE_TIMEOUT) if self.zygote is not None else None
             if reply is not None and reply.pid > 0:
                 proc.popen = zygote_mod.ForkedProcess(reply.pid, proc.argv)
                 self.log("forked", role=proc.role, pid=reply.pid, restarts=proc.restarts)
                 continue
-            self.log("zygote-failed", role=proc.role, zygote=zyg.role if zyg else None,
+            self.log("zygote-failed", role=proc.role,
                      error=reply.error if reply is not None else "the zygote is gone")
             self._spawn_exec(proc)
 
@@ -585,8 +591,8 @@ class Supervisor:
         applies what the (now stopped) vCPUs posted to it before it exits,
         so the guest's last console bytes before an isa-debug-exit write
         are not lost."""
-        for zyg in self.zygotes.values():
-            zyg.close()             # no more workers: the zygotes exit meanwhile
+        if self.zygote is not None:
+            self.zygote.close()     # no more workers: the zygote exits meanwhile
         for kind in ("vcpu", "actor"):
             procs = [p for p in self.procs.values() if p.kind == kind and p.popen is not None]
             for proc in procs:
@@ -607,7 +613,7 @@ class Supervisor:
                 proc.wait()
             for proc in procs:
                 proc.state = "exited"
-        self._stop_zygotes()
+        self._stop_zygote()
         self.pump_console()
         self.write_procs()
         info = self.rundir.read_json("supervisor.json") or {}

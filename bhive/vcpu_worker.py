@@ -1,7 +1,6 @@
 """Entry point of every vCPU process: one OS process per virtual CPU.
 
     python -m bhive.vcpu_worker RUN_DIR VCPUID
-    python -m bhive.vcpu_worker --zygote RUN_DIR       (the fork server: bhive.zygote)
 
 The main thread runs the vCPU (`vm_run`) and completes each exit exactly
 once: a port or MMIO access goes to the actor that owns the address and
@@ -492,15 +491,5 @@ def main(argv: list[str] | None = None) -> int:
     return vcpu.run()
 
 
-def zygote_preload(rundir: RunDir) -> None:
-    """What a vCPU imports after its start, imported once by the zygote:
-    the VM's accelerator (the cffi C core for softvmm)."""
-    info = rundir.read_json("supervisor.json") or {}
-    accel_mod.get(info.get("config", {}).get("accel", "softvmm"))
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--zygote"]:
-        from . import zygote
-        zygote.serve("bhive.vcpu_worker", "vcpu", main, sys.argv[2:], zygote_preload)
     worker.exit_now(main())

@@ -1,44 +1,48 @@
-"""Fork servers ("zygotes"): worker processes without a fresh interpreter each.
+"""The fork server ("zygote"): worker processes without a fresh interpreter each.
 
-Every worker used to be `python -m bhive.devices_worker RUN_DIR ACTOR` or
-`python -m bhive.vcpu_worker RUN_DIR N`, spawned with exec: ~0.1 s of CPU
+Every worker used to be spawned with exec (`python -m bhive.devices_worker
+RUN_DIR ACTOR`, `python -m bhive.vcpu_worker RUN_DIR N`): ~0.1 s of CPU
 each to start Python and import zmq, msgpack, cffi and bhive, with 10-18
-of them starting at once on a few cores.  Instead the supervisor starts,
-with exec, one zygote per worker module:
+of them starting at once on a few cores.  Instead `bhive run` starts one
+zygote with exec, first thing (before the CLI imports the supervisor):
 
-    python -m bhive.devices_worker --zygote RUN_DIR
-    python -m bhive.vcpu_worker --zygote RUN_DIR
+    python -m bhive.zygote <padding>
 
-A zygote imports everything its workers need (the module itself, plus its
-`preload`: the accelerator, lazily imported firmware tables), creates no
-thread and no ZeroMQ context, freezes its objects out of the garbage
-collector (so that children do not copy its pages just to scan them), and
-serves ZygoteSpawn requests on its stdin, a SOCK_SEQPACKET socket to the
-supervisor.  For each it forks twice: the intermediate child forks the
-worker and exits at once, so the worker is reparented to the nearest
-subreaper, the supervisor (`become_subreaper`).  The worker is thus a
-direct child of the supervisor, as an exec'd one is: the supervisor
-waits for it (`ForkedProcess`, like subprocess.Popen), gets its exit
-status, and the worker's parent-death signal is armed on the supervisor
-(it waits until it has been reparented before it runs `main`).  The
-zygote answers with the worker's pid (ZygoteSpawned) once the worker has
-been reparented.
+It imports what both worker modules need, once (~0.11 s of CPU, where a
+zygote per module would take ~0.1 s each), while the supervisor starts.
+It creates no thread and no ZeroMQ context, and freezes its objects out of
+the garbage collector, so that its children do not copy its pages just to
+scan them.  Then it serves its stdin, a SOCK_SEQPACKET socket to the
+supervisor: first a ZygoteBind (the run directory, the doorbells every
+worker inherits), then one ZygoteSpawn per worker.
 
-The forked worker is then set up as an exec'd one would be: stdin on
-/dev/null, stdout and stderr on the log file the supervisor sent with the
-request, of the inherited descriptors only the doorbells it names (the
-zygote inherited them from the supervisor under the same numbers), the
-supervisor's environment of the moment, its process name (`bhive:uart`,
-what ps -o comm and top show) and its command line rewritten in place to
-`python -m MODULE RUN_DIR ROLE`, as an exec'd worker's reads.
+For each ZygoteSpawn it forks twice: an intermediate child forks the worker
+and exits at once, so the worker is reparented to the nearest subreaper,
+the supervisor (`become_subreaper`).  The worker is thus a direct child of
+the supervisor as an exec'd one is: the supervisor waits for it
+(`ForkedProcess`, like subprocess.Popen) and gets its exit status, and the
+worker's parent-death signal is armed on the supervisor (it waits until it
+has been reparented before it runs `main`).  The zygote answers with the
+worker's pid (ZygoteSpawned) once it has been reparented.
 
-If a zygote cannot start or dies, the supervisor spawns with exec again
-(`BHIVE_NO_ZYGOTE=1` always does).
+The forked worker is set up as an exec'd one would be: stdin on /dev/null,
+stdout and stderr on the log file sent with the request, the doorbells
+under the supervisor's numbers and no other descriptor, the supervisor's
+environment of the moment, its process name (`bhive:uart`, what ps -o comm
+and top show) and its command line rewritten in place (the zygote's
+padding makes room) to the exec'd worker's: `python -m
+bhive.devices_worker RUN_DIR uart`.
+
+Whatever goes wrong with the zygote (it cannot start, it dies, it cannot
+fork, a command line does not fit), the supervisor spawns with exec as
+before; `BHIVE_NO_ZYGOTE=1` always does.  This module's top level imports
+little: the CLI imports it before anything else.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import os
 import select
@@ -48,76 +52,104 @@ import struct
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
-from . import worker
-from .bus import schema
-from .bus.schema import ZygoteSpawn, ZygoteSpawned
-from .log import EventLog
-from .rundir import RunDir
-
-FLAG = "--zygote"
 NO_ZYGOTE_ENV = "BHIVE_NO_ZYGOTE"     # set: every worker is exec'd, as before
+ROLE = "zygote"                      # its log: logs/zygote.log, logs/zygote.stderr
+MODULES = ("bhive.devices_worker", "bhive.vcpu_worker")
+CMDLINE_ROOM = 400        # bytes of padding: a worker's command line is rewritten into them
 MAX_MESSAGE = 1 << 20
-REPARENT_TIMEOUT = 5.0               # a worker not reparented to the supervisor by then exits
+MAX_FDS = 250             # SCM_RIGHTS carries at most 253 descriptors a message
+REPARENT_TIMEOUT = 5.0    # a worker not reparented to the supervisor by then exits
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
 
-def role_of(kind: str) -> str:
-    """The zygote's own role name (its log, its stderr file)."""
-    return f"zygote-{kind}"
-
-
 # -- the zygote process ---------------------------------------------------------
 
-def serve(module: str, kind: str, main, argv: list[str], preload=None) -> None:
-    """`python -m MODULE --zygote RUN_DIR [PADDING]`: the zygote's life.
-    `main(args)` is the worker's entry point; `preload(rundir)` imports
-    what the workers would import later.  Never returns."""
-    run_path = Path(argv[0])
-    rundir = RunDir(run_path.name, run_path.parent)
-    name = role_of(kind)
+def main() -> None:
+    """`python -m bhive.zygote`: the zygote's life.  Never returns."""
     supervisor = os.getppid()
-    worker.die_with_supervisor(supervisor)
-    worker.name_process(f"zyg-{kind}")             # bhive:zyg-actor, bhive:zyg-vcpu
-    # Ctrl-C at a terminal is the supervisor's to act on; a worker gets
-    # Python's handler back (_become).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)      # first: an unused zygote dies with the CLI
+    if os.getppid() != supervisor:
+        os._exit(1)
+    # Ctrl-C at a terminal is the supervisor's to act on (a worker gets
+    # Python's handler back).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    log = EventLog(rundir.log_path(name), name)
-    sock = socket.socket(fileno=os.dup(0))         # the request socket was our stdin
+    sock = socket.socket(fileno=os.dup(0))             # the request socket was our stdin
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    inherited = {fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd)} - {0, 1, 2, sock.fileno()}
-    if preload is not None:
-        preload(rundir)
+    room = _cmdline_area()
+
+    import importlib
+    mains = {m: importlib.import_module(m).main for m in MODULES}
+    from . import accel, worker
+    from .bus import schema
+    from .bus.schema import ZygoteBind, ZygoteSpawn, ZygoteSpawned
+    from .firmware import tables  # noqa: F401  (imported late by fw_cfg actors)
+    from .log import EventLog
+    from .rundir import RunDir
+    try:
+        accel.get("softvmm")      # the default accelerator's C core
+    except ImportError:
+        pass
+    worker.name_process(ROLE)
+
+    # The VM this zygote is for.
+    raw, fds = b"", []
+    try:
+        raw, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS + 1)
+        bind = schema.decode(raw) if raw else None
+    except (OSError, schema.SchemaError):
+        bind = None
+    if not isinstance(bind, ZygoteBind) or len(fds) != len(bind.fds) + 1:
+        os._exit(0 if not raw else 1)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[0], 2)
+    os.close(fds[0])
+    doorbells = dict(zip(fds[1:], bind.fds))          # ours -> the number a worker has it under
+    run_path = Path(bind.run_dir).absolute()
+    rundir = RunDir(run_path.name, run_path.parent)
+    log = EventLog(rundir.log_path(ROLE), ROLE)
+    if room:
+        set_cmdline(room, [room.words[0], "-m", "bhive.zygote", str(run_path)])
+    try:
+        accel.get(bind.accel)
+    except (ImportError, KeyError) as exc:
+        log("preload-failed", accel=bind.accel, error=str(exc))
     gc.freeze()           # children never scan (so never copy) what the zygote holds
     log("ready", cpu=f"{time.process_time():.3f}", modules=len(sys.modules))
+
     status = 0
     while True:
         try:
-            raw, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 8)
+            raw, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
         except OSError:
             break
         if not raw:
             break         # the supervisor closed its end: the VM is ending
+        pid, role, error = 0, "", ""
         try:
             msg = schema.decode(raw)
             if not isinstance(msg, ZygoteSpawn):
                 raise schema.SchemaError(f"not a ZygoteSpawn: {type(msg).__name__}")
         except schema.SchemaError as exc:
-            pid, role, error = 0, "", str(exc)
+            error = str(exc)
         else:
             role = msg.role
-            missing = sorted(set(msg.keep_fds) - inherited)
-            if len(fds) != 1:
-                pid, error = 0, f"expected 1 file descriptor (stdout), got {len(fds)}"
-            elif missing:
-                pid, error = 0, f"file descriptors {missing} were not passed to the zygote"
+            argv = [room.words[0] if room else sys.executable, "-m", msg.module, *msg.args]
+            if msg.module not in mains:
+                error = f"not a worker module: {msg.module}"
+            elif len(fds) != 1:
+                error = f"expected 1 file descriptor (stdout), got {len(fds)}"
+            elif room is None or len(_cmdline_bytes(argv)) > room.size:
+                error = "the worker's command line does not fit in the zygote's"
             else:
-                pid, error = _fork_worker(msg, fds[0], sock, log, supervisor, module, main)
+                pid, error = _fork_worker(msg, mains[msg.module], argv, fds[0], doorbells, room,
+                                          sock, log, supervisor)
         for fd in fds:
             os.close(fd)
         log("fork", role=role, pid=pid, **({"error": error} if error else {}))
@@ -129,15 +161,7 @@ def serve(module: str, kind: str, main, argv: list[str], preload=None) -> None:
     os._exit(status)
 
 
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
-def _fork_worker(msg: ZygoteSpawn, out_fd: int, sock, log, supervisor: int, module: str, main):
+def _fork_worker(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor):
     """Fork the worker through an intermediate process; returns (pid, error).
     Once the intermediate is reaped the worker has been reparented to the
     supervisor (the intermediate's exit did it)."""
@@ -155,7 +179,7 @@ def _fork_worker(msg: ZygoteSpawn, out_fd: int, sock, log, supervisor: int, modu
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _become(msg, out_fd, sock, log, supervisor, os.getppid(), module, main)
+                _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, os.getppid())
             os.write(w, struct.pack("=i", pid))
             code = 0
         finally:
@@ -171,34 +195,27 @@ def _fork_worker(msg: ZygoteSpawn, out_fd: int, sock, log, supervisor: int, modu
     return struct.unpack("=i", data)[0], ""
 
 
-def _become(msg: ZygoteSpawn, out_fd: int, sock, log, supervisor: int, intermediate: int,
-            module: str, main) -> None:
+def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, intermediate) -> None:
     """In the forked worker: become `python -m MODULE ARGS...`, run `main`,
     exit with its status.  Never returns."""
+    from . import worker
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.close(sock.detach())
         log.close()
-        os.dup2(out_fd, 1)
-        os.dup2(out_fd, 2)
-        keep = {0, 1, 2, *msg.keep_fds}
-        for name in os.listdir("/proc/self/fd"):
-            if int(name) not in keep:
-                try:
-                    os.close(int(name))
-                except OSError:
-                    pass          # the directory's own descriptor, already closed
+        _arrange_fds(out_fd, doorbells)
         os.environ.clear()
         os.environ.update(msg.env)
-        sys.argv = [sys.argv[0], *msg.args]
+        sys.argv = [sys.modules[msg.module].__file__, *msg.args]
         worker.name_process(msg.role)
-        set_cmdline(msg.args)
+        set_cmdline(room, argv)
         _await_reparent(supervisor, intermediate)
         status = main(list(msg.args))
     except SystemExit as exc:
         status = exc.code
     except BaseException:
+        import traceback
         traceback.print_exc()
         status = 1
     if status is None:
@@ -207,6 +224,28 @@ def _become(msg: ZygoteSpawn, out_fd: int, sock, log, supervisor: int, intermedi
         print(status, file=sys.stderr)      # as sys.exit("message") does
         status = 1
     worker.exit_now(status)
+
+
+def _arrange_fds(out_fd: int, doorbells: dict[int, int]) -> None:
+    """Leave open only stdin (/dev/null already), stdout and stderr on
+    `out_fd`, and each doorbell under the number the supervisor gave it."""
+    open_fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    base = max([2, *open_fds, *doorbells.values()]) + 1
+    out = fcntl.fcntl(out_fd, fcntl.F_DUPFD_CLOEXEC, base)
+    moved = {fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base): target for fd, target in doorbells.items()}
+    keep = {0, out, *moved}
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass          # the directory's own descriptor, already closed
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    for fd, target in moved.items():
+        os.dup2(fd, target)   # inheritable, as subprocess's pass_fds leaves them
+        os.close(fd)
 
 
 def _await_reparent(supervisor: int, intermediate: int) -> None:
@@ -220,32 +259,44 @@ def _await_reparent(supervisor: int, intermediate: int) -> None:
         time.sleep(0.0001)
 
 
-def set_cmdline(args: list[str]) -> bool:
-    """Rewrite this process's command line (/proc/PID/cmdline, what ps
-    shows) in place: the first three words (`python -m MODULE`) kept, the
-    rest replaced by `args`, if that fits in the original's bytes."""
+class _CmdlineArea:
+    """Where this process's command line lives (what /proc/PID/cmdline reads)."""
+
+    def __init__(self, start: int, size: int, words: list[str]):
+        self.start, self.size, self.words = start, size, words
+
+
+def _cmdline_area() -> _CmdlineArea | None:
     try:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
         fields = stat[stat.rindex(b")") + 2:].split()
         start, end = int(fields[45]), int(fields[46])       # arg_start, arg_end
     except (OSError, ValueError, IndexError):
+        return None
+    if start <= 0 or end <= start:
+        return None
+    words = [os.fsdecode(w) for w in ctypes.string_at(start, end - start).split(b"\0")]
+    return _CmdlineArea(start, end - start, words)
+
+
+def _cmdline_bytes(argv: list[str]) -> bytes:
+    return b"\0".join(os.fsencode(a) for a in argv) + b"\0"
+
+
+def set_cmdline(area: _CmdlineArea, argv: list[str]) -> bool:
+    """Rewrite this process's command line in place to `argv`, if it fits."""
+    new = _cmdline_bytes(argv)
+    if area is None or len(new) > area.size:
         return False
-    size = end - start
-    if start <= 0 or size <= 0:
-        return False
-    head = ctypes.string_at(start, size).split(b"\0")[:3]
-    new = b"\0".join([*head, *(os.fsencode(a) for a in args)]) + b"\0"
-    if len(new) > size:
-        return False
-    ctypes.memmove(start, new + b"\0" * (size - len(new)), size)
+    ctypes.memmove(area.start, new + b"\0" * (area.size - len(new)), area.size)
     return True
 
 
 # -- the supervisor's side ------------------------------------------------------
 
 def become_subreaper() -> bool | None:
-    """Make this process the subreaper of its descendants (a zygote's
+    """Make this process the subreaper of its descendants (the zygote's
     orphaned workers become its children).  Returns whether it already
     was (to restore it later), or None if that is not possible here."""
     try:
@@ -266,7 +317,7 @@ def restore_subreaper(was: bool | None) -> None:
 
 
 class ForkedProcess:
-    """A worker a zygote forked, now a child of this process: the part of
+    """A worker the zygote forked, now a child of this process: the part of
     subprocess.Popen's interface the supervisor uses."""
 
     def __init__(self, pid: int, args: list[str]):
@@ -280,8 +331,8 @@ class ForkedProcess:
         try:
             pid, status = os.waitpid(self.pid, flags)
         except ChildProcessError:
-            # Not (or no longer) our child: someone else reaped it.  It is
-            # over once the pid is gone; its status is unknown.
+            # Not (or no longer) our child: it is over once the pid is
+            # gone, with a status nobody can tell.
             try:
                 os.kill(self.pid, 0)
                 return None
@@ -298,7 +349,7 @@ class ForkedProcess:
     def wait(self, timeout: float | None = None) -> int:
         if timeout is None:
             while self._reap(0) is None:
-                time.sleep(0.01)          # only for a child that is not ours
+                time.sleep(0.01)          # only for a process that is not our child
             return self.returncode
         deadline = time.monotonic() + timeout
         try:
@@ -320,7 +371,7 @@ class ForkedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        # Until it is reaped (here) the pid cannot be reused.
+        # Until it is reaped (here) its pid cannot be reused.
         if self.poll() is None:
             try:
                 os.kill(self.pid, sig)
@@ -335,28 +386,24 @@ class ForkedProcess:
 
 
 class Zygote:
-    """The supervisor's handle on one zygote: start it, ask it for workers."""
+    """The supervisor's handle on the zygote: start it (as early as
+    possible), bind it to a VM, ask it for workers."""
 
-    def __init__(self, kind: str, module: str, rundir: RunDir, env: dict, pass_fds: tuple[int, ...],
-                 longest_args: list[str]):
-        self.kind = kind
-        self.role = role_of(kind)
-        self.module = module
+    def __init__(self):
         self.pending: list[str] = []       # roles asked for, not answered yet (in order)
+        self.bound = False
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [sys.executable, "-m", module, FLAG, str(rundir.path)]
-        # Room for a worker's command line (set_cmdline rewrites it in place).
-        have = len("\0".join(argv[3:])) + 1
-        need = len("\0".join(longest_args)) + 1
-        if need > have:
-            argv.append(" " * (need - have - 1))
-        err = open(rundir.logs / f"{self.role}.stderr", "ab")
+        # Until it is bound to a VM its stderr is ours (an import error shows).
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
         try:
-            self.popen = subprocess.Popen(argv, stdin=theirs, stdout=err, stderr=err, env=env,
-                                          close_fds=True, pass_fds=pass_fds)
+            self.popen = subprocess.Popen([sys.executable, "-m", "bhive.zygote", " " * CMDLINE_ROOM],
+                                          stdin=theirs, stdout=subprocess.DEVNULL, env=env, close_fds=True)
+        except BaseException:
+            self.sock.close()
+            raise
         finally:
             theirs.close()
-            err.close()
 
     @property
     def pid(self) -> int:
@@ -366,24 +413,45 @@ class Zygote:
     def alive(self) -> bool:
         return self.sock is not None
 
-    def request(self, role: str, args: list[str], env: dict, keep_fds: list[int], out_fd: int) -> bool:
-        """Ask for a worker (the answer is read by `reply`); False if the
-        zygote is gone."""
+    def _send(self, msg, fds: list[int]) -> bool:
+        from .bus import schema
         if self.sock is None:
             return False
-        raw = schema.encode(ZygoteSpawn(role, list(args), env, list(keep_fds)))
         try:
-            socket.send_fds(self.sock, [raw], [out_fd])
+            socket.send_fds(self.sock, [schema.encode(msg)], fds)
         except OSError:
             self.close(kill=True)
+            return False
+        return True
+
+    def bind(self, run_dir: str, accel: str, stderr_fd: int, fds: list[int]) -> bool:
+        """Tell the zygote its VM: every worker inherits the descriptors
+        `fds` (under the same numbers); the zygote's own stderr goes to
+        `stderr_fd`.  False if the zygote is gone (or cannot take them)."""
+        from .bus.schema import ZygoteBind
+        if len(fds) > MAX_FDS:
+            self.close(kill=True)
+            return False
+        self.bound = self._send(ZygoteBind(run_dir, accel, list(fds)), [stderr_fd, *fds])
+        return self.bound
+
+    def request(self, role: str, module: str, args: list[str], env: dict, out_fd: int) -> bool:
+        """Ask for a worker (the answer is read by `reply`); False if the
+        zygote cannot take it."""
+        from .bus.schema import ZygoteSpawn
+        if not self.bound or module not in MODULES:
+            return False
+        if not self._send(ZygoteSpawn(role, module, list(args), env), [out_fd]):
             return False
         self.pending.append(role)
         return True
 
-    def reply(self, timeout: float) -> ZygoteSpawned | None:
-        """The answer to the oldest request, or None if the zygote died or
-        did not answer within `timeout` (it is then ended, and every request
-        still pending is lost: `pending` says which)."""
+    def reply(self, timeout: float):
+        """The ZygoteSpawned answer to the oldest request, or None if the
+        zygote died or did not answer within `timeout` (it is then ended,
+        and the requests still pending are lost)."""
+        from .bus import schema
+        from .bus.schema import ZygoteSpawned
         if self.sock is None:
             return None
         r, _, _ = select.select([self.sock], [], [], timeout)
@@ -418,3 +486,7 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+
+if __name__ == "__main__":
+    main()

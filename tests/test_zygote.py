@@ -1,7 +1,7 @@
-"""Fork servers (bhive.zygote): every worker is forked by its module's
-zygote, yet is a child of the supervisor, named after its role, with the
-command line an exec'd worker has; a killed actor is forked again; without
-a zygote every worker is exec'd as before."""
+"""The fork server (bhive.zygote): every worker is forked by the zygote,
+yet is a child of the supervisor, named after its role, with the command
+line an exec'd worker has; a killed actor is forked again; without the
+zygote every worker is exec'd as before."""
 
 from __future__ import annotations
 
@@ -58,10 +58,9 @@ def check_forked(name: str, row: dict, supervisor: int) -> None:
     """`row` (a process table row) is a worker its zygote forked, set up as
     an exec'd worker would be."""
     role, kind, pid = row["role"], row["kind"], row["pid"]
-    zygote = f"zygote-{kind}"
     logs = rundir(name) / "logs"
-    assert row["spawned_by"] == zygote, row
-    assert re.search(rf"\bfork role={role} pid={pid}\b", (logs / f"{zygote}.log").read_text())
+    assert row["spawned_by"] == "zygote", row
+    assert re.search(rf"\bfork role={role} pid={pid}\b", (logs / "zygote.log").read_text())
     assert parent_of(pid) == supervisor, (role, "not reparented to the supervisor")
     assert Path(f"/proc/{pid}/comm").read_text().strip() == f"bhive:{role}"[:15]
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
@@ -69,20 +68,22 @@ def check_forked(name: str, row: dict, supervisor: int) -> None:
     assert argv[1:] == [b"-m", MODULES[kind].encode(), str(rundir(name)).encode(), last.encode()], argv
     # It imported nothing itself: its whole set-up took a fraction of the
     # CPU that the zygote's imports did (an exec'd worker's is about equal).
-    assert ready_cpu(logs / f"{role}.log") < 0.5 * ready_cpu(logs / f"{zygote}.log"), role
+    assert ready_cpu(logs / f"{role}.log") < 0.5 * ready_cpu(logs / "zygote.log"), role
 
 
-def test_workers_are_forked_by_the_zygotes_and_an_actor_restarts_through_one(bhive, spin):
+def test_workers_are_forked_by_the_zygote_and_an_actor_restarts_through_it(bhive, spin):
+    """--detach: the detached supervisor starts the zygote itself."""
     name = "zyg"
     r = bhive.run("run", spin, "--smp", 2, "--name", name, "--detach", timeout=60)
     assert r.returncode == 0, r.stderr
     try:
         info = json.loads((rundir(name) / "supervisor.json").read_text())
         supervisor = info["pid"]
-        zygotes = info["zygotes"]
-        assert set(zygotes) == {"zygote-actor", "zygote-vcpu"}
-        for pid in zygotes.values():
-            assert parent_of(pid) == supervisor
+        zygote = info["zygote"]
+        assert parent_of(zygote) == supervisor
+        argv = Path(f"/proc/{zygote}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert argv[1:] == [b"-m", b"bhive.zygote", str(rundir(name)).encode()], argv
+        assert Path(f"/proc/{zygote}/comm").read_text().strip() == "bhive:zygote"
         rows = wait_for(lambda: all(running(name, role) for role in ("uart", "debug_exit", "vcpu0", "vcpu1"))
                         and table(name), 60, what="the VM to run")
         workers = [row for row in rows.values() if row["kind"] != "supervisor"]
@@ -108,39 +109,43 @@ def test_workers_are_forked_by_the_zygotes_and_an_actor_restarts_through_one(bhi
         bhive.run("stop", name)
     info = json.loads((rundir(name) / "supervisor.json").read_text())
     assert info["state"] == "stopped" and info["status"] == 0, info
-    left = [pid for pid in [*zygotes.values(), *(row["pid"] for row in workers)] if pid_alive(pid)]
+    left = [pid for pid in [zygote, *(row["pid"] for row in workers)] if pid_alive(pid)]
     assert not left, f"processes left behind: {left}"
 
 
-def test_supervisor_sigkill_takes_the_zygotes_and_their_workers(bhive, spin):
+def test_supervisor_sigkill_takes_the_zygote_and_the_workers(bhive, spin):
+    """In the foreground bhive run starts the zygote before it loads the config."""
     name = "zygkill"
     proc = bhive.popen("run", spin, "--name", name)
     wait_for(lambda: (rundir(name) / "procs.json").exists() and running(name, "vcpu0")
              and running(name, "uart"), 60, what="the VM to run")
     info = json.loads((rundir(name) / "supervisor.json").read_text())
-    pids = [*info["zygotes"].values(), *(row["pid"] for row in table(name).values() if row["kind"] != "supervisor")]
+    for row in table(name).values():
+        if row["kind"] != "supervisor":
+            check_forked(name, row, proc.pid)
+    pids = [info["zygote"], *(row["pid"] for row in table(name).values() if row["kind"] != "supervisor")]
     proc.kill()
     proc.wait()
-    wait_for(lambda: not [p for p in pids if pid_alive(p)], 10, what="the zygotes and workers to die")
+    wait_for(lambda: not [p for p in pids if pid_alive(p)], 10, what="the zygote and workers to die")
 
 
-def test_without_zygotes_workers_are_execd(bhive, spin):
+def test_without_the_zygote_workers_are_execd(bhive, spin):
     """BHIVE_NO_ZYGOTE=1, or a zygote that is gone: workers are exec'd."""
     bhive.env["BHIVE_NO_ZYGOTE"] = "1"
     r = bhive.run("run", "configs/hello.toml", "--name", "nozyg")
     assert r.returncode == 1, r.stderr
     rows = json.loads((rundir("nozyg") / "procs.json").read_text())
     assert {row["spawned_by"] for row in rows if row["kind"] != "supervisor"} == {"exec"}
-    assert not list((rundir("nozyg") / "logs").glob("zygote-*"))
+    assert not list((rundir("nozyg") / "logs").glob("zygote*"))
     del bhive.env["BHIVE_NO_ZYGOTE"]
 
-    # The actors' zygote killed mid-run: a killed actor is exec'd instead.
+    # The zygote killed mid-run: a killed actor is exec'd instead.
     name = "zyggone"
     r = bhive.run("run", spin, "--name", name, "--detach", timeout=60)
     assert r.returncode == 0, r.stderr
     try:
         wait_for(lambda: running(name, "uart"), 60, what="the VM to run")
-        zygote = json.loads((rundir(name) / "supervisor.json").read_text())["zygotes"]["zygote-actor"]
+        zygote = json.loads((rundir(name) / "supervisor.json").read_text())["zygote"]
         os.kill(zygote, signal.SIGKILL)
         assert bhive.run("kill", name, "uart").returncode == 0
         row = wait_for(lambda: running(name, "uart", restarts=1), 30, what="uart to restart")
