@@ -2,7 +2,8 @@
 
 One supervisor per VM.  It owns the run directory, creates the shared
 memory (guest RAM, accelerator platform state, console rings), starts one
-process per device actor and one per vCPU, all at once, and loads the
+process per device actor and one per vCPU, all at once (forked by the
+zygote, bhive.zygote, whose workers it reaps as their subreaper), and loads the
 guest image while they start: a vCPU process sets itself up meanwhile,
 says Hello, and runs its first guest instruction only when the
 supervisor sends it VcpuGo, once every actor has said Hello and the image
@@ -173,10 +174,11 @@ class Supervisor:
         """Everything that can fail on bad input, and the processes' launch.
 
         The processes are spawned before the guest image is loaded into
-        RAM, so that their start-up (a fresh interpreter each) overlaps the
-        loading (decompressing a kernel takes a few hundred ms); they need
-        the boot state only once they are released (VcpuGo).  An image that
-        turns out bad ends them again before the ConfigError is raised."""
+        RAM, so that their start-up (forked by the zygote, or a fresh
+        interpreter each) overlaps the loading (decompressing a kernel
+        takes a few hundred ms); they need the boot state only once they
+        are released (VcpuGo).  An image that turns out bad ends them (and
+        the zygote) again before the ConfigError is raised."""
         try:
             self._prepare()
         except BaseException:
