@@ -21,9 +21,10 @@ and exits at once, so the worker is reparented to the nearest subreaper,
 the supervisor (`become_subreaper`).  The worker is thus a direct child of
 the supervisor as an exec'd one is: the supervisor waits for it
 (`ForkedProcess`, like subprocess.Popen) and gets its exit status, and the
-worker's parent-death signal is armed on the supervisor (it waits until it
-has been reparented before it runs `main`).  The zygote answers with the
-worker's pid (ZygoteSpawned) once it has been reparented.
+worker's parent-death signal is armed on the supervisor.  The zygote
+answers with the worker's pid (ZygoteSpawned) once it has been reparented,
+and only then lets the worker go on (a pipe): a worker the supervisor may
+not know of exits.
 
 The forked worker is set up as an exec'd one would be: stdin on /dev/null,
 stdout and stderr on the log file sent with the request, the doorbells
@@ -60,7 +61,6 @@ MODULES = ("bhive.devices_worker", "bhive.vcpu_worker")
 CMDLINE_ROOM = 400        # bytes of padding: a worker's command line is rewritten into them
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 250             # SCM_RIGHTS carries at most 253 descriptors a message
-REPARENT_TIMEOUT = 5.0    # a worker not reparented to the supervisor by then exits
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
@@ -131,7 +131,7 @@ def main() -> None:
             break
         if not raw:
             break         # the supervisor closed its end: the VM is ending
-        pid, role, error = 0, "", ""
+        pid, role, error, go = 0, "", "", None
         try:
             msg = schema.decode(raw)
             if not isinstance(msg, ZygoteSpawn):
@@ -148,8 +148,8 @@ def main() -> None:
             elif room is None or len(_cmdline_bytes(argv)) > room.size:
                 error = "the worker's command line does not fit in the zygote's"
             else:
-                pid, error = _fork_worker(msg, mains[msg.module], argv, fds[0], doorbells, room,
-                                          sock, log, supervisor)
+                pid, error, go = _fork_worker(msg, mains[msg.module], argv, fds[0], doorbells, room,
+                                              sock, log, supervisor)
         for fd in fds:
             os.close(fd)
         log("fork", role=role, pid=pid, **({"error": error} if error else {}))
@@ -157,50 +157,69 @@ def main() -> None:
             sock.send(schema.encode(ZygoteSpawned(role, pid, error)))
         except OSError:
             status = 1
+        if go is not None:
+            if status == 0:
+                os.write(go, b"g")      # the supervisor knows the worker: it may start
+            os.close(go)                # (else it sees EOF and exits at once)
+        if status:
             break
     os._exit(status)
 
 
 def _fork_worker(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor):
-    """Fork the worker through an intermediate process; returns (pid, error).
-    Once the intermediate is reaped the worker has been reparented to the
-    supervisor (the intermediate's exit did it)."""
-    r, w = os.pipe()
+    """Fork the worker through an intermediate process; returns (pid, error,
+    go).  Once the intermediate is reaped the worker has been reparented to
+    the supervisor (the intermediate's exit did it).  The worker then waits
+    for a byte on `go`, written once its pid has been sent: a worker whose
+    pid the supervisor may never learn (the zygote died first) exits
+    instead of running next to the one the supervisor starts in its place."""
+    r, w = os.pipe()            # intermediate -> zygote: the worker's pid
+    go_r, go_w = os.pipe()      # zygote -> worker: start
     try:
         mid = os.fork()
     except OSError as exc:
-        os.close(r)
-        os.close(w)
-        return 0, f"fork: {exc}"
+        for fd in (r, w, go_r, go_w):
+            os.close(fd)
+        return 0, f"fork: {exc}", None
     if mid == 0:                                    # the intermediate
         code = 1
         try:
             os.close(r)
+            os.close(go_w)
             pid = os.fork()
             if pid == 0:
                 os.close(w)
-                _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, os.getppid())
+                _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, go_r)
             os.write(w, struct.pack("=i", pid))
             code = 0
         finally:
             os._exit(code)
     os.close(w)
+    os.close(go_r)
     data = b""
     while chunk := os.read(r, 4):
         data += chunk
     os.close(r)
     _, status = os.waitpid(mid, 0)
     if status != 0 or len(data) != 4:
-        return 0, f"the intermediate process failed (wait status {status:#x})"
-    return struct.unpack("=i", data)[0], ""
+        os.close(go_w)
+        return 0, f"the intermediate process failed (wait status {status:#x})", None
+    return struct.unpack("=i", data)[0], "", go_w
 
 
-def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, intermediate) -> None:
+def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, go: int) -> None:
     """In the forked worker: become `python -m MODULE ARGS...`, run `main`,
     exit with its status.  Never returns."""
     from . import worker
     status = 1
     try:
+        # Wait for the zygote's go (the intermediate is gone by then: this
+        # process is the supervisor's child, its parent-death signal may be
+        # armed, on the supervisor; an earlier one would have fired at the
+        # reparenting itself).
+        if os.read(go, 1) != b"g" or os.getppid() != supervisor:
+            os._exit(1)
+        os.close(go)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.close(sock.detach())
         log.close()
@@ -210,7 +229,6 @@ def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, int
         sys.argv = [sys.modules[msg.module].__file__, *msg.args]
         worker.name_process(msg.role)
         set_cmdline(room, argv)
-        _await_reparent(supervisor, intermediate)
         status = main(list(msg.args))
     except SystemExit as exc:
         status = exc.code
@@ -246,17 +264,6 @@ def _arrange_fds(out_fd: int, doorbells: dict[int, int]) -> None:
     for fd, target in moved.items():
         os.dup2(fd, target)   # inheritable, as subprocess's pass_fds leaves them
         os.close(fd)
-
-
-def _await_reparent(supervisor: int, intermediate: int) -> None:
-    """Wait until the intermediate has exited and this process is the
-    supervisor's child; its parent-death signal may be armed only then (an
-    earlier one would fire at the reparenting itself)."""
-    deadline = time.monotonic() + REPARENT_TIMEOUT
-    while (parent := os.getppid()) != supervisor:
-        if parent != intermediate or time.monotonic() > deadline:
-            os._exit(1)           # the supervisor is gone (or is not our subreaper)
-        time.sleep(0.0001)
 
 
 class _CmdlineArea:
