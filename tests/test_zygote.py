@@ -155,3 +155,39 @@ def test_without_the_zygote_workers_are_execd(bhive, spin):
         assert Path(f"/proc/{row['pid']}/comm").read_text().strip() == "bhive:uart"
     finally:
         assert bhive.run("stop", name).returncode == 0
+
+
+def test_a_forked_workers_exit_status_and_stderr_reach_its_parent(tmp_path):
+    """Library level: this process as the supervisor (a subreaper), the
+    zygote forking workers whose main returns a status or raises."""
+    from bhive import zygote
+    from bhive.rundir import RunDir
+    rd = RunDir("lib", tmp_path)
+    rd.create()
+    was = zygote.become_subreaper()
+    assert was is not None
+    z = zygote.Zygote()
+    try:
+        with open(rd.logs / "zygote.stderr", "ab") as err:
+            assert z.bind(str(rd.path), "softvmm", err.fileno(), [])
+
+        def spawn(role, args):
+            with open(rd.logs / f"{role}.stderr", "ab") as out:
+                assert z.request(role, "bhive.devices_worker", args, dict(os.environ), out.fileno())
+            reply = z.reply(30)
+            assert reply is not None and reply.pid > 0 and not reply.error, reply
+            assert parent_of(reply.pid) == os.getpid()
+            return zygote.ForkedProcess(reply.pid, args)
+
+        assert spawn("usage", ["one-argument"]).wait(30) == 2       # main's usage error
+        assert "usage: python -m bhive.devices_worker" in (rd.logs / "usage.stderr").read_text()
+        assert spawn("crash", [str(rd.path), "no-such-actor"]).wait(30) == 1   # main raised
+        assert "Traceback" in (rd.logs / "crash.stderr").read_text()
+        # Not a worker module: refused, nothing forked.
+        with open(os.devnull, "wb") as out:
+            assert not z.request("x", "os", [], {}, out.fileno())
+    finally:
+        z.close()
+        z.reap()
+        zygote.restore_subreaper(was)
+    assert "ready" in (rd.logs / "zygote.log").read_text()
