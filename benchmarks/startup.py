@@ -2,6 +2,7 @@
 
     python benchmarks/startup.py --runs 5                       # configs/hello.toml
     python benchmarks/startup.py --linux bookworm-cloud --smp 1 2 --runs 3
+    python benchmarks/startup.py --no-zygote ...                # every worker exec'd (BHIVE_NO_ZYGOTE=1)
 
 Runs `bhive run` as a user would (a fresh `python -m bhive run`), notes
 the wall time of the launch and of the process's end, and reads the
@@ -70,9 +71,10 @@ def log_moments(vm: str) -> dict[str, float]:
     return out
 
 
-def run_once(argv: list[str], vm: str, timeout: float = 300.0) -> dict[str, float]:
+def run_once(argv: list[str], vm: str, timeout: float = 300.0, env: dict | None = None) -> dict[str, float]:
     t0 = time.time()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=env)
     buf = bytearray()
     boot_ok = None
     fd = proc.stdout.fileno()
@@ -118,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("-m", "--memory", type=int, default=1024, help="MiB (Linux)")
     ap.add_argument("--verbose", "-v", action="store_true", help="every run, not just the medians")
+    ap.add_argument("--no-zygote", action="store_true", help="exec every worker (no fork server)")
     a = ap.parse_args(argv)
+    env = dict(os.environ)
+    if a.no_zygote:
+        env["BHIVE_NO_ZYGOTE"] = "1"
     for smp in a.smp:
         vm = f"startbench{smp}"
         if a.linux:
@@ -131,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{Path(a.config).name} smp={smp}"
         runs = []
         for _ in range(a.runs):
-            runs.append(run_once(cmd, vm))
+            runs.append(run_once(cmd, vm, env=env))
             if a.verbose:
                 print("  " + ", ".join(f"{k} {runs[-1][k]:.3f}" for k in PHASES if k in runs[-1]), flush=True)
-        print(summarize(label, runs), flush=True)
+        print(summarize(label + (" no-zygote" if a.no_zygote else ""), runs), flush=True)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""`bhive`: a thin command line over `bhive.supervisor` and friends."""
+"""`bhive`: a thin command line over `bhive.supervisor` and friends.
+
+`bhive run` starts the fork server (`bhive.zygote`) before anything else,
+so that its imports overlap the CLI's own: this module imports the
+supervisor (and the config loader) only when a command needs them.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,7 @@ import time
 import tty
 from pathlib import Path
 
-from . import config as config_mod
-from . import supervisor as sup_mod
+from . import zygote
 from .rundir import RunDir, all_vms
 
 
@@ -34,6 +38,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.t
 def _cli_path(value: str | None) -> str | None:
     """A file named on the command line is relative to the working
     directory (one in a config is relative to the config)."""
+    from . import config as config_mod
     if value is None:
         return value
     out = []
@@ -48,6 +53,13 @@ def _cli_path(value: str | None) -> str | None:
 
 
 def cmd_run(args) -> int:
+    early = None
+    if not args.detach and not os.environ.get(zygote.NO_ZYGOTE_ENV):
+        try:
+            early = zygote.Zygote()     # imports while this process does
+        except OSError:
+            pass
+    from . import config as config_mod
     overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
@@ -60,17 +72,22 @@ def cmd_run(args) -> int:
             raise config_mod.ConfigError(f"a VM named {cfg.name!r} is already running "
                                          f"(bhive stop {cfg.name}, or pick --name)")
     except config_mod.ConfigError as exc:
+        if early is not None:
+            early.close(kill=True)
+            early.reap()
         return error(str(exc))
     if args.detach:
         return run_detached(cfg)
-    return run_foreground(cfg)
+    return run_foreground(cfg, early)
 
 
-def run_foreground(cfg: config_mod.VmConfig) -> int:
+def run_foreground(cfg: config_mod.VmConfig, early: zygote.Zygote | None = None) -> int:
+    from . import config as config_mod
+    from . import supervisor as sup_mod
     stdin_fd = sys.stdin.fileno() if sys.stdin and not sys.stdin.closed else None
     interactive = stdin_fd is not None and os.isatty(stdin_fd)
     sup = sup_mod.Supervisor(cfg, console_out=sys.stdout.buffer,
-                             console_in_fd=stdin_fd if interactive else None)
+                             console_in_fd=stdin_fd if interactive else None, zygote=early)
     try:
         sup.prepare()
     except config_mod.ConfigError as exc:
@@ -90,6 +107,8 @@ def run_foreground(cfg: config_mod.VmConfig) -> int:
 
 
 def run_detached(cfg: config_mod.VmConfig) -> int:
+    from . import config as config_mod
+    from . import supervisor as sup_mod
     fd, path = tempfile.mkstemp(prefix="bhive-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config_mod.to_json(cfg), f)
@@ -116,6 +135,7 @@ def _uptime(seconds: float) -> str:
 
 
 def cmd_ps(args) -> int:
+    from . import supervisor as sup_mod
     vms = [RunDir(args.vm)] if args.vm else all_vms()
     rows = []
     for rd in vms:
@@ -137,6 +157,7 @@ def cmd_ps(args) -> int:
 
 def cmd_stats(args) -> int:
     from . import stats as stats_mod
+    from . import supervisor as sup_mod
     try:
         rd = sup_mod.find_vm(args.vm)
     except LookupError as exc:
@@ -162,6 +183,7 @@ def _log_files(rd: RunDir, actor: str | None) -> list[Path]:
 
 
 def cmd_logs(args) -> int:
+    from . import supervisor as sup_mod
     try:
         rd = sup_mod.find_vm(args.vm)
         files = _log_files(rd, args.actor)
@@ -208,6 +230,7 @@ def cmd_logs(args) -> int:
 # -- kill / stop --------------------------------------------------------------------
 
 def cmd_kill(args) -> int:
+    from . import supervisor as sup_mod
     try:
         pid = sup_mod.kill_actor(args.vm, args.actor)
     except LookupError as exc:
@@ -217,6 +240,7 @@ def cmd_kill(args) -> int:
 
 
 def cmd_stop(args) -> int:
+    from . import supervisor as sup_mod
     try:
         sup_mod.stop_vm(args.vm)
     except LookupError as exc:

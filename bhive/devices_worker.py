@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from . import config as config_mod
+from . import worker
 from .actors import fw_cfg
 from .actors.acpi_pm import AcpiPm
 from .actors.debug_exit import DebugExit
@@ -760,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bhive.devices_worker RUN_DIR ACTOR", file=sys.stderr)
         return 2
     run_path, role = Path(argv[0]), argv[1]
+    worker.name_process(role)
     rundir = RunDir(run_path.name, run_path.parent)
     vm = config_mod.from_json(rundir.read_json("supervisor.json")["config"])
     dev_cfg = vm.devices[role]
@@ -773,5 +775,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .worker import exit_now
-    exit_now(main())     # without the interpreter's teardown
+    worker.exit_now(main())     # without the interpreter's teardown

@@ -2,7 +2,8 @@
 
 One supervisor per VM.  It owns the run directory, creates the shared
 memory (guest RAM, accelerator platform state, console rings), starts one
-process per device actor and one per vCPU, all at once, and loads the
+process per device actor and one per vCPU, all at once (forked by the
+zygote, bhive.zygote, whose workers it reaps as their subreaper), and loads the
 guest image while they start: a vCPU process sets itself up meanwhile,
 says Hello, and runs its first guest instruction only when the
 supervisor sends it VcpuGo, once every actor has said Hello and the image
@@ -39,6 +40,7 @@ import zmq
 from . import accel as accel_mod
 from . import config as config_mod
 from . import loader
+from . import zygote as zygote_mod
 from .bus import channel, schema
 from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VcpuGo, VmEvent
 from .bus.shm import ConsoleRing, SharedRegion
@@ -55,6 +57,7 @@ STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
 STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
+ZYGOTE_TIMEOUT = 10.0     # a zygote that does not answer a request by then is replaced by exec
 HALT_GRACE = 0.3          # all vCPUs halted: wait this long for a pending exit event
 # A guest kernel that panics prints this and then spins or halts with
 # interrupts on, which no CPU-level event reveals: the console does.
@@ -128,6 +131,7 @@ class Proc:
     counters: dict = field(default_factory=dict)
     policy: str = "always"
     max_restarts: int = 10
+    spawned_by: str = ""           # "zygote" (forked by it) or "exec"
 
     @property
     def pid(self) -> int | None:
@@ -135,7 +139,10 @@ class Proc:
 
 
 class Supervisor:
-    def __init__(self, cfg: config_mod.VmConfig, console_out=None, console_in_fd: int | None = None):
+    def __init__(self, cfg: config_mod.VmConfig, console_out=None, console_in_fd: int | None = None,
+                 zygote: zygote_mod.Zygote | None = None):
+        """`zygote`: one started already (bhive run starts it first thing);
+        without one, prepare() starts it."""
         self.cfg = cfg
         self.rundir = RunDir(cfg.name)
         self.console_out = console_out          # binary stream or None
@@ -157,6 +164,9 @@ class Supervisor:
         self.panic_line = ""
         self.actors_up = False                  # every actor has said Hello (once)
         self.released: set[str] = set()         # vCPUs that were sent VcpuGo
+        self.zygote = zygote
+        self.subreaper_was: bool | None = None  # before _bind_zygote made this process one
+        self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
         self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
@@ -164,10 +174,18 @@ class Supervisor:
         """Everything that can fail on bad input, and the processes' launch.
 
         The processes are spawned before the guest image is loaded into
-        RAM, so that their start-up (a fresh interpreter each) overlaps the
-        loading (decompressing a kernel takes a few hundred ms); they need
-        the boot state only once they are released (VcpuGo).  An image that
-        turns out bad ends them again before the ConfigError is raised."""
+        RAM, so that their start-up (forked by the zygote, or a fresh
+        interpreter each) overlaps the loading (decompressing a kernel
+        takes a few hundred ms); they need the boot state only once they
+        are released (VcpuGo).  An image that turns out bad ends them (and
+        the zygote) again before the ConfigError is raised."""
+        try:
+            self._prepare()
+        except BaseException:
+            self._stop_zygote()
+            raise
+
+    def _prepare(self) -> None:
         if self.rundir.is_live():
             raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
                                          f"(bhive stop {self.cfg.name}, or pick --name)")
@@ -202,6 +220,7 @@ class Supervisor:
         for i in range(self.cfg.cpus):
             self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
                                           [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
+        self._bind_zygote()
         self.ctx = zmq.Context.instance()
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
@@ -209,11 +228,16 @@ class Supervisor:
         self.ctl.bind(self.rundir.endpoint("supervisor"))
         # Every process at once, vCPUs first (their set-up is the longest):
         # a vCPU waits for VcpuGo (_release_vcpus) before its first instruction.
+        # The zygote may still be importing: its answers (the pids) are
+        # read once the image is loaded.
+        self.deferred = []
         for proc in sorted(self.procs.values(), key=lambda p: p.kind != "vcpu"):
             self.spawn(proc)
+        deferred, self.deferred = self.deferred, None
         try:
             boot = loader.load(self.cfg, ram.view)
         except BaseException:
+            self._finish_spawns(deferred)
             for proc in self.procs.values():
                 proc.popen.kill()
                 proc.popen.wait()
@@ -222,8 +246,10 @@ class Supervisor:
             raise
         finally:
             ram.close()
+        self._finish_spawns(deferred)
         info = self.rundir.read_json("supervisor.json")
         info["boot"] = boot.to_json()
+        info["zygote"] = self.zygote.pid if self.zygote is not None and self.zygote.alive else None
         self.rundir.write_json("supervisor.json", info)
 
     def _create_channels(self) -> dict[str, int]:
@@ -241,20 +267,102 @@ class Supervisor:
                 channel.create(self.rundir.shm / channel.channel_file(dev.name, f"vcpu{i}"))
         return fds
 
-    def spawn(self, proc: Proc) -> None:
-        err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
+    # -- spawning: forked by a zygote, or exec'd -----------------------------
+    def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env[channel.ENV_FDS] = channel.encode_fds(self.fds)
+        return env
+
+    def _bind_zygote(self) -> None:
+        """Bind the fork server (bhive.zygote) to this VM, starting it if
+        bhive run did not: its workers are reparented to this process,
+        which becomes a subreaper.  Without it every worker is exec'd."""
+        if os.environ.get(zygote_mod.NO_ZYGOTE_ENV):
+            self._stop_zygote()
+            return
+        was = zygote_mod.become_subreaper()
+        if was is None:
+            self.log("zygote-unavailable", reason="cannot become a child subreaper")
+            self._stop_zygote()
+            return
+        self.subreaper_was = was
+        try:
+            if self.zygote is None:
+                self.zygote = zygote_mod.Zygote()
+        except OSError as exc:
+            self.log("zygote-unavailable", reason=str(exc))
+            return
+        with open(self.rundir.logs / f"{zygote_mod.ROLE}.stderr", "ab") as err:
+            bound = self.zygote.bind(str(self.rundir.path), self.cfg.accel, err.fileno(),
+                                     list(self.fds.values()))
+        self.log("zygote", pid=self.zygote.pid, bound=bound)
+
+    def _stop_zygote(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote.reap()
+        zygote_mod.restore_subreaper(self.subreaper_was)
+        self.subreaper_was = None
+
+    def _zygote_module(self, proc: Proc) -> str | None:
+        """The worker module `proc` runs, if the zygote can fork it: the
+        zygote is up and `proc` is `python -m MODULE ARGS` (not some other
+        command line)."""
+        if self.zygote is None or not self.zygote.alive or len(proc.argv) < 3:
+            return None
+        python, dash_m, module = proc.argv[:3]
+        if python != sys.executable or dash_m != "-m" or module not in zygote_mod.MODULES:
+            return None
+        return module
+
+    def spawn(self, proc: Proc) -> None:
+        """Start `proc`'s process: forked by its zygote if there is one (the
+        pid is known once the zygote answers: at once, or, while prepare()
+        defers it, after the image is loaded), else exec'd."""
+        proc.state = "starting"
+        proc.started = proc.heartbeat = time.monotonic()
+        module = self._zygote_module(proc)
+        if module is not None:
+            with open(self.rundir.logs / f"{proc.role}.stderr", "ab") as err:
+                sent = self.zygote.request(proc.role, module, proc.argv[3:], self._worker_env(), err.fileno())
+            if sent:
+                proc.popen = None
+                proc.spawned_by = "zygote"
+                self.log("spawn", role=proc.role, restarts=proc.restarts, via="zygote")
+                if self.deferred is not None:
+                    self.deferred.append(proc)
+                else:
+                    self._finish_spawns([proc])
+                return
+        self._spawn_exec(proc)
+
+    def _finish_spawns(self, procs: list[Proc]) -> None:
+        """Read the zygote's answers for `procs` (in the order asked); one
+        that failed, or whose zygote is gone, is exec'd instead."""
+        for proc in procs:
+            reply = self.zygote.reply(ZYGOTE_TIMEOUT) if self.zygote is not None else None
+            if reply is not None and reply.pid > 0:
+                proc.popen = zygote_mod.ForkedProcess(reply.pid, proc.argv)
+                self.log("forked", role=proc.role, pid=reply.pid, restarts=proc.restarts)
+                continue
+            self.log("zygote-failed", role=proc.role,
+                     error=reply.error if reply is not None else "the zygote is gone")
+            self._spawn_exec(proc)
+
+    def _spawn_exec(self, proc: Proc) -> None:
+        err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
         # No preexec_fn (it would make subprocess fork this whole process
         # instead of vfork): the worker arms its parent-death signal itself
         # (bhive.worker.die_with_supervisor).
         proc.popen = subprocess.Popen(proc.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                      env=env, close_fds=True, pass_fds=tuple(self.fds.values()))
+                                      env=self._worker_env(), close_fds=True,
+                                      pass_fds=tuple(self.fds.values()))
         err.close()
+        proc.spawned_by = "exec"
         proc.state = "starting"
         proc.started = proc.heartbeat = time.monotonic()
-        self.log("spawn", role=proc.role, pid=proc.pid, restarts=proc.restarts)
+        self.log("spawn", role=proc.role, pid=proc.pid, restarts=proc.restarts, via="exec")
 
     def _wait_ready(self, roles: list[str]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -485,6 +593,8 @@ class Supervisor:
         applies what the (now stopped) vCPUs posted to it before it exits,
         so the guest's last console bytes before an isa-debug-exit write
         are not lost."""
+        if self.zygote is not None:
+            self.zygote.close()     # no more workers: the zygote exits meanwhile
         for kind in ("vcpu", "actor"):
             procs = [p for p in self.procs.values() if p.kind == kind and p.popen is not None]
             for proc in procs:
@@ -505,6 +615,7 @@ class Supervisor:
                 proc.wait()
             for proc in procs:
                 proc.state = "exited"
+        self._stop_zygote()
         self.pump_console()
         self.write_procs()
         info = self.rundir.read_json("supervisor.json") or {}
@@ -520,7 +631,7 @@ class Supervisor:
         for p in self.procs.values():
             table.append({"role": p.role, "kind": p.kind, "pid": p.pid, "state": p.state,
                           "restarts": p.restarts, "uptime": (now - p.started) if p.started else 0,
-                          "counters": p.counters})
+                          "counters": p.counters, "spawned_by": p.spawned_by})
         self.rundir.write_json("procs.json", table)
 
     def run(self) -> int:

@@ -485,9 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bhive.vcpu_worker RUN_DIR VCPUID", file=sys.stderr)
         return 2
     run_path = Path(argv[0])
+    worker.name_process(f"vcpu{argv[1]}")
     sys.setswitchinterval(0.0005)  # the MSI thread must not wait on a busy main thread
-    worker = VcpuWorker(RunDir(run_path.name, run_path.parent), int(argv[1]))
-    return worker.run()
+    vcpu = VcpuWorker(RunDir(run_path.name, run_path.parent), int(argv[1]))
+    return vcpu.run()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """What every worker process (a device actor, a vCPU) does first and last.
 
-The supervisor spawns each worker as a fresh interpreter (`python -m
-bhive.devices_worker RUN_DIR ACTOR`, `python -m bhive.vcpu_worker RUN_DIR
-N`), so that each is a real process whose command line names its role.
-A VM starts and ends all of them at once, on few cores, so both ends
-are kept short:
+Each worker is a real process whose command line names its role
+(`python -m bhive.devices_worker RUN_DIR ACTOR`, `python -m
+bhive.vcpu_worker RUN_DIR N`) and whose process name is `bhive:ROLE`.
+The supervisor has a fork server (`bhive.zygote`) fork it, or spawns it
+as a fresh interpreter.  A VM starts and ends all of them at once, on few
+cores, so both ends are kept short:
 
 * `die_with_supervisor`: the parent-death signal is set by the worker
   itself, not in a `preexec_fn`: a preexec_fn makes `subprocess` fork the
@@ -25,6 +26,13 @@ import threading
 import zmq
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def name_process(role: str) -> None:
+    """Name this process `bhive:ROLE` (ps -o comm, top, /proc/PID/comm;
+    at most 15 bytes).  Threads started afterwards inherit the name."""
+    ctypes.CDLL(None).prctl(PR_SET_NAME, ctypes.c_char_p(f"bhive:{role}".encode()[:15]), 0, 0, 0)
 
 
 def die_with_supervisor(supervisor_pid: int | None) -> None:

@@ -27,6 +27,9 @@ SAMPLES = [
     VmEvent("debug_exit", "exit", 1, "isa-debug-exit write"),
     ConsoleInput("supervisor", 3, b"ls\r"),
     Ack(3, 3),
+    schema.ZygoteBind("/dev/shm/bhive-0/vm", "softvmm", [5, 6]),
+    schema.ZygoteSpawn("uart", "bhive.devices_worker", ["/dev/shm/bhive-0/vm", "uart"], {"BHIVE_FDS": "door.uart=5"}),
+    schema.ZygoteSpawned("uart", 4242, ""),
 ]
 
 

@@ -37,6 +37,9 @@ class MsgType(enum.IntEnum):
     EOI_REQUEST = 15
     PIC_OUTPUT = 16
     VCPU_GO = 17
+    ZYGOTE_BIND = 18
+    ZYGOTE_SPAWN = 19
+    ZYGOTE_SPAWNED = 20
 
 
 class SchemaError(ValueError):
@@ -260,6 +263,47 @@ class Ack:
     TYPE: ClassVar[MsgType]
     req_id: int
     accepted: int      # e.g. console bytes taken
+
+
+# --- Fork server: supervisor <-> zygote ------------------------------------
+
+@message(MsgType.ZYGOTE_BIND)
+class ZygoteBind:
+    """Supervisor -> zygote (bhive.zygote), once: the VM it forks workers
+    for.  Sent with file descriptors (SCM_RIGHTS): the zygote's stderr log,
+    then the doorbells every worker inherits, which the worker gets under
+    the numbers `fds` (the supervisor's own, named in the BHIVE_FDS
+    environment variable)."""
+
+    TYPE: ClassVar[MsgType]
+    run_dir: str
+    accel: str         # the accelerator module to import now, if not yet
+    fds: list
+
+
+@message(MsgType.ZYGOTE_SPAWN)
+class ZygoteSpawn:
+    """Supervisor -> zygote: fork a worker that runs `MODULE.main(args)` as
+    `python -m MODULE ARGS...` would, with exactly `env` as its environment,
+    stdin on /dev/null, stdout and stderr on the one file descriptor sent
+    along (SCM_RIGHTS), and the doorbells of ZygoteBind."""
+
+    TYPE: ClassVar[MsgType]
+    role: str          # "uart", "vcpu0": the process name (bhive:ROLE)
+    module: str        # "bhive.devices_worker" or "bhive.vcpu_worker"
+    args: list         # argv after `python -m MODULE`
+    env: dict
+
+
+@message(MsgType.ZYGOTE_SPAWNED)
+class ZygoteSpawned:
+    """Zygote -> supervisor, one per ZygoteSpawn, in order: the worker's
+    pid (a child of the supervisor, its subreaper), or 0 and why not."""
+
+    TYPE: ClassVar[MsgType]
+    role: str
+    pid: int
+    error: str
 
 
 def message_types() -> dict[int, type]:
