@@ -217,6 +217,9 @@ def linux_boot(runs: int = 3) -> str:
     ]
     lines += [f"| {c.kernel} | {c.smp} | {c.bhive_median:.2f} s | {c.qemu_median:.2f} s | {c.ratio:.2f} | "
               f"{c.bhive_instructions / 1e9:.2f} G | {c.bhive_mips:.0f} | {c.bhive_cpu_mips:.0f} |" for c in rows]
+    failures = [f"{c.kernel} SMP{c.smp} ({c.qemu_failures})" for c in rows if c.qemu_failures]
+    lines += ["", "QEMU TCG runs that hung or oopsed and were run again (QEMU's own SMP flakiness; "
+              "`benchmarks/linux_boot.py` QEMU_RETRIES): " + (", ".join(failures) if failures else "none") + "."]
     return "\n".join(lines)
 
 
