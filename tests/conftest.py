@@ -56,3 +56,14 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.02, what: str =
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def spin(tmp_path_factory) -> Path:
+    """A guest that runs until it is stopped."""
+    d = tmp_path_factory.mktemp("spin")
+    (d / "spin.asm").write_text("bits 16\norg 0x8000\n.l: pause\njmp .l\n")
+    cfg = d / "spin.toml"
+    cfg.write_text('[boot]\nimage = "spin.asm"\n[devices.uart]\nport = 0x3f8\n'
+                   '[devices.debug_exit]\nport = 0xf4\n')
+    return cfg

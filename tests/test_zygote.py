@@ -20,17 +20,6 @@ from conftest import wait_for
 MODULES = {"actor": "bhive.devices_worker", "vcpu": "bhive.vcpu_worker"}
 
 
-@pytest.fixture(scope="module")
-def spin(tmp_path_factory) -> Path:
-    """A guest that runs until it is stopped."""
-    d = tmp_path_factory.mktemp("spin")
-    (d / "spin.asm").write_text("bits 16\norg 0x8000\n.l: pause\njmp .l\n")
-    cfg = d / "spin.toml"
-    cfg.write_text('[boot]\nimage = "spin.asm"\n[devices.uart]\nport = 0x3f8\n'
-                   '[devices.debug_exit]\nport = 0xf4\n')
-    return cfg
-
-
 def rundir(name: str) -> Path:
     return Path(os.environ["BHIVE_RUN_ROOT"]) / name
 

@@ -432,6 +432,7 @@ uint64_t guest_tsc(cpu_t *c);         /* the TSC: the host's invariant TSC + thi
 uint8_t *gpa_host(svm_vm_t *vm, uint64_t gpa, uint32_t *gidx);
 void code_written(cpu_t *c, uint32_t gidx);
 int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault);
+int fetch_insn_bytes(cpu_t *c, uint8_t *buf);   /* <= 15 bytes at RIP, no faults; returns how many */
 /* #GP(0) unless CPL <= IOPL or the TSS I/O bitmap allows every port of the access (mmu.c) */
 void io_check(cpu_t *c, uint16_t port, int size);
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val);

@@ -448,16 +448,7 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
 int insn_mem_seg(cpu_t *c)
 {
     uint8_t buf[15];
-    uint64_t lin = c->segbase[S_CS] + c->rip;
-    if (!c->long64) lin = (uint32_t)lin;
-    int n = 0;
-    for (; n < 15; n++) {
-        uint64_t gpa;
-        if (fetch_translate(c, lin + n, &gpa, 0)) break;
-        uint8_t *h = gpa_host(c->vm, gpa, NULL);
-        if (!h) break;
-        buf[n] = *h;
-    }
+    int n = fetch_insn_bytes(c, buf);
     insn_t d;
     return decode_one(&d, buf, n, c->csz) > 0 ? d.seg : S_DS;
 }

@@ -20,17 +20,7 @@ NORETURN void exit_unhandled(cpu_t *c)
     x->code = SVM_EXIT_UNHANDLED;
     x->rip = c->rip;
     x->inst_length = (c->nrip > c->rip && c->nrip - c->rip <= 15) ? (uint32_t)(c->nrip - c->rip) : 0;
-    /* instruction bytes, best effort (no faults) */
-    uint64_t lin = c->segbase[S_CS] + c->rip;
-    if (!c->long64) lin = (uint32_t)lin;
-    int n = 0;
-    for (; n < 15; n++) {
-        uint64_t gpa;
-        if (fetch_translate(c, lin + n, &gpa, 0)) break;
-        uint8_t *h = gpa_host(c->vm, gpa, NULL);
-        if (!h) break;
-        x->insn[n] = *h;
-    }
+    int n = fetch_insn_bytes(c, x->insn);
     x->insn_len = n;
     longjmp(c->jb, AB_EXIT);
 }

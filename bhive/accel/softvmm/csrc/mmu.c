@@ -335,6 +335,23 @@ static void tlb_fill(cpu_t *c, uint64_t lin, uint64_t gpa, uint8_t *host, uint32
     tlbe_tags(c, e);
 }
 
+/* Up to 15 bytes of the instruction at RIP, best effort (no faults):
+ * for exit reports and cold paths that must look at the instruction again. */
+int fetch_insn_bytes(cpu_t *c, uint8_t *buf)
+{
+    uint64_t lin = c->segbase[S_CS] + c->rip;
+    if (!c->long64) lin = (uint32_t)lin;
+    int n = 0;
+    for (; n < 15; n++) {
+        uint64_t gpa;
+        if (fetch_translate(c, lin + n, &gpa, 0)) break;
+        uint8_t *h = gpa_host(c->vm, gpa, NULL);
+        if (!h) break;
+        buf[n] = *h;
+    }
+    return n;
+}
+
 int fetch_translate(cpu_t *c, uint64_t lin, uint64_t *gpa, int fault)
 {
     int perm;
