@@ -69,25 +69,13 @@ main:
         xor ebp, ebp                    ; bit 0: kernel inside RAM, bit 1: info inside RAM
 .mmap:  cmp esi, edi
         jae .mmap_done
-        call lock_acquire
+        push edi
         push esi
+        lea edi, [esi + 4]              ; the entry after its size field
         mov esi, msg_mmap
-        call puts
+        call put_mmap_entry
         pop esi
-        mov eax, [esi + 4]
-        mov edx, [esi + 8]
-        call puthex64
-        mov al, ' '
-        call putc
-        mov eax, [esi + 12]
-        mov edx, [esi + 16]
-        call puthex64
-        mov al, ' '
-        call putc
-        mov eax, [esi + 20]
-        call putdec
-        call newline
-        call lock_release
+        pop edi
         cmp dword [esi + 20], 1
         jne .next
         cmp dword [esi + 8], 0          ; below 4 GiB?

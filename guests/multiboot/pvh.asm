@@ -101,25 +101,13 @@ main:
         mov ecx, [ebx + SI_MEMMAP_N]
         mov esi, [ebx + SI_MEMMAP]
 .mm:    jecxz .mm_done
-        call lock_acquire
+        push edi
         push esi
+        mov edi, esi
         mov esi, msg_memmap
-        call puts
+        call put_mmap_entry
         pop esi
-        mov eax, [esi]
-        mov edx, [esi + 4]
-        call puthex64
-        mov al, ' '
-        call putc
-        mov eax, [esi + 8]
-        mov edx, [esi + 12]
-        call puthex64
-        mov al, ' '
-        call putc
-        mov eax, [esi + 16]
-        call putdec
-        call newline
-        call lock_release
+        pop edi
         add esi, 24
         dec ecx
         jmp .mm
