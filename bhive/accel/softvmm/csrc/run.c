@@ -247,7 +247,7 @@ static inline block_t *get_block(cpu_t *c)
     jcache_ent_t *j = &c->jcache[(c->rip ^ (c->rip >> 12)) & (JCACHE_SIZE - 1)];
     if (likely(j->rip == c->rip && j->epoch == c->epoch && block_current(c, j->blk))) return j->blk;
     block_t *b = lookup_block(c);
-    if (b != c->scratch) { j->rip = c->rip; j->blk = b; j->epoch = c->epoch; }
+    j->rip = c->rip; j->blk = b; j->epoch = c->epoch;
     return b;
 }
 
@@ -452,7 +452,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
              * (no macro-fused pairs), then a #DB trap with DR6.BS unless the
              * instruction delivered a software interrupt (which clears TF) */
             block_t *sb = get_block(c);
-            if (sb->n > 1 || sb->insns[0].ninsn > 1 || sb == c->scratch) {
+            if (sb->n > 1 || sb->insns[0].ninsn > 1) {
                 uint64_t lin = c->segbase[S_CS] + c->rip, gpa;
                 if (!c->long64) lin = (uint32_t)lin;
                 fetch_translate(c, lin, &gpa, 1);
@@ -482,7 +482,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 void *site = NULL;   /* the native exit to patch once the successor is known */
                 void *code = block_jit(b, c->rip);
                 /* hot enough: translate it (jit.c) */
-                if (unlikely(!code) && c->jit && b != c->scratch && ++b->hits >= c->jit_threshold)
+                if (unlikely(!code) && c->jit && ++b->hits >= c->jit_threshold)
                     code = jit_compile(c, b);
                 if (code) site = jit_exec(c, code);
                 else exec_block(c, b, BLK_MAX);
@@ -507,7 +507,6 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 b = get_block(c);
                 if (site) jit_link(c, site, b);
                 else jit_jc_insert(c, b);
-                if (b == c->scratch || from == c->scratch) break;
                 struct blink *w = &from->link[from->link[0].blk && from->link[0].epoch == c->epoch ? 1 : 0];
                 w->rip = c->rip; w->blk = b; w->epoch = c->epoch;
             }
