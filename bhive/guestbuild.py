@@ -73,21 +73,31 @@ def build_nasm(source: str | os.PathLike, fmt: str = "bin", defines: dict[str, o
 
 
 def build_elf32(source: str | os.PathLike, script: str | os.PathLike = "lib/kernel32.ld",
-                defines: dict[str, object] | None = None) -> Path:
+                defines: dict[str, object] | None = None, text_address: int | None = None) -> Path:
     """A 32-bit ELF kernel (Multiboot, PVH) from a nasm source: `nasm -f
     elf32`, then `ld -m elf_i386` with the linker script `script` (relative
-    to guests/).  Cached like build_nasm, keyed by the object and the script."""
+    to guests/), or, with `text_address`, with ld's own default script and
+    `-Ttext=ADDR` as kernels built without a script are (the ELF headers
+    then get a read-only segment of their own in the page below the text:
+    GNU ld's default `-z separate-code`).  Cached like build_nasm, keyed by
+    the object and how it is linked."""
     obj = build_nasm(source, fmt="elf32", defines=defines)
-    lds = Path(script)
-    if not lds.is_absolute():
-        lds = GUESTS / lds
     if shutil.which("ld") is None:
         raise GuestBuildError("ld is not installed (make deps installs binutils)")
-    digest = hashlib.sha256(obj.read_bytes() + lds.read_bytes()).hexdigest()[:16]
+    if text_address is None:
+        lds = Path(script)
+        if not lds.is_absolute():
+            lds = GUESTS / lds
+        link = ["-T", str(lds)]
+        key = lds.read_bytes()
+    else:
+        link = [f"-Ttext={text_address:#x}", "-e", "_start"]
+        key = " ".join(link).encode()
+    digest = hashlib.sha256(obj.read_bytes() + key).hexdigest()[:16]
     out = cache_dir() / f"{Path(source).stem}-{digest}.elf"
     if not out.exists():
         tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
-        proc = subprocess.run(["ld", "-m", "elf_i386", "-T", str(lds), "-nostdlib", "--build-id=none",
+        proc = subprocess.run(["ld", "-m", "elf_i386", *link, "-nostdlib", "--build-id=none",
                                "-z", "max-page-size=0x1000", "--no-warn-rwx-segments", "-o", str(tmp),
                                str(obj)], capture_output=True, text=True)
         if proc.returncode != 0:

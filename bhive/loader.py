@@ -134,9 +134,10 @@ def load_bare(cfg: VmConfig, data: bytes, ram: memoryview, fmt: str) -> BootStat
         mods = modules(cfg)
         if fmt == "multiboot":
             plan = multiboot.plan(data, low_end=low_end, e820=e820, cmdline=f"{cfg.kernel} {cfg.append}",
-                                  modules=mods)
+                                  modules=mods, reserved=firmware)
         else:
-            plan = pvh.plan(data, low_end=low_end, e820=e820, cmdline=cfg.append, modules=mods, rsdp=rsdp)
+            plan = pvh.plan(data, low_end=low_end, e820=e820, cmdline=cfg.append, modules=mods, rsdp=rsdp,
+                            reserved=firmware)
     except (multiboot.MultibootError, pvh.PvhError) as exc:
         raise ConfigError(f"[boot] kernel: {cfg.kernel}: {exc}") from None
     except OSError as exc:

@@ -216,8 +216,41 @@ def test_a_kernel_loaded_over_the_gdt_keeps_its_bytes():
 def test_segment_outside_ram_refused():
     with pytest.raises(multiboot.MultibootError, match="outside RAM"):
         plan(mb_kernel(paddr=0x100000, size=0x2000), low_end=0x101000)
-    with pytest.raises(multiboot.MultibootError, match="BIOS area"):
-        plan(mb_kernel(paddr=0xF0000))
+    with pytest.raises(multiboot.MultibootError, match="VGA window"):
+        plan(mb_kernel(paddr=0xA0000))
+
+
+def test_segments_below_1m_may_use_any_ram_but_the_firmware_tables():
+    """The BIOS area is RAM here: only what the loader wrote into it is
+    off limits (e.g. ld's header segment at 0xFF000 loads)."""
+    assert plan(mb_kernel(paddr=0xFF000, size=0x1000, bss=0)).kernel_start == 0xFF000
+    firmware = [(tables.RSDP_ADDR, 0x24), (tables.MP_FLOAT_ADDR, 0x100)]
+    with pytest.raises(multiboot.MultibootError, match="firmware tables 0xf0000-0xf0100"):
+        multiboot.plan(mb_kernel(paddr=0xF0000, size=0x1000, bss=0), low_end=LOW_END, e820=E820,
+                       cmdline="k", reserved=firmware)
+    p = pvh.plan(elf32([(0xFF000, 0xFF000, bytes(0x100), 0x100),
+                        (0x100000, 0x100000, b"\xf4" * 16, 0x1000)], 0x100000, notes=pvh_note(0x100000)),
+                 low_end=LOW_END, e820=E820, cmdline="", reserved=firmware)
+    assert p.kernel_start == 0xFF000
+
+
+def test_info_goes_where_a_kernel_at_0x8000_is_not():
+    """A kernel over 0x9000-0x9FFF: the memory map and the information
+    structure move after the modules; EBX says where."""
+    mods = [multiboot.Module("/m/one.bin", b"\x01" * 300)]
+    p = plan(mb_kernel(paddr=0x8000, size=0x3000, bss=0x1000), modules=mods)
+    assert p.kernel_start == 0x8000 and p.kernel_end == 0xC000
+    assert p.info_addr >= p.kernel_end and p.registers[VmReg.RBX] == p.info_addr
+    mbi = image(p, p.info_addr, multiboot.MBI_SIZE)
+    mmap_len, mmap_addr = struct.unpack_from("<II", mbi, multiboot.MBI_MMAP_LENGTH)
+    assert mmap_addr >= p.kernel_end
+    raw = image(p, mmap_addr, mmap_len)
+    assert [struct.unpack_from("<IQQI", raw, off) for off in range(0, mmap_len, 24)] == \
+        [(20, e.addr, e.size, e.type) for e in E820]
+    for gpa, body in p.segments[2:]:                  # nothing of ours over the kernel
+        assert gpa + len(body) <= p.kernel_start or gpa >= p.kernel_end
+    # a kernel clear of 0x9000 keeps QEMU's addresses
+    assert plan(mb_kernel()).info_addr == multiboot.MB_INFO_ADDR
 
 
 def test_modules_that_do_not_fit_refused():

@@ -16,6 +16,14 @@ want to run were written against:
              module list, then the command lines and the boot loader name,
              then each module on its own page-aligned address
 
+A kernel that loads over 0x9000-0x9FFF (one linked at 0x8000, say) gets the
+memory map and the information structure after its modules instead: the
+information goes where the kernel is not.  Below 1 MiB, a segment may use
+any RAM but the VGA window and the firmware tables the loader actually
+wrote there (`reserved`): GNU ld's default `-z separate-code` puts the ELF
+headers in a read-only segment just below a kernel linked at 1 MiB, and
+QEMU loads those.
+
 The kernel's command line is "KERNEL-PATH APPEND", as QEMU and GRUB pass
 it (argv[0] first); a module's is the string it was given by (path and
 arguments).  Entry (§3.2): 32-bit protected mode, paging off, EAX =
@@ -66,8 +74,8 @@ MBI_SIZE = 0x80                 # through the VBE fields (88 bytes) and the fram
 
 MB_MMAP_ADDR = 0x9000
 MB_INFO_ADDR = 0x9500
-MB_LOW_AREA = (0x9000, 0xA000)  # ours; a kernel segment may not overlap it
-BIOS_AREA = (0x9FC00, 0x100000)  # EBDA, VGA hole, option ROMs, BIOS: never RAM for a kernel
+MB_LOW_AREA = (0x9000, 0xA000)  # ours, unless a kernel segment overlaps it
+VGA_WINDOW = (0xA0000, 0xC0000)  # legacy video memory: never RAM for a kernel
 MMAP_ENTRY = struct.Struct("<IQQI")   # size (20: what follows), base, length, type
 MOD_ENTRY = struct.Struct("<IIII")    # mod_start, mod_end, string, reserved
 BOOT_DEVICE = 0x8000FFFF        # BIOS drive 0x80, no partition (QEMU's value)
@@ -152,6 +160,13 @@ def _overlaps(lo: int, hi: int, area: tuple[int, int]) -> bool:
     return lo < area[1] and area[0] < hi
 
 
+def off_limits(reserved: list[tuple[int, int]]) -> list[tuple[tuple[int, int], str]]:
+    """The areas no kernel segment may load over, whatever the boot
+    protocol: the VGA window and each piece of firmware written below it."""
+    return [(VGA_WINDOW, "the VGA window")] + [((gpa, gpa + size), "the firmware tables")
+                                               for gpa, size in reserved]
+
+
 def image_segments(data: bytes, hdr: Header) -> tuple[list[tuple[int, bytes]], int, str]:
     """(segments, entry, format) of the kernel image."""
     if hdr.flags & MB_AOUT_KLUDGE:
@@ -200,10 +215,11 @@ def image_segments(data: bytes, hdr: Header) -> tuple[list[tuple[int, bytes]], i
 
 
 def plan(data: bytes, *, low_end: int, e820: list, cmdline: str,
-         modules: list[Module] = ()) -> Plan:
+         modules: list[Module] = (), reserved: list[tuple[int, int]] = ()) -> Plan:
     """Everything to copy and the entry state.  `low_end` is the end of
     the RAM slot at 0; `e820` (E820Entry-like: addr, size, type) becomes
-    the memory map and mem_lower/mem_upper."""
+    the memory map and mem_lower/mem_upper; `reserved` lists the (gpa,
+    size) pieces of firmware the kernel may not load over."""
     hdr = find_header(data)
     if hdr is None:
         raise MultibootError("no Multiboot header in the first 8 KiB")
@@ -219,7 +235,7 @@ def plan(data: bytes, *, low_end: int, e820: list, cmdline: str,
         if end > low_end or gpa < 0:
             raise MultibootError(f"segment {gpa:#x}-{end:#x} is outside RAM (RAM below 4 GiB ends at "
                                  f"{low_end:#x})")
-        for area, what in ((MB_LOW_AREA, "the Multiboot information area"), (BIOS_AREA, "the BIOS area")):
+        for area, what in off_limits(reserved):
             if _overlaps(gpa, end, area):
                 raise MultibootError(f"segment {gpa:#x}-{end:#x} overlaps {what} "
                                      f"{area[0]:#x}-{area[1]:#x}")
@@ -252,6 +268,14 @@ def plan(data: bytes, *, low_end: int, e820: list, cmdline: str,
     mmap = b"".join(MMAP_ENTRY.pack(MMAP_ENTRY.size - 4, e.addr, e.size, e.type) for e in e820)
     if MB_MMAP_ADDR + len(mmap) > MB_INFO_ADDR:
         raise MultibootError(f"{len(e820)} memory-map entries do not fit")
+    mmap_addr, info_addr = MB_MMAP_ADDR, MB_INFO_ADDR
+    if any(_overlaps(gpa, gpa + len(body), MB_LOW_AREA) for gpa, body in segments):
+        mmap_addr = pos                                  # after the modules: where the kernel is not
+        info_addr = _align(mmap_addr + len(mmap), 16)
+        pos = _align(info_addr + MBI_SIZE)
+        if pos > low_end:
+            raise MultibootError(f"the boot information needs RAM up to {pos:#x}; RAM below 4 GiB "
+                                 f"ends at {low_end:#x}")
     lower = next((e.size for e in e820 if e.addr == 0 and e.type == E820_RAM), 0)
     upper = next((e.size for e in e820 if e.addr == 0x100000 and e.type == E820_RAM), 0)
 
@@ -265,13 +289,13 @@ def plan(data: bytes, *, low_end: int, e820: list, cmdline: str,
     struct.pack_into("<I", mbi, MBI_MODS_COUNT, len(modules))
     struct.pack_into("<I", mbi, MBI_MODS_ADDR, mods_addr)
     struct.pack_into("<I", mbi, MBI_MMAP_LENGTH, len(mmap))
-    struct.pack_into("<I", mbi, MBI_MMAP_ADDR, MB_MMAP_ADDR)
+    struct.pack_into("<I", mbi, MBI_MMAP_ADDR, mmap_addr)
     struct.pack_into("<I", mbi, MBI_LOADER_NAME_OFF, loader_name)
 
     # The GDT first: a kernel loaded over it wins (GDTR is "undefined" at entry).
     out = [(entry32.GDT_ADDR, entry32.gdt())] + list(segments)
-    out += [(MB_MMAP_ADDR, mmap), (MB_INFO_ADDR, bytes(mbi)), (mods_addr, mod_table + bytes(strings))]
+    out += [(mmap_addr, mmap), (info_addr, bytes(mbi)), (mods_addr, mod_table + bytes(strings))]
     out += [(m.addr, m.data) for m in modules if m.data]
     regs, descs = entry32.protected_mode_state(entry, {VmReg.RAX: BOOTLOADER_MAGIC,
-                                                       VmReg.RBX: MB_INFO_ADDR})
-    return Plan(out, entry, regs, descs, MB_INFO_ADDR, cmdline, kstart, kend, modules, fmt)
+                                                       VmReg.RBX: info_addr})
+    return Plan(out, entry, regs, descs, info_addr, cmdline, kstart, kend, modules, fmt)

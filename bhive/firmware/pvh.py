@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ..accel.base import SegDesc, VmReg
 from ..linux.elf import ElfError, Vmlinux, parse_elf
 from . import entry32
-from .multiboot import BIOS_AREA, Module
+from .multiboot import Module, off_limits
 
 START_INFO_MAGIC = 0x336EC578
 START_INFO_VERSION = 1
@@ -67,7 +67,9 @@ def pvh_entry(data: bytes) -> int | None:
 
 
 def plan(data: bytes, *, low_end: int, e820: list, cmdline: str, modules: list[Module] = (),
-         rsdp: int = 0) -> Plan:
+         rsdp: int = 0, reserved: list[tuple[int, int]] = ()) -> Plan:
+    """Everything to copy and the entry state (see multiboot.plan for
+    `low_end`, `e820` and `reserved`)."""
     try:
         elf: Vmlinux = parse_elf(data)
     except ElfError as exc:
@@ -83,9 +85,9 @@ def plan(data: bytes, *, low_end: int, e820: list, cmdline: str, modules: list[M
         if end > low_end:
             raise PvhError(f"segment {p.paddr:#x}-{end:#x} is outside RAM (RAM below 4 GiB ends at "
                            f"{low_end:#x})")
-        for area, what in ((INFO_AREA, "the start-info area"), ((CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX),
-                                                                "the command-line area"),
-                           (BIOS_AREA, "the BIOS area")):
+        areas = [(INFO_AREA, "the start-info area"),
+                 ((CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX), "the command-line area")]
+        for area, what in areas + off_limits(reserved):
             if p.paddr < area[1] and area[0] < end:
                 raise PvhError(f"segment {p.paddr:#x}-{end:#x} overlaps {what} {area[0]:#x}-{area[1]:#x}")
         segments.append((p.paddr, data[p.offset:p.offset + p.filesz] + bytes(p.memsz - p.filesz)))
