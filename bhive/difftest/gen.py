@@ -26,6 +26,7 @@ CF, PF, AF, ZF, SF, TF, IF, DF, OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x100, 0x200, 0
 AC, ID, NT = 0x40000, 0x200000, 0x4000
 STATUS = CF | PF | AF | ZF | SF | OF
 M64 = (1 << 64) - 1
+M32 = (1 << 32) - 1
 
 # Architecturally undefined RFLAGS bits per instruction (fixed part).  The
 # value-dependent ones (shifts/rotates/shld/shrd by count) are computed by
@@ -1185,6 +1186,12 @@ def g_misc(ctx: Ctx):
         ctx.regs[7] = hi() | (DATA_PTR + rng.randrange(-0x100, 0x100))
         if rng.random() < 0.5:
             ctx.rflags |= DF
+        if rp and not ctx.regs[1] & M32:
+            # zero iterations: some CPUs still write ECX, EDI or ESI (their
+            # upper halves cleared: seen with SCAS/CMPS and STOS), others
+            # write nothing, as the SDM's pseudo-code has it
+            for r in (1, 6, 7):
+                ctx.regs_undef[r] = M64 & ~M32
         ctx.emit(f"a32 {rp}{op}{sfx}", 0, 0, STATUS if op in ("cmps", "scas") else 0)
         ctx.stop = True
     else:

@@ -159,28 +159,34 @@ HANDLER(h_lods)
         idx_add(c, R_RSI, as, d);
     }, 0);
 }
-HANDLER(h_cmps)
+/* CMPS and SCAS.  With REPE/REPNE the flags are set once, when the loop
+ * stops without a fault: "When a fault occurs during the execution of a
+ * CMPS or SCAS instruction that is prefixed with REPE or REPNE, the EFLAGS
+ * value is restored to the state prior to the execution of the
+ * instruction" (SDM Vol 2B, REP/REPE/REPNE).  A fault is a longjmp out of
+ * ld(), so flags not yet written are flags restored. */
+static void compare_string(cpu_t *c, const insn_t *i, int cmps)
 {
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
-    REP_LOOP(c, i, {
-        uint64_t a = ld(c, i->seg, getreg(c, R_RSI, as), sz);
-        uint64_t b = ld(c, S_ES, getreg(c, R_RDI, as), sz);
-        lf_set(c, LF_SUB, sz, a, b, a - b);
-        idx_add(c, R_RSI, as, d); idx_add(c, R_RDI, as, d);
-    }, (i->rep == 0xf3) ? !cond(c, 4) : cond(c, 4));
-}
-HANDLER(h_scas)
-{
-    int sz = i->osz, as = i->asz;
-    int64_t d = str_step(c, sz);
-    uint64_t a = getreg(c, 0, sz);
-    REP_LOOP(c, i, {
-        uint64_t b = ld(c, S_ES, getreg(c, R_RDI, as), sz);
-        lf_set(c, LF_SUB, sz, a, b, a - b);
+    uint64_t a = cmps ? 0 : getreg(c, 0, sz), b = 0;
+    int n = 0;
+    for (;; n++) {
+        if (i->rep && getreg(c, R_RCX, as) == 0) break;
+        if (n == REP_CHUNK) { c->nrip = c->rip; c->brk = 1; break; }
+        if (cmps) a = ld(c, i->seg, getreg(c, R_RSI, as), sz);
+        b = ld(c, S_ES, getreg(c, R_RDI, as), sz);
+        if (cmps) idx_add(c, R_RSI, as, d);
         idx_add(c, R_RDI, as, d);
-    }, (i->rep == 0xf3) ? !cond(c, 4) : cond(c, 4));
+        if (!i->rep) { n++; break; }
+        idx_add(c, R_RCX, as, -1);
+        elem_done(c);
+        if ((i->rep == 0xf3) ? a != b : a == b) { n++; break; }   /* REPE stops on ZF=0, REPNE on ZF=1 */
+    }
+    if (n) lf_set(c, LF_SUB, sz, a, b, a - b);
 }
+HANDLER(h_cmps) { compare_string(c, i, 1); }
+HANDLER(h_scas) { compare_string(c, i, 0); }
 HANDLER(h_ins)
 {
     int sz = i->osz, as = i->asz;
