@@ -10,7 +10,9 @@ import pytest
 
 from bhive import config
 
-HELLO = Path(__file__).resolve().parent.parent / "configs" / "hello.toml"
+from support import REPO
+
+HELLO = REPO / "configs" / "hello.toml"
 IMAGE = (HELLO.parent.parent / "guests" / "hello" / "hello.asm").resolve()
 
 

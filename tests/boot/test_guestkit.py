@@ -9,14 +9,14 @@ import shutil
 import stat
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from bhive import guestkit
 from bhive.guestkit import cpio, debian, exithelper
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 INIT = REPO / "guests" / "initramfs" / "init"
 
 

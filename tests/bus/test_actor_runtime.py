@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import zmq
@@ -21,7 +20,8 @@ from bhive.bus.shm import ConsoleRing
 from bhive.rundir import RunDir
 from bhive.vcpu_worker import ActorClient
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 THR, LSR, SCR = 0x3F8, 0x3FD, 0x3FF
 
 

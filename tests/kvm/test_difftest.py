@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,8 @@ from bhive.difftest import gen
 from bhive.difftest.machine import CODE, SCRATCH_SIZE, STACK_PTR, CaseInput, Outcome
 from bhive.difftest.runner import assemble_batch, compare, format_divergence
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 
 _kvm_ok, _kvm_why = get("kvm").available()
 _skip_no_kvm = pytest.mark.skipif(not _kvm_ok, reason=f"kvm accelerator unavailable: {_kvm_why}")

@@ -15,7 +15,8 @@ from bhive.exit_status import STATUS_INTERNAL
 from bhive.rundir import pid_alive
 from bhive.supervisor import Supervisor
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 HELLO = REPO / "configs" / "hello.toml"
 LATE = 1.5          # seconds the late actor spends before it starts for real
 
