@@ -1,7 +1,8 @@
 """REP MOVS / REP STOS in 64-bit mode, which softvmm runs a page at a time
 (csrc/string.c): long runs across pages, a forward copy whose overlap the
 guest's element order must replicate, and a fault part-way that leaves
-RCX/RSI/RDI exactly at the faulting element."""
+RCX/RSI/RDI exactly at the faulting element (and, for REPE/REPNE CMPS/SCAS,
+the flags as before the instruction)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,38 @@ def test_a_fault_part_way_leaves_the_registers_at_the_faulting_element():
     assert m.run().code == ExitCode.HLT
     assert regs(m, "R12", "R13", "R14") == [0x40001000, 100 - 0x100 // 8, 0x40001000]
     assert m.read(0x300f00, 0x100) == b"\xff" * 0x100
+
+
+def test_repne_scas_that_faults_part_way_leaves_the_flags_as_before_it():
+    """SDM Vol 2B, REP: a fault during REPE/REPNE CMPS or SCAS restores
+    EFLAGS to the state prior to the instruction (the compares already done
+    leave no trace); RCX/RDI still count the elements done.  A REPNE SCAS
+    that ends without a fault has the last compare's flags."""
+    m = sys_machine("""
+        GATE 14, pf
+        mov rdi, 0x40000fe0
+        mov rcx, 100
+        mov al, 0x5a                    ; never found: 0xff everywhere
+        mov r15, 0x8d5                  ; CF PF AF ZF SF OF set
+        push r15
+        popfq
+        repne scasb
+        hlt
+    pf: pushfq
+        pop r12
+        mov r13, rcx
+        mov rdi, 0x40000fe0
+        mov rcx, 4
+        repne scasb                     ; 0x5a - 0xff: CF AF set, ZF clear
+        pushfq
+        pop r14
+        hlt
+    """)
+    setup_4k_region(m)
+    map_4k(m, 0, 0x300000, 0x3)        # 0x40000000: mapped; 0x40001000: not present
+    m.write(0x300fe0, b"\xff" * 0x20)
+    assert m.run().code == ExitCode.HLT
+    r12, r13, r14 = regs(m, "R12", "R13", "R14")
+    assert r12 & 0x8d5 == 0x8d5, hex(r12)     # the flags from before the instruction
+    assert r13 == 100 - 0x20                  # 32 compares done before the fault
+    assert r14 & 0x8d5 == 0x11, hex(r14)      # CF AF of 0x5a - 0xff
