@@ -39,6 +39,7 @@ import os
 
 from ..base import (Accelerator, ExitCode, GuestMemory, SegDesc, SuspendHow, Vcpu,
                     VmExit, VmReg, Vm)
+from ..segdesc import ar_to_fields, fields_to_ar
 from . import _abi as K
 
 KVM_DEV = "/dev/kvm"
@@ -86,26 +87,17 @@ _DR = {VmReg.DR0: 0, VmReg.DR1: 1, VmReg.DR2: 2, VmReg.DR3: 3}
 
 
 def _seg_to_desc(s: K.kvm_segment) -> SegDesc:
-    access = ((s.type & 0xF) | (s.s & 1) << 4 | (s.dpl & 3) << 5 | (s.present & 1) << 7
-              | (s.avl & 1) << 12 | (s.l & 1) << 13 | (s.db & 1) << 14 | (s.g & 1) << 15
-              | (s.unusable & 1) << 16)
+    access = fields_to_ar(type=s.type, s=s.s, dpl=s.dpl, present=s.present, avl=s.avl, l=s.l,
+                          db=s.db, g=s.g, unusable=s.unusable)
     return SegDesc(base=s.base, limit=s.limit, access=access, selector=s.selector)
 
 
 def _desc_to_seg(d: SegDesc, s: K.kvm_segment) -> None:
-    a = d.access
     s.base = d.base & 0xFFFFFFFFFFFFFFFF
     s.limit = d.limit & 0xFFFFFFFF
     s.selector = d.selector & 0xFFFF
-    s.type = a & 0xF
-    s.s = (a >> 4) & 1
-    s.dpl = (a >> 5) & 3
-    s.present = (a >> 7) & 1
-    s.avl = (a >> 12) & 1
-    s.l = (a >> 13) & 1
-    s.db = (a >> 14) & 1
-    s.g = (a >> 15) & 1
-    s.unusable = (a >> 16) & 1
+    for name, value in ar_to_fields(d.access).items():
+        setattr(s, name, value)
 
 
 class KvmVcpu(Vcpu):
