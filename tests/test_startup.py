@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from bhive import config as config_mod
+from bhive.exit_status import STATUS_INTERNAL
 from bhive.rundir import pid_alive
-from bhive.supervisor import STATUS_INTERNAL, Supervisor
+from bhive.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "configs" / "hello.toml"

@@ -7,8 +7,8 @@ those samples fall in, using the kernel's symbols (a System.map, or the guest ki
 of a Debian kernel):
 
     BHIVE_PROFILE=10000 bhive run --append "console=ttyS0 bhive.test=1"
-    python -m bhive.profile debian --kernel bookworm-cloud      # top 40
-    python -m bhive.profile debian --map /boot/System.map-6.1.0 --top 80
+    python -m bhive.guest_profile debian --kernel bookworm-cloud      # top 40
+    python -m bhive.guest_profile debian --map /boot/System.map-6.1.0 --top 80
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def flat_profile(rips, symbols: SymbolMap) -> list[tuple[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bhive.profile", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bhive.guest_profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("vm", help="VM name (its run directory must still exist)")
     g = ap.add_mutually_exclusive_group(required=True)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     symbols = SymbolMap(map_path.read_text())
     per_cpu = samples(RunDir(a.vm))
     if not per_cpu:
-        print(f"bhive.profile: no profile-vcpu*.bin in {RunDir(a.vm).path} (run with BHIVE_PROFILE=N)",
+        print(f"bhive.guest_profile: no profile-vcpu*.bin in {RunDir(a.vm).path} (run with BHIVE_PROFILE=N)",
               file=sys.stderr)
         return 2
     rips = [r for s in per_cpu.values() for r in s]
