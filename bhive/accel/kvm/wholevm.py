@@ -126,7 +126,7 @@ class WholeVmVcpu:
 
     def _whole_start(self) -> None:
         self._halted = False
-        self._main_thread = threading.main_thread().ident
+        self._main_thread = threading.get_ident()     # the thread that will call vm_run
         signal.signal(KICK_SIGNAL, _ignore)             # only to interrupt KVM_RUN (EINTR)
         self._in_kvm = False
         self.watcher = ApicWatcher(self)
