@@ -90,3 +90,73 @@ def test_level_triggered_pin_and_eoi(kvm_bhive, tmp_path):
 
 def test_pic_extint_to_the_bsp(kvm_bhive, tmp_path):
     test_seed_cpu.test_pic_delivers_extint_to_the_bsp_while_the_ioapic_is_masked(kvm_bhive, tmp_path)
+
+
+def test_ioapic_routes_every_pin_to_every_cpu_on_8(kvm_bhive, tmp_path):
+    test_seed_irq.test_seed5_every_pin_arrives_on_the_cpu_its_rte_names(kvm_bhive, tmp_path, 8)
+
+
+def test_pit_irq0_never_starves_irq14(kvm_bhive, tmp_path):
+    test_seed_irq.test_seed6_pit_irq0_never_starves_irq14(kvm_bhive, tmp_path, 2)
+
+
+def test_vector_programmed_after_boot_is_received_exactly_m_times(kvm_bhive, tmp_path):
+    test_seed_irq.test_seed8_vector_0x20_programmed_after_boot_is_received_exactly_m_times(kvm_bhive, tmp_path, 2)
+
+
+def test_busy_halted_and_killed_vcpus_never_block_the_ioapic(kvm_bhive, tmp_path):
+    """A vCPU process (and with it its KVM VM) killed mid-run: the others go on."""
+    test_seed_irq.test_seed7_busy_halted_and_killed_vcpus_never_block_the_ioapic(kvm_bhive, tmp_path, 4)
+
+
+def test_in_out_loop_runs_exactly_n_times(kvm_bhive, tmp_path):
+    test_seed_cpu.test_seed2_in_out_loop_runs_exactly_n_times_with_rax_and_rip_right(kvm_bhive, tmp_path, 2)
+
+
+@pytest.mark.xfail(reason="seed #4 on this host's nested KVM: PAUSE-spinning APs run in KVM with no "
+                          "pause-loop exiting, so 4 vCPU processes on 2 cores slow the BSP (measured ratio "
+                          "1.42 > 1.10); softvmm backs off on PAUSE itself (README, kvm)", strict=False)
+def test_pause_spinning_aps_do_not_slow_the_bsp_timer(kvm_bhive, tmp_path):
+    test_seed_cpu.test_seed4_pause_spinning_aps_do_not_slow_the_bsp_timer(kvm_bhive, tmp_path, 4)
+
+
+STRING_IO = r"""
+bits 16
+org 0x8000
+    xor ax, ax
+    mov es, ax
+    mov ds, ax
+    mov si, msg
+    mov cx, msg_end - msg
+    mov dx, 0x3f8
+    cld
+    rep outsb                   ; every byte to the UART
+    mov di, buf
+    mov cx, 4
+    mov dx, 0x2e8               ; nobody decodes it: reads float high
+    rep insw
+    mov eax, [buf]
+    and eax, [buf + 4]
+    mov dx, 0xf4
+    cmp eax, 0xffffffff
+    mov eax, 5
+    jne .bad
+    mov eax, 6
+.bad:
+    out dx, eax
+    hlt
+msg: db "string io ok", 10
+msg_end:
+buf: dd 0, 0
+"""
+
+
+def test_rep_ins_and_outs(kvm_bhive, tmp_path):
+    src = tmp_path / "strio.asm"
+    src.write_text(STRING_IO)
+    cfg = tmp_path / "strio.toml"
+    cfg.write_text(f'[boot]\nimage = "{src}"\n[devices.uart]\nport = 0x3f8\n'
+                   '[devices.debug_exit]\nport = 0xf4\niosize = 4\n')
+    proc = kvm_bhive.run("run", cfg, "--name", "strio", timeout=60)
+    assert proc.returncode == (6 << 1) | 1, proc.stderr
+    assert proc.stdout == b"string io ok\n" or proc.stdout.endswith(b"string io ok\n"), proc.stdout

@@ -123,6 +123,7 @@ class WholeVmVcpu:
         self.svm_lib, self.svm_ffi = svm_lib, svm_ffi
         self.apic = apic_vm.vcpu_open(self.vcpuid)       # this vCPU's local APIC (softvmm's, in shm)
         self._vectors = svm_ffi.new("uint32_t[2]")
+        self._string: list[int] | None = None             # [element, count] of a REP INS/OUTS
 
     def _whole_start(self) -> None:
         self._halted = False
@@ -202,6 +203,10 @@ class WholeVmVcpu:
         self.vm_set_register(VmReg.RIP, 0)
 
     def vm_run(self) -> VmExit:
+        if self._string is not None:
+            ex = self._next_string_element()
+            if ex is not None:
+                return ex
         run = self.run
         lib, c, vec = self.svm_lib, self.apic._c, self._vectors
         while True:
@@ -263,6 +268,9 @@ class WholeVmVcpu:
             return VmExit(ExitCode.HLT, rip=self._get_regs().rip)
         if reason in (K.KVM_EXIT_IRQ_WINDOW_OPEN, K.KVM_EXIT_INTR):
             return None
+        if reason == K.KVM_EXIT_IO and run.u.io.count > 1:
+            self._string = [0, run.u.io.count]           # REP INS/OUTS: one exit per element
+            return self._next_string_element()
         if reason in (K.KVM_EXIT_X86_RDMSR, K.KVM_EXIT_X86_WRMSR):
             m = run.u.msr
             write = reason == K.KVM_EXIT_X86_WRMSR
@@ -282,6 +290,32 @@ class WholeVmVcpu:
         if eoi is not None:
             return VmExit(ExitCode.IOAPIC_EOI, rip=self._get_regs().rip, vector=eoi)
         return None
+
+    def _next_string_element(self) -> VmExit | None:
+        """The next element of a REP INS/OUTS that KVM handed over whole
+        (count elements in the kvm_run data area), as its own INOUT_STR exit."""
+        k, count = self._string
+        if k >= count:
+            self._string = None
+            return None
+        io = self.run.u.io
+        is_in = io.direction == K.KVM_EXIT_IO_IN
+        data = 0
+        if not is_in:
+            data = int.from_bytes(C.string_at(self._run_addr + io.data_offset + k * io.size, io.size), "little")
+        return VmExit(ExitCode.INOUT_STR, rip=self._get_regs().rip, port=io.port, size=io.size, is_in=is_in,
+                      data=data)
+
+    def vm_complete_inout(self, exit: VmExit, value: int = 0) -> None:
+        if self._string is None:
+            super().vm_complete_inout(exit, value)
+            return
+        io = self.run.u.io
+        k = self._string[0]
+        if exit.is_in:
+            data = (value & ((1 << (8 * io.size)) - 1)).to_bytes(io.size, "little")
+            C.memmove(self._run_addr + io.data_offset + k * io.size, data, io.size)
+        self._string[0] = k + 1
 
     def vm_complete_msr(self, exit: VmExit, value: int = 0, gp: bool = False) -> None:
         m = self.run.u.msr
