@@ -7,11 +7,16 @@ Process model
 A KVM VM (and its vCPU file descriptors) is bound to the process that
 created it: the kernel ties the VM to the creating `mm`, so a vCPU of that
 VM cannot be run from another process.  bhive runs every vCPU in its own OS
-process, so under bhive the kvm accelerator supports exactly **one vCPU per
-VM process** (`vm_open(..., ncpus=1)`; `vcpu_open(0)`).  That is all it is
-for: its job is to be the oracle of the differential CPU tester
-(`bhive.difftest`), which runs CPL3 instruction sequences natively and
-compares them with softvmm.
+process, so under bhive the kvm accelerator has exactly **one vCPU per
+KVM VM**, in two uses:
+
+* whole bhive VMs (`options["whole_vm"]`, what `bhive run --accel kvm`
+  does): every vCPU process creates its own single-vCPU KVM VM over the
+  shared guest RAM, with bhive's local APIC instead of KVM's
+  (`wholevm.py`, class KvmWholeVcpu);
+* the oracle of the differential CPU tester (`bhive.difftest`):
+  `vm_open(..., ncpus=1)`, `vcpu_open(0)`, CPL3 instruction sequences run
+  natively and compared with softvmm.
 
 Register ownership ("the accelerator owns RIP")
 -----------------------------------------------
@@ -477,6 +482,9 @@ class KvmVm(Vm):
         for v in self.vcpus.values():
             v.close()
         self.vcpus.clear()
+        if self.apic_vm is not None:
+            self.apic_vm.close()
+            self.apic_vm = None
         for fd in ("fd", "sys_fd"):
             f = getattr(self, fd, -1)
             if f >= 0:
