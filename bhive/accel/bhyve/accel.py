@@ -407,7 +407,10 @@ def _load():
 def _vmm_loaded() -> tuple[bool, str]:
     if not sys.platform.startswith("freebsd"):
         return False, f"vmm.ko is FreeBSD's hypervisor and this host runs {sys.platform}"
-    if not os.path.exists("/dev/vmmctl") and not os.path.isdir("/dev/vmm"):
+    if os.path.exists("/dev/vmmctl"):          # FreeBSD 15: the control device of a loaded vmm.ko
+        return True, ""
+    import subprocess                           # FreeBSD 14: ask the kernel linker
+    if subprocess.run(["kldstat", "-q", "-m", "vmm"], capture_output=True).returncode != 0:
         return False, "vmm.ko is not loaded (kldload vmm)"
     return True, ""
 
