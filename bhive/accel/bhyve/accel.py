@@ -53,7 +53,7 @@ import sys
 import time
 
 from ..base import Accelerator, ExitCode, GuestMemory, SegDesc, SuspendHow, Vcpu, Vm, VmExit, VmReg
-from ..segdesc import AR_UNUSABLE, real_mode_ar
+from ..segdesc import real_mode_ar
 from . import _abi as A
 
 LIBVMMAPI = "libvmmapi.so"
@@ -469,4 +469,4 @@ class BhyveAccelerator(Accelerator):
 
 
 __all__ = ["BhyveAccelerator", "BhyveVm", "BhyveVcpu", "decode_exit", "decode_mmio", "apply_mmio_read",
-           "merge_register", "check_vm_name", "AR_UNUSABLE"]
+           "merge_register", "check_vm_name"]
