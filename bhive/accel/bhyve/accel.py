@@ -9,9 +9,11 @@ and every vCPU process opens it by name (vm_open), opens its own vCPU
 restarted takes its vCPU over: the kernel keeps every register, the local
 APIC (IRR/ISR, timer), pending exceptions and the guest's memory; what
 is lost is what lived in the dead process: an exit it had taken but not
-completed (an IN whose value never reached RAX is executed again, because
-RIP only moves at the next vm_run; an OUT already handed to its actor is
-done, and the actor's request id makes a retry harmless).
+completed.  The kernel has already moved the resume point past it (vmm.c:
+nextrip = rip + inst_length), so an IN in flight would finish with RAX
+unchanged; a taking-over process calls vm_restart_instruction first, and
+the instruction runs again (a read with side effects is repeated, an OUT
+already handed to its actor arrives twice).
 
 Exits, decoded here into the same `VmExit` softvmm produces, then handled
 by the same dispatch in bhive.vcpu_worker:
