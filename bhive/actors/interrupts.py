@@ -214,5 +214,5 @@ class MsiOut:
 
 def interrupt_controllers(vm) -> list[str]:
     """The roles of the VM's interrupt-controller actors (the IOAPIC, the PIC)."""
-    from ..devices import DEVICE_TYPES
+    from ..devices import DEVICE_TYPES   # here: the registry imports every actor module, this one too
     return [d.name for d in vm.devices.values() if DEVICE_TYPES[d.type].irq_controller]

@@ -20,7 +20,7 @@ FreeBSD compiler uses: the first bit-field at bit 0, a field that does not
 fit in what is left of its unit starts the next one.
 
 `LAYOUT` lists sizes and offsets worked out by hand from those headers;
-tests/test_bhyve_accel.py asserts that cffi's layout of CDEF agrees, so a
+tests/cpu/test_bhyve_accel.py asserts that cffi's layout of CDEF agrees, so a
 typo in CDEF cannot silently shift a field.
 """
 
