@@ -1,5 +1,5 @@
 """Mutation check of the CPU test guests: apply one deliberate bug to the
-softvmm sources, rebuild, run guests/cpu/{sys32,sys64,modes}.asm through
+softvmm sources, rebuild, run guests/cpu/{sys32,sys64,modes,opcodes}.asm through
 `bhive run` and print which checks stop passing; then restore the source.
 Every mutation must make at least one guest fail (a FAIL line, a missing
 PASS or a crash).  Rebuilds the core once per mutation: slow, run by hand.
@@ -45,8 +45,11 @@ MUTS = {
  "ist_noncanon_gp": ("exceptions.c", "            raise_exc(c, EX_SS, 1, ext);\n        uint64_t sp = rsp;", "            raise_exc(c, EX_GP, 1, ext);\n        uint64_t sp = rsp;"),
  "no_frame_limit": ("exceptions.c", "    if (bad) raise_exc(c, EX_SS, 1, err);", "    (void)bad;"),
  "dbl_pf_cr2": ("mmu.c", "    c->exc_cr2 = lin;", "    c->exc_cr2 = lin + 4;"),
+ "unknown_opcode_exits": ("system.c", "HANDLER(h_unhandled) { raise_ud(c); }", "HANDLER(h_unhandled) { exit_unhandled(c); }"),
+ "lea_reg_no_ud": ("decode.c", "(op == 0x8d && mod == 3) || ", ""),
+ "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
-GUESTS = ["sys32", "sys64", "modes"]
+GUESTS = ["sys32", "sys64", "modes", "opcodes"]
 
 def run_guest(name):
     p = subprocess.run([PY, "-m", "bhive", "run", f"configs/cpu-{name}.toml", "--name", f"mut-{name}", "--watchdog", "15"],

@@ -144,6 +144,32 @@ EXPECTED_MODES = [
 ]
 
 
+# unknown and unimplemented opcodes raise #UD in every mode (guests/cpu/opcodes.asm)
+EXPECTED_OPCODES = [
+    "real mode: every unassigned opcode raises #UD",
+    "32-bit protected mode: every unassigned opcode raises #UD",
+    "64-bit mode: every unassigned opcode raises #UD",
+    "64-bit mode: every opcode invalid in 64-bit mode raises #UD",
+    "#UD INVPCID (CPUID.7:EBX.INVPCID = 0)",
+    "#UD RDPRU (AMD only)",
+    "#UD RDFSBASE (CPUID.7:EBX.FSGSBASE = 0)",
+    "#UD XGETBV (CPUID.1:ECX.XSAVE = 0)",
+    "#UD XSAVE (CPUID.1:ECX.XSAVE = 0)",
+    "#UD PSHUFB (CPUID.1:ECX.SSSE3 = 0)",
+    "#UD PTEST (CPUID.1:ECX.SSE4_1 = 0)",
+    "#UD AESENC (CPUID.1:ECX.AES = 0)",
+    "#UD RDRAND (CPUID.1:ECX.RDRAND = 0)",
+    "#UD XBEGIN (CPUID.7:EBX.RTM = 0)",
+    "#UD MONITOR (CPUID.1:ECX.MONITOR = 0)",
+    "#UD GETSEC with CR4.SMXE = 0",
+    "#UD VMREAD outside VMX operation",
+    "#UD RSM outside SMM",
+    "#UD 3DNow! (0F 0F)",
+    "#GP(0) RDPMC at CPL0: no counters in CPUID leaf 0xA",
+    "#GP(0) RDPMC with CR4.PCE = 1 and no counters",
+]
+
+
 def run_checks(bhive, name: str, expected: list[str], timeout: float = 120) -> str:
     """Run configs/cpu-<name>.toml; every check must report PASS, in order,
     and the guest must end with isa-debug-exit 0 (`bhive run` status 1)."""
@@ -168,6 +194,10 @@ def test_sys32_exceptions_segments_call_gates_sysenter_tasks(bhive):
 
 def test_modes_every_switch_up_to_64_bit_and_back_to_real_mode(bhive):
     run_checks(bhive, "modes", EXPECTED_MODES)
+
+
+def test_opcodes_unassigned_and_unadvertised_raise_ud_in_every_mode(bhive):
+    run_checks(bhive, "opcodes", EXPECTED_OPCODES)
 
 
 def test_smp_atomics_eight_vcpu_processes(bhive):

@@ -106,7 +106,7 @@ static const opent_t map1[256] = {
     [0x05] = { h_syscall, END }, [0x07] = { h_sysret, END },
     [0x34] = { h_sysenter, END }, [0x35] = { h_sysexit, END },
     [0xb2] = { h_lfp, M | END }, [0xb4] = { h_lfp, M }, [0xb5] = { h_lfp, M },
-    [0x30] = { h_wrmsr, END }, [0x31] = { h_rdtsc, 0 }, [0x32] = { h_rdmsr, 0 },
+    [0x30] = { h_wrmsr, END }, [0x31] = { h_rdtsc, 0 }, [0x32] = { h_rdmsr, 0 }, [0x33] = { h_rdpmc, 0 },
     [0x40] = CMOV, [0x41] = CMOV, [0x42] = CMOV, [0x43] = CMOV, [0x44] = CMOV, [0x45] = CMOV, [0x46] = CMOV, [0x47] = CMOV,
     [0x48] = CMOV, [0x49] = CMOV, [0x4a] = CMOV, [0x4b] = CMOV, [0x4c] = CMOV, [0x4d] = CMOV, [0x4e] = CMOV, [0x4f] = CMOV,
     [0x80] = JCC32, [0x81] = JCC32, [0x82] = JCC32, [0x83] = JCC32, [0x84] = JCC32, [0x85] = JCC32, [0x86] = JCC32, [0x87] = JCC32,
@@ -159,11 +159,11 @@ HANDLER(h_grp15)
 {
     if (i->mod == 3) {
         if (i->ext >= 5) { __atomic_thread_fence(__ATOMIC_SEQ_CST); return; }  /* LFENCE/MFENCE/SFENCE */
-        exit_unhandled(c);
+        raise_ud(c);   /* RDFSBASE..WRGSBASE (F3), PTWRITE, UMONITOR...: not advertised */
     }
     if (i->ext == 7) { (void)ld(c, i->seg, ea_off(c, i), 1); return; }   /* CLFLUSH: coherent, but must fault like a read */
     if (i->ext <= 3) { h_fxgrp(c, i); return; }   /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (sse.c) */
-    exit_unhandled(c);   /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR/XSAVE: M2 (FPU/SSE) */
+    raise_ud(c);   /* XSAVE/XRSTOR/XSAVEOPT/CLWB: CPUID advertises no XSAVE */
 }
 HANDLER(h_grp9)
 {
@@ -207,6 +207,9 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
     int vex = 0, vexsub = 0, vvvv = 0;
     static const opent_t vex_ud = { h_ud, M }, map2_int[8] = {
         [0] = { h_movbe_crc32, M | RM8 }, [1] = { h_movbe_crc32, M }, [6] = { h_adx, M } };
+    /* the rest of the 0F 38 / 0F 3A maps (SSSE3, SSE4, AES, SHA, INVPCID, ...):
+     * not advertised by CPUID, so #UD, decoded with their ModRM (and imm8) */
+    static const opent_t map2_ud = { h_ud, M }, map3_ud = { h_ud, M | IB };
     opent_t vex_ok;
     if ((op == 0xc4 || op == 0xc5) && pos < avail && (csz == 8 || p[pos] >= 0xc0)) {
         uint8_t v1 = p[pos++], v2 = v1;
@@ -228,7 +231,7 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
     if (op == 0x0f) {
         NEED(1);
         op = p[pos++];
-        if (op == 0x38 || op == 0x3a) { NEED(1); map = op == 0x38 ? 2 : 3; op = p[pos++]; ent = NULL; }
+        if (op == 0x38 || op == 0x3a) { NEED(1); map = op == 0x38 ? 2 : 3; op = p[pos++]; ent = map == 2 ? &map2_ud : &map3_ud; }
         else { map = 1; ent = &map1[op]; }
     } else ent = &map0[op];
     if (map == 0 ? fpu_map0[op].fn != NULL : (map == 1 && !ent->fn && fpu_map1[op].fn)) ent = map ? &fpu_map1[op] : &fpu_map0[op];
@@ -319,6 +322,10 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
             else if (is64 && (d->ext == 3 || d->ext == 5) && (rex & 8)) osz = 8;
         }
     }
+    /* unassigned encodings of assigned opcodes: #UD (SDM Vol 2 A.4 Table A-6; LEA
+     * with a register operand; C6/C7 /1-/7 are RTM's XABORT/XBEGIN or reserved;
+     * 8F /1-/7 is AMD's XOP) */
+    if (map == 0 && ((op == 0x8d && mod == 3) || ((op == 0xc6 || op == 0xc7 || op == 0x8f) && d->ext))) fn = h_ud;
     if (map == 0 && op == 0x90 && !(rex & 1)) fn = (rep == 0xf3) ? h_pause : h_nop;
     if (map == 0 && op == 0x63 && !is64) { fn = h_arpl; osz = 2; }
     if (vex) { osz = (rex & 8) ? 8 : 4; d->imm2 = (uint16_t)vvvv; d->cc = (uint8_t)vexsub; }

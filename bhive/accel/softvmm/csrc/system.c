@@ -407,7 +407,7 @@ HANDLER(h_grp7)
         }
         if (i->ext == 4) { setreg(c, i->rm, i->osz, c->cr0 & 0xffffffff); return; }  /* SMSW r */
         if (i->ext == 6) goto lmsw;
-        exit_unhandled(c);
+        raise_ud(c);   /* ENCLS/ENCLU, VMFUNC, XEND/XTEST, SERIALIZE, RDPRU, ... or unassigned */
     }
     uint64_t off = ea_off(c, i);
     switch (i->ext) {
@@ -439,7 +439,7 @@ HANDLER(h_grp7)
         c->brk = 1;
         return;
     }
-    exit_unhandled(c);
+    raise_ud(c);   /* 0F 01 /5 with memory: RSTORSSP (CET), not advertised */
 }
 
 /* ---- interrupts flag ---------------------------------------------------- */
@@ -626,8 +626,13 @@ HANDLER(h_pause)
 {
     cpu_pause(c);   /* run.c: pause-loop back-off */
 }
+/* RDPMC: #GP(0) at CPL > 0 without CR4.PCE, and for any counter number ECX,
+ * since CPUID leaf 0xA advertises no performance counters (SDM Vol 2B RDPMC) */
+HANDLER(h_rdpmc) { raise_gp(c, 0); }
 HANDLER(h_ud) { raise_ud(c); }
-HANDLER(h_unhandled) { exit_unhandled(c); }
+/* An opcode no table assigns: #UD, as on a CPU without it.  Only internal
+ * limits (exit_unhandled's other callers) may stop the VM. */
+HANDLER(h_unhandled) { raise_ud(c); }
 
 /* ---- reset, INIT, SIPI (SDM Vol 3A 10.1.1 Table 10-1, 11.4.4) ---------- */
 void cpu_reset(cpu_t *c)
