@@ -47,6 +47,11 @@ MUTS = {
  "dbl_pf_cr2": ("mmu.c", "    c->exc_cr2 = lin;", "    c->exc_cr2 = lin + 4;"),
  "unknown_opcode_exits": ("system.c", "HANDLER(h_unhandled) { raise_ud(c); }", "HANDLER(h_unhandled) { exit_unhandled(c); }"),
  "lea_reg_no_ud": ("decode.c", "(op == 0x8d && mod == 3) || ", ""),
+ "null_ss_any_rpl": ("system.c", "!(c->long64 && c->cpl < 3 && (sel & 3) == c->cpl)", "!(c->long64 && c->cpl < 3)"),
+ "lgdt_noncanonical": ("system.c", "        if (c->long64 && !canonical(base)) raise_gp(c, 0);   /* SDM Vol 2A LGDT/LIDT */\n", ""),
+ "lldt_ltr_noncanonical": ("system.c", "    if ((c->efer & EFER_LMA) && !canonical(base)) raise_gp(c, sel & ~3);", ""),
+ "wrmsr_fsbase_noncanonical": ("system.c", "case 0xc0000100: if (!canonical(v)) return 1;", "case 0xc0000100:"),
+ "nmi_iret_no_recheck": ("control.c", "    if (__atomic_load_n(&c->lapic->nmi, __ATOMIC_RELAXED)) __atomic_store_n(&c->lapic->event, 1, __ATOMIC_SEQ_CST);\n", ""),
  "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
 GUESTS = ["sys32", "sys64", "modes", "opcodes"]

@@ -26,6 +26,18 @@ EXPECTED_SYS64 = [
     "64-bit call gate CPL3 -> CPL0 and RETF (REX.W) back",
     "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP",
     "#DF for #NP while delivering #GP",
+    "#GP(0) MOV SS with a null selector whose RPL 3 != CPL 0 (64-bit mode)",
+    "MOV SS with a null selector, RPL = CPL = 0, is allowed in 64-bit mode",
+    "#GP(0) LGDT with a non-canonical base",
+    "#GP(0) LIDT with a non-canonical base",
+    "#GP(sel) LLDT of a descriptor with a non-canonical base",
+    "#GP(0) WRMSR IA32_FS_BASE non-canonical",
+    "#GP(0) WRMSR IA32_GS_BASE non-canonical",
+    "#GP(0) WRMSR IA32_KERNEL_GS_BASE non-canonical",
+    "#GP(0) WRMSR IA32_LSTAR non-canonical",
+    "#GP(0) WRMSR IA32_SYSENTER_EIP non-canonical",
+    "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)",
+    "#GP(sel) LTR of a TSS descriptor with a non-canonical base",
 ]
 
 

@@ -18,6 +18,7 @@
 %define KSTACK  0x80000
 %define USTACK  0x70000
 %define TPAGE   0x40000000
+%define APIC    0xfee00000
 
         org 0x8000
         bits 16
@@ -392,6 +393,82 @@ lm:     mov ax, 0x18
         E 8, 0, -1, "#DF for #NP while delivering #GP"
         mov byte [IDT + 13 * 16 + 5], 0x8e
 
+        ; ---- null SS in 64-bit mode: only with RPL = CPL < 3 (SDM Vol. 2B MOV) ----
+        T
+        mov ax, 3
+        mov ss, ax
+        E 13, 0, -1, "#GP(0) MOV SS with a null selector whose RPL 3 != CPL 0 (64-bit mode)"
+        T
+        xor eax, eax
+        mov ss, ax
+        mov ax, 0x18
+        mov ss, ax
+        E -1, 0, -1, "MOV SS with a null selector, RPL = CPL = 0, is allowed in 64-bit mode"
+
+        ; ---- non-canonical bases in 64-bit mode: #GP ----
+        T
+        lgdt [rel nc_desc]
+        E 13, 0, -1, "#GP(0) LGDT with a non-canonical base"
+        T
+        lidt [rel nc_desc]
+        E 13, 0, -1, "#GP(0) LIDT with a non-canonical base"
+        T
+        mov ax, 0x60
+        lldt ax
+        E 13, 0x60, -1, "#GP(sel) LLDT of a descriptor with a non-canonical base"
+%macro WRMSR_NC 2
+        T
+        mov ecx, %1
+        xor eax, eax
+        mov edx, 0x00008000             ; 0x0000800000000000
+        wrmsr
+        E 13, 0, -1, %2
+%endmacro
+        WRMSR_NC 0xc0000100, "#GP(0) WRMSR IA32_FS_BASE non-canonical"
+        WRMSR_NC 0xc0000101, "#GP(0) WRMSR IA32_GS_BASE non-canonical"
+        WRMSR_NC 0xc0000102, "#GP(0) WRMSR IA32_KERNEL_GS_BASE non-canonical"
+        WRMSR_NC 0xc0000082, "#GP(0) WRMSR IA32_LSTAR non-canonical"
+        WRMSR_NC 0x176, "#GP(0) WRMSR IA32_SYSENTER_EIP non-canonical"
+
+        ; ---- NMI blocking until IRET (SDM Vol. 3A 6.7.1), with IF = 0 ----
+        ; the handler sends two more NMIs to itself while blocked: exactly one
+        ; more is delivered, right after its IRETQ (before the next instruction)
+        lea rax, [rel nmi_handler]
+        mov word [IDT + 2 * 16], ax
+        shr rax, 16
+        mov word [IDT + 2 * 16 + 6], ax
+        mov edi, APIC                   ; (a disp32 would sign-extend)
+        mov dword [rdi + 0xf0], 0x1ff   ; SVR: APIC software-enabled
+        mov dword [nmi_count], 0
+        cli
+        mov dword [rdi + 0x310], 0      ; ICR: physical destination APIC ID 0 (us)
+        mov dword [rdi + 0x300], 0x4400 ; NMI, assert
+        nop
+        nop
+        mov ecx, 100000
+.nmi_wait:
+        pause
+        loop .nmi_wait
+        xor ebp, ebp
+        cmp dword [nmi_count], 2
+        setne cl
+        add bpl, cl
+        cmp dword [nmi_nested], 1
+        setne cl
+        add bpl, cl
+        mov rax, [nmi_rip]
+        cmp rax, [nmi_rip + 8]
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_nmi]
+        call verdict
+
+        ; LTR last: a wrongly loaded TSS would break later tests
+        T
+        mov ax, 0x70
+        ltr ax
+        E 13, 0x70, -1, "#GP(sel) LTR of a TSS descriptor with a non-canonical base"
+
         ; done
         lea rsi, [rel m_done]
         call puts
@@ -405,6 +482,29 @@ lm:     mov ax, 0x18
 .stop:  cli
         hlt
         jmp .stop
+
+; NMI handler: counts, records the interrupted RIP; the first one raises two
+; more NMIs while NMIs are blocked and checks that none nests
+nmi_handler:
+        push rax
+        push rcx
+        mov eax, [nmi_count]
+        mov rcx, [rsp + 16]
+        mov [nmi_rip + rax * 8], rcx
+        inc eax
+        mov [nmi_count], eax
+        cmp eax, 1
+        jne .out
+        mov dword [rdi + 0x300], 0x4400
+        mov dword [rdi + 0x300], 0x4400
+        mov ecx, 100000
+.spin:  pause
+        loop .spin
+        mov eax, [nmi_count]
+        mov [nmi_nested], eax
+.out:   pop rcx
+        pop rax
+        iretq
 
 ; ---- user-mode snippets (CPL 3) ----
 u_read_sup:
@@ -624,11 +724,18 @@ gdt:    dq 0
         dq 0
         dq 0x00cf12000000ffff           ; 0x48 data, not present
         dq 0, 0                         ; 0x50 64-bit call gate (DPL3) -> cg64_target
+        dq 0x0000820000000fff, 0x00008000       ; 0x60 LDT, base 0x0000800000000000 (non-canonical)
+        dq 0x0000890000000067, 0x00008000       ; 0x70 TSS, base 0x0000800000000000 (non-canonical)
 gdt_end:
 gdt_desc: dw gdt_end - gdt - 1
         dq gdt
 idt_desc: dw 32 * 16 - 1
         dq IDT
+nc_desc:   dw 0xfff
+           dq 0x0000800000000000
+nmi_count: dd 0
+nmi_nested: dd 0
+nmi_rip:   times 4 dq 0
 resume:    dq 0
 saved_rsp: dq 0
 ex_vec:    dq 0
@@ -655,6 +762,7 @@ mxcsr_zm:  dd 0x1d80
 mxcsr_default: dd 0x1f80
 one:       dd 1.0
 n_cg64: db "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP", 0
+n_nmi:  db "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)", 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0
 m_vec:  db " vec=", 0

@@ -367,10 +367,14 @@ static int handle_events(cpu_t *c)
             continue;
         }
         /* NMI */
-        if (__atomic_load_n(&l->nmi, __ATOMIC_RELAXED) && !c->nmi_blocked && !c->shadow) {
-            __atomic_store_n(&l->nmi, 0, __ATOMIC_SEQ_CST);
-            deliver_event(c, EX_NMI, EV_NMI, 0, 0, c->rip);
-            return EV_CONTINUE;
+        if (__atomic_load_n(&l->nmi, __ATOMIC_RELAXED) && !c->nmi_blocked) {
+            if (!c->shadow) {
+                __atomic_store_n(&l->nmi, 0, __ATOMIC_SEQ_CST);
+                deliver_event(c, EX_NMI, EV_NMI, 0, 0, c->rip);
+                return EV_CONTINUE;
+            }
+            /* held by a MOV SS / STI shadow: look again after that instruction */
+            __atomic_store_n(&l->event, 1, __ATOMIC_SEQ_CST);
         }
         if (c->irq_pending && (c->rflags & F_IF) && !c->shadow) {
             uint32_t ext = __atomic_load_n(&l->extint, __ATOMIC_RELAXED);

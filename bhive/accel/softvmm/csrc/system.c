@@ -138,7 +138,8 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
     if (!(c->cr0 & CR0_PE) || (c->rflags & F_VM)) { set_seg_real(c, s, sel); return; }
     if ((sel & ~3) == 0 && !(sel & 4)) {
         if (s == S_CS) raise_gp(c, 0);
-        if (s == S_SS && !(c->long64 && c->cpl < 3)) raise_gp(c, 0);
+        /* a null SS: only in 64-bit mode at CPL < 3 with RPL = CPL (SDM Vol 2B MOV, LSS) */
+        if (s == S_SS && !(c->long64 && c->cpl < 3 && (sel & 3) == c->cpl)) raise_gp(c, 0);
         c->seg[s].sel = sel; c->seg[s].base = 0; c->seg[s].limit = 0;
         c->seg[s].access = 0x10000;
         if (s == S_SS) c->seg[s].access |= (uint32_t)c->cpl << 5;
@@ -355,6 +356,7 @@ static void load_sys_seg(cpu_t *c, int s, uint16_t sel)
         uint64_t tbl = c->gdtr.base + (sel & ~7u);
         base |= (uint64_t)(uint32_t)mem_read_slow(c, tbl + 8, 4, ACC_SYS) << 32;
     }
+    if ((c->efer & EFER_LMA) && !canonical(base)) raise_gp(c, sel & ~3);   /* SDM Vol 2A LLDT/LTR */
     uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
     if (hi & 0x800000) limit = (limit << 12) | 0xfff;
     if (s == S_TR) {   /* mark busy */
@@ -423,6 +425,7 @@ HANDLER(h_grp7)
         uint16_t lim = (uint16_t)ld(c, i->seg, off, 2);
         uint64_t base = c->long64 ? ld(c, i->seg, off + 2, 8) : ld(c, i->seg, off + 2, 4);
         if (!c->long64 && i->osz == 2) base &= 0xffffff;
+        if (c->long64 && !canonical(base)) raise_gp(c, 0);   /* SDM Vol 2A LGDT/LIDT */
         if (i->ext == 2) { c->gdtr.base = base; c->gdtr.limit = lim; }
         else { c->idtr.base = base; c->idtr.limit = lim; }
         return; }
@@ -504,7 +507,6 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     }
     return -1;
 }
-static int canonical(uint64_t v) { return (uint64_t)(((int64_t)v << 16) >> 16) == v; }
 int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
 {
     if (msr >= 0x200 && msr <= 0x20f) {
