@@ -52,6 +52,11 @@ MUTS = {
  "lldt_ltr_noncanonical": ("system.c", "    if ((c->efer & EFER_LMA) && !canonical(base)) raise_gp(c, sel & ~3);", ""),
  "wrmsr_fsbase_noncanonical": ("system.c", "case 0xc0000100: if (!canonical(v)) return 1;", "case 0xc0000100:"),
  "nmi_iret_no_recheck": ("control.c", "    if (__atomic_load_n(&c->lapic->nmi, __ATOMIC_RELAXED)) __atomic_store_n(&c->lapic->event, 1, __ATOMIC_SEQ_CST);\n", ""),
+ "apic_disable_keeps_id": ("system.c", "if ((old & 0x800) && !(v & 0x800)) lapic_reset(c->vm, c->vcpuid, 0);", ";"),
+ "apic_cpuid_ignores_en": ("cpuid.c", "if (!(c->lapic->apic_base & 0x800)) o[3] &= ~(1u << 9);", ";"),
+ "apic_base_any_high_bits": ("system.c", "(((1ULL << MAXPHYADDR_BITS) - 1) & ~0xfffULL)", "0xffffffffff000ULL"),
+ "tmict_no_restart": ("lapic.c", "        l->timer_icr = v;\n        timer_start(c, __rdtsc(), v);", "        if (!l->timer_icr || !v) timer_start(c, __rdtsc(), v);\n        l->timer_icr = v;"),
+ "mcg_cap_absent": ("system.c", "    case 0x179: *v = 0; return 0;", "    case 0x179: return 1;"),
  "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
 GUESTS = ["sys32", "sys64", "modes", "opcodes"]

@@ -37,6 +37,15 @@ EXPECTED_SYS64 = [
     "#GP(0) WRMSR IA32_LSTAR non-canonical",
     "#GP(0) WRMSR IA32_SYSENTER_EIP non-canonical",
     "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)",
+    "IA32_APIC_BASE.EN = 0 clears CPUID.1:EDX.APIC; re-enabled, the xAPIC ID is reset",
+    "#GP(0) IA32_APIC_BASE.EXTD without x2APIC in CPUID",
+    "#GP(0) IA32_APIC_BASE bit 40 (at MAXPHYADDR)",
+    "#GP(0) IA32_APIC_BASE reserved bit 9",
+    "APIC timer: TMCCT counts down from TMICT, a TMICT write restarts it, 0 stops it",
+    "IA32_MCG_CAP and IA32_MCG_STATUS read (MCA advertised)",
+    "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0",
+    "#GP(0) IA32_MCG_CTL without MCG_CAP.MCG_CTL_P",
+    "#GP(0) WRMSR IA32_MCG_CAP (read-only)",
     "#GP(sel) LTR of a TSS descriptor with a non-canonical base",
 ]
 

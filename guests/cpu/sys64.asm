@@ -463,6 +463,118 @@ lm:     mov ax, 0x18
         lea rcx, [rel n_nmi]
         call verdict
 
+        ; ---- local APIC (SDM Vol. 3A 11.4.3, 11.5.4) ----
+        ; globally disabling the APIC clears CPUID.1:EDX.APIC and resets it:
+        ; re-enabled, the xAPIC ID is the initial one again
+        mov edi, APIC
+        xor ebp, ebp
+        mov dword [rdi + 0x20], 0x05000000      ; xAPIC ID := 5
+        cmp dword [rdi + 0x20], 0x05000000
+        setne cl
+        add bpl, cl
+        mov ecx, 0x1b
+        rdmsr
+        mov r12d, eax
+        mov r13d, edx
+        and eax, ~0x800
+        wrmsr                                   ; IA32_APIC_BASE.EN = 0
+        mov eax, 1
+        cpuid
+        bt edx, 9
+        setc cl
+        add bpl, cl
+        mov ecx, 0x1b
+        mov eax, r12d
+        mov edx, r13d
+        wrmsr                                   ; enabled again
+        mov eax, 1
+        cpuid
+        bt edx, 9
+        setnc cl
+        add bpl, cl
+        cmp dword [rdi + 0x20], 0
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_apicid]
+        call verdict
+%macro WRMSR_GP 4 ; msr, edx, eax, name
+        T
+        mov ecx, %1
+        mov edx, %2
+        mov eax, %3
+        wrmsr
+        E 13, 0, -1, %4
+%endmacro
+        WRMSR_GP 0x1b, 0, 0xfee00c00, "#GP(0) IA32_APIC_BASE.EXTD without x2APIC in CPUID"
+        WRMSR_GP 0x1b, 0x100, 0xfee00800, "#GP(0) IA32_APIC_BASE bit 40 (at MAXPHYADDR)"
+        WRMSR_GP 0x1b, 0, 0xfee00a00, "#GP(0) IA32_APIC_BASE reserved bit 9"
+        ; the timer: TMCCT starts at TMICT and counts down, a TMICT write
+        ; restarts it, TMICT = 0 stops it (TMCCT 0), a one-shot ends at 0
+        mov edi, APIC
+        xor ebp, ebp
+        mov dword [rdi + 0x3e0], 0xb            ; divide by 1
+        mov dword [rdi + 0x320], 0x10020        ; one-shot, masked
+        mov dword [rdi + 0x380], 0x7fffffff
+        mov eax, [rdi + 0x390]
+        test eax, eax
+        setz cl
+        add bpl, cl
+        cmp eax, 0x7fffffff
+        seta cl
+        add bpl, cl
+        mov ecx, 20000
+.tm1:   pause
+        loop .tm1
+        mov ebx, [rdi + 0x390]
+        cmp ebx, eax
+        setae cl
+        add bpl, cl
+        mov dword [rdi + 0x380], 0x7fffffff     ; restart
+        mov edx, [rdi + 0x390]
+        cmp edx, ebx
+        setbe cl
+        add bpl, cl
+        mov dword [rdi + 0x380], 0              ; stop
+        cmp dword [rdi + 0x390], 0
+        setne cl
+        add bpl, cl
+        mov dword [rdi + 0x380], 64             ; 0.5 us
+        mov ecx, 20000
+.tm2:   pause
+        loop .tm2
+        cmp dword [rdi + 0x390], 0
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_tmcct]
+        call verdict
+        ; machine check: CPUID.1:EDX.MCE/MCA with IA32_MCG_CAP (0 banks, no
+        ; MCG_CTL) and IA32_MCG_STATUS readable, IA32_MCG_CTL absent
+        xor ebp, ebp
+        mov eax, 1
+        cpuid
+        and edx, (1 << 7) | (1 << 14)
+        cmp edx, (1 << 7) | (1 << 14)
+        setne cl
+        add bpl, cl
+        T
+        mov ecx, 0x179
+        rdmsr
+        mov [mcg_cap], eax
+        mov ecx, 0x17a
+        rdmsr
+        or [mcg_cap], eax
+        E -1, 0, -1, "IA32_MCG_CAP and IA32_MCG_STATUS read (MCA advertised)"
+        cmp dword [mcg_cap], 0
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_mcg]
+        call verdict
+        T
+        mov ecx, 0x17b
+        rdmsr
+        E 13, 0, -1, "#GP(0) IA32_MCG_CTL without MCG_CAP.MCG_CTL_P"
+        WRMSR_GP 0x179, 0, 0, "#GP(0) WRMSR IA32_MCG_CAP (read-only)"
+
         ; LTR last: a wrongly loaded TSS would break later tests
         T
         mov ax, 0x70
@@ -762,6 +874,10 @@ mxcsr_zm:  dd 0x1d80
 mxcsr_default: dd 0x1f80
 one:       dd 1.0
 n_cg64: db "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP", 0
+n_apicid: db "IA32_APIC_BASE.EN = 0 clears CPUID.1:EDX.APIC; re-enabled, the xAPIC ID is reset", 0
+n_tmcct: db "APIC timer: TMCCT counts down from TMICT, a TMICT write restarts it, 0 stops it", 0
+n_mcg:  db "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0", 0
+mcg_cap: dd 0
 n_nmi:  db "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)", 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0

@@ -91,7 +91,11 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
              | (1u << 15)  /* CMOV */
              | (1u << 16)  /* PAT */
              | (1u << 17)  /* PSE-36 */
-             | (1u << 19); /* CLFSH */
+             | (1u << 19)  /* CLFSH */
+             | (1u << 7)   /* MCE: CR4.MCE; #MC is never raised */
+             | (1u << 14); /* MCA: IA32_MCG_CAP with 0 banks (system.c) */
+        /* APIC: only while IA32_APIC_BASE enables it (SDM Vol 3A 11.4.3) */
+        if (!(c->lapic->apic_base & 0x800)) o[3] &= ~(1u << 9);
         if (n > 1) o[3] |= (1u << 28);           /* HTT: EBX[23:16] is valid */
         o[3] |= (1u << 0) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);   /* FPU, MMX, FXSR, SSE, SSE2 (x87.c, mmx.c, sse.c) */
         o[2] |= (1u << 0);                        /* SSE3 (no MONITOR/MWAIT) */

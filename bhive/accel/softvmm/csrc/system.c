@@ -489,6 +489,11 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     case 0x10: *v = guest_tsc(c); return 0;
     case 0x3b: *v = (uint64_t)c->tsc_adjust; return 0;     /* IA32_TSC_ADJUST */
     case 0x1b: *v = c->lapic->apic_base; return 0;
+    /* machine check (SDM Vol 3B 16.3.1): MCA with no error-reporting banks and
+     * no IA32_MCG_CTL, consistent with CPUID.1:EDX.MCE/MCA (cpuid.c) */
+    case 0x179: *v = 0; return 0;                   /* IA32_MCG_CAP: count 0, MCG_CTL_P 0 */
+    case 0x17a: *v = 0; return 0;                   /* IA32_MCG_STATUS: no machine check in progress */
+    case 0x17b: return 1;                           /* IA32_MCG_CTL: absent without MCG_CTL_P */
     case 0x6e0: return lapic_msr_read(c, msr, v);   /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: *v = c->sysenter_cs; return 0;
     case 0x175: *v = c->sysenter_esp; return 0;
@@ -537,11 +542,20 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
         c->tsc_offset += (int64_t)v - c->tsc_adjust; c->tsc_adjust = (int64_t)v;
         return 0;
     case 0x1b: {
-        if (v & ~0xffffffffff900ULL) return 1;   /* reserved bits: #GP */
-        uint64_t keep = c->lapic->apic_base & 0x100;   /* BSP flag is read-only */
-        c->lapic->apic_base = (v & ~0x100ULL) | keep;
+        /* reserved: bits 0-7, 9, 10 (EXTD: CPUID has no x2APIC) and those at or
+         * above MAXPHYADDR (SDM Vol 3A 11.4.4, Figure 11-5) */
+        if (v & ~(0x900ULL | (((1ULL << MAXPHYADDR_BITS) - 1) & ~0xfffULL))) return 1;
+        uint64_t old = c->lapic->apic_base;
+        /* globally disabling the APIC resets it, the xAPIC ID included (SDM
+         * 11.4.3: re-enabled, it is as after power-up; CPUID.1:EDX.APIC reads
+         * 0 meanwhile, cpuid.c) */
+        if ((old & 0x800) && !(v & 0x800)) lapic_reset(c->vm, c->vcpuid, 0);
+        c->lapic->apic_base = (v & ~0x100ULL) | (old & 0x100);   /* BSP flag is read-only */
         tlb_flush(c);
         return 0; }
+    case 0x179: return 1;                           /* IA32_MCG_CAP: read-only */
+    case 0x17a: return v ? 1 : 0;                   /* IA32_MCG_STATUS: only 0 is writable (no MCE in progress) */
+    case 0x17b: return 1;
     case 0x6e0: return lapic_msr_write(c, msr, v);  /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: c->sysenter_cs = v & 0xffff; return 0;
     case 0x175: if (!canonical(v)) return 1; c->sysenter_esp = v; return 0;
