@@ -57,6 +57,10 @@ MUTS = {
  "apic_base_any_high_bits": ("system.c", "(((1ULL << MAXPHYADDR_BITS) - 1) & ~0xfffULL)", "0xffffffffff000ULL"),
  "tmict_no_restart": ("lapic.c", "        l->timer_icr = v;\n        timer_start(c, __rdtsc(), v);", "        if (!l->timer_icr || !v) timer_start(c, __rdtsc(), v);\n        l->timer_icr = v;"),
  "mcg_cap_absent": ("system.c", "    case 0x179: *v = 0; return 0;", "    case 0x179: return 1;"),
+ "no_smep": ("mmu.c", "        if (acc & ACC_X) { if (c->cr4 & CR4_SMEP) goto prot; }", "        if (acc & ACC_X) { }"),
+ "smap_ignores_ac_off": ("mmu.c", "((acc & ACC_SYS) || !(c->rflags & F_AC))) goto prot;", "(acc & ACC_SYS)) goto prot;"),
+ "smap_clac_keeps_tlb": ("system.c", "    if ((old & ~c->rflags & F_AC) && (c->cr4 & CR4_SMAP) && c->smap_n) tlb_smap_close(c);\n", ""),
+ "smap_jit_tag_open": ("mmu.c", "    j->jtag_r = e->tag_r == TLB_INVALID ? JTAG_INVALID : -(int64_t)(e->tag_r >> 12);", "    j->jtag_r = (e->tag_r == TLB_INVALID && !((e->perm & TP_U) && (c->cr4 & CR4_SMAP) && c->cpl < 3)) ? JTAG_INVALID : -(int64_t)(page >> 12);"),
  "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
 GUESTS = ["sys32", "sys64", "modes", "opcodes"]

@@ -46,6 +46,16 @@ EXPECTED_SYS64 = [
     "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0",
     "#GP(0) IA32_MCG_CTL without MCG_CAP.MCG_CTL_P",
     "#GP(0) WRMSR IA32_MCG_CAP (read-only)",
+    "#UD STAC at CPL3",
+    "CPUID.7:EBX.SMEP and SMAP set",
+    "#PF SMEP: supervisor fetch from a user page (err 0x11)",
+    "#PF SMAP: supervisor read of a user page with EFLAGS.AC = 0 (err 1)",
+    "#PF SMAP: supervisor write to a user page with EFLAGS.AC = 0 (err 3)",
+    "SMAP: STAC opens user pages to supervisor reads and writes",
+    "#PF SMAP: CLAC closes them again (the cached translation too)",
+    "SMAP: EFLAGS.AC = 1 set by POPF allows the access",
+    "#PF SMAP in a hot (translated) loop once STAC is skipped",
+    "SMAP: the fault comes on the iteration without STAC, not before",
     "#GP(sel) LTR of a TSS descriptor with a non-canonical base",
 ]
 

@@ -575,6 +575,95 @@ lm:     mov ax, 0x18
         E 13, 0, -1, "#GP(0) IA32_MCG_CTL without MCG_CAP.MCG_CTL_P"
         WRMSR_GP 0x179, 0, 0, "#GP(0) WRMSR IA32_MCG_CAP (read-only)"
 
+        ; ---- SMEP / SMAP (SDM Vol. 3A 4.6.1), STAC / CLAC ----
+        T
+        lea rdi, [rel u_stac]
+        jmp to_user
+        E 6, 0, -1, "#UD STAC at CPL3"
+        xor ebp, ebp
+        mov eax, 7
+        xor ecx, ecx
+        cpuid
+        and ebx, (1 << 7) | (1 << 20)
+        cmp ebx, (1 << 7) | (1 << 20)
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_smep_cpuid]
+        call verdict
+        ; the first 2M (this code, its data, stacks and tables) supervisor-only;
+        ; a user page at TPAGE + 0x5000 holding a RET
+        and qword [PD0], ~4
+        mov qword [PTT + 5 * 8], 0x304000 | 7
+        mov byte [0x304000], 0xc3
+        mov rax, cr3
+        mov cr3, rax
+        mov rax, cr4
+        or eax, 1 << 20                 ; SMEP
+        mov cr4, rax
+        T
+        mov eax, TPAGE + 0x5000
+        call rax
+        E 14, 0x11, TPAGE + 0x5000, "#PF SMEP: supervisor fetch from a user page (err 0x11)"
+        mov rax, cr4
+        or eax, 1 << 21                 ; SMAP
+        mov cr4, rax
+        T
+        mov eax, TPAGE + 0x5000
+        mov bl, [rax]
+        E 14, 1, TPAGE + 0x5000, "#PF SMAP: supervisor read of a user page with EFLAGS.AC = 0 (err 1)"
+        T
+        mov eax, TPAGE + 0x5000
+        mov byte [rax + 1], 0
+        E 14, 3, TPAGE + 0x5001, "#PF SMAP: supervisor write to a user page with EFLAGS.AC = 0 (err 3)"
+        T
+        mov eax, TPAGE + 0x5000
+        stac
+        mov bl, [rax]
+        mov byte [rax + 1], 0x5a
+        clac
+        E -1, 0, -1, "SMAP: STAC opens user pages to supervisor reads and writes"
+        T
+        mov eax, TPAGE + 0x5000
+        mov bl, [rax]
+        E 14, 1, TPAGE + 0x5000, "#PF SMAP: CLAC closes them again (the cached translation too)"
+        T
+        pushfq
+        or dword [rsp], 0x40000         ; AC through POPF
+        popfq
+        mov eax, TPAGE + 0x5000
+        mov bl, [rax]
+        pushfq
+        and dword [rsp], ~0x40000
+        popfq
+        E -1, 0, -1, "SMAP: EFLAGS.AC = 1 set by POPF allows the access"
+        ; hot enough to be translated: STAC/CLAC around a load, 300 times; the
+        ; last iteration skips STAC and must fault
+        T
+        mov eax, TPAGE + 0x5000
+        mov r14d, 300
+.smap_hot:
+        cmp r14d, 1
+        je .smap_nostac
+        stac
+.smap_nostac:
+        add bl, [rax]
+        clac
+        dec r14d
+        jnz .smap_hot
+        E 14, 1, TPAGE + 0x5000, "#PF SMAP in a hot (translated) loop once STAC is skipped"
+        xor ebp, ebp
+        cmp r14d, 1
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_smap_hot]
+        call verdict
+        mov rax, cr4
+        and eax, ~((1 << 20) | (1 << 21))
+        mov cr4, rax
+        or qword [PD0], 4
+        mov rax, cr3
+        mov cr3, rax
+
         ; LTR last: a wrongly loaded TSS would break later tests
         T
         mov ax, 0x70
@@ -639,6 +728,8 @@ u_ac:
         or dword [rsp], 0x40000         ; EFLAGS.AC
         popfq
         mov rax, [USTACK - 0x103]       ; misaligned
+        jmp $
+u_stac: stac
         jmp $
 u_cgate64:
         call far [rel cg64_ptr]         ; m16:64 (nasm adds REX.W); the offset is ignored for a call gate
@@ -878,6 +969,8 @@ n_apicid: db "IA32_APIC_BASE.EN = 0 clears CPUID.1:EDX.APIC; re-enabled, the xAP
 n_tmcct: db "APIC timer: TMCCT counts down from TMICT, a TMICT write restarts it, 0 stops it", 0
 n_mcg:  db "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0", 0
 mcg_cap: dd 0
+n_smep_cpuid: db "CPUID.7:EBX.SMEP and SMAP set", 0
+n_smap_hot: db "SMAP: the fault comes on the iteration without STAC, not before", 0
 n_nmi:  db "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)", 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0

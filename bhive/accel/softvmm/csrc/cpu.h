@@ -57,6 +57,8 @@ enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS, S_LDTR, S_TR, S_NONE = 15 };
 #define CR4_PAE 0x20u
 #define CR4_PGE 0x80u
 #define CR4_OSFXSR 0x200u
+#define CR4_SMEP (1u << 20)
+#define CR4_SMAP (1u << 21)
 #define EFER_SCE 0x1u
 #define EFER_LME 0x100u
 #define EFER_LMA 0x400u
@@ -282,6 +284,11 @@ typedef struct svm_cpu {
     uint8_t halted;
     uint8_t irq_pending;     /* lapic may have something deliverable */
     uint8_t nmi_blocked;
+    /* TLB slots whose supervisor data tags were opened by EFLAGS.AC = 1
+     * under CR4.SMAP: closed again when AC clears (SMAP_SLOTS + 1: overflow) */
+#define SMAP_SLOTS 16
+    uint8_t smap_n;
+    uint16_t smap_slot[SMAP_SLOTS];
     uint8_t init_seen;
     uint8_t delivering;      /* nested-fault tracking while delivering an event */
     uint8_t deliver_vec;
@@ -424,6 +431,7 @@ void tlb_flush(cpu_t *c);
 void tlb_flush_page(cpu_t *c, uint64_t lin);
 void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
 void tlb_retag(cpu_t *c);             /* CR0.WP or AC changed: re-derive the fast-path tags */
+void tlb_smap_close(cpu_t *c);        /* EFLAGS.AC cleared under CR4.SMAP at CPL < 3 */
 void tlb_retag_cpl(cpu_t *c);         /* the CPL changed: the same, links stay (epoch_switch_cpl) */
 void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa);   /* a block's page was looked up (run.c) */
 int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */

@@ -117,8 +117,10 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
     case 7:
         if (sub == 0) {
             o[0] = 0;                              /* highest subleaf */
-            o[1] = (1u << 1);                      /* IA32_TSC_ADJUST: with the invariant TSC and leaf
+            o[1] = (1u << 1)                       /* IA32_TSC_ADJUST: with the invariant TSC and leaf
                                                     * 0x15, Linux trusts the TSC without a watchdog */
+                 | (1u << 7)                       /* SMEP (mmu.c) */
+                 | (1u << 20);                     /* SMAP, STAC/CLAC (mmu.c, system.c) */
             o[3] = (1u << 26) | (1u << 27) | (1u << 29) | (1u << 31);   /* IBRS/IBPB, STIBP, ARCH_CAPABILITIES, SSBD */
         }
         break;

@@ -206,6 +206,7 @@ void set_rflags(cpu_t *c, uint64_t v)
     uint64_t old = c->rflags;
     c->rflags = (v & 0x3f7fd5) | 2;
     if (((old ^ c->rflags) & F_AC) && c->cpl == 3 && (c->cr0 & CR0_AM)) tlb_retag(c);
+    if ((old & ~c->rflags & F_AC) && (c->cr4 & CR4_SMAP) && c->smap_n) tlb_smap_close(c);
 }
 
 /* ---- control registers ------------------------------------------------------ */
@@ -247,7 +248,8 @@ void set_cr0(cpu_t *c, uint64_t v)
 }
 void set_cr4(cpu_t *c, uint64_t v)
 {
-    uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400;
+    uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400 |
+                       CR4_SMEP | CR4_SMAP;
     if (v & ~allowed) raise_gp(c, 0);
     if ((c->efer & EFER_LMA) && !(v & CR4_PAE)) raise_gp(c, 0);
     uint64_t old = c->cr4;
@@ -256,6 +258,7 @@ void set_cr4(cpu_t *c, uint64_t v)
     if (((old ^ v) & pgbits) && pae_paging(c) && pdpte_load(c, 0)) { c->cr4 = old; raise_gp(c, 0); }
     /* SDM 4.10.4.1: a CR4 write changing PGE, PAE or PSE flushes all entries incl. global */
     if ((old ^ v) & pgbits) tlb_flush(c);
+    else if ((old ^ v) & (CR4_SMEP | CR4_SMAP)) tlb_retag(c);   /* the rights the tags derive from */
 }
 
 HANDLER(h_mov_cr)
@@ -399,9 +402,12 @@ HANDLER(h_grp7)
             uint64_t t = guest_tsc(c);
             c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32; c->r[R_RCX] = (uint32_t)c->tsc_aux;
             return; }
+        case 0xca: case 0xcb: /* CLAC / STAC (SDM Vol 2A): CPL 0 only */
+            if (c->cpl || (c->rflags & F_VM)) raise_ud(c);
+            set_rflags(c, i->rm == 2 ? get_rflags(c) & ~(uint64_t)F_AC : get_rflags(c) | F_AC);
+            return;
         case 0xc1: case 0xc2: case 0xc3: case 0xc4:           /* VMX: not advertised */
         case 0xc8: case 0xc9:                                 /* MONITOR/MWAIT: not advertised */
-        case 0xca: case 0xcb:                                 /* CLAC/STAC: no SMAP */
         case 0xd0: case 0xd1:                                 /* XGETBV/XSETBV: no XSAVE */
         case 0xd8: case 0xd9: case 0xda: case 0xdb: case 0xdc: case 0xdd: case 0xde: case 0xdf: /* SVM */
         case 0xee: case 0xef:                                 /* RDPKRU/WRPKRU: no PKU */
