@@ -61,6 +61,13 @@ MUTS = {
  "smap_ignores_ac_off": ("mmu.c", "((acc & ACC_SYS) || !(c->rflags & F_AC))) goto prot;", "(acc & ACC_SYS)) goto prot;"),
  "smap_clac_keeps_tlb": ("system.c", "    if ((old & ~c->rflags & F_AC) && (c->cr4 & CR4_SMAP) && c->smap_n) tlb_smap_close(c);\n", ""),
  "smap_jit_tag_open": ("mmu.c", "    j->jtag_r = e->tag_r == TLB_INVALID ? JTAG_INVALID : -(int64_t)(e->tag_r >> 12);", "    j->jtag_r = (e->tag_r == TLB_INVALID && !((e->perm & TP_U) && (c->cr4 & CR4_SMAP) && c->cpl < 3)) ? JTAG_INVALID : -(int64_t)(page >> 12);"),
+ "no_exec_bp": ("debug.c", "if (bp_enabled(c, n) && bp_rw(c, n) == 0 && c->dr[n] == lin) hits |= 1 << n;", "(void)lin;"),
+ "exec_bp_ignores_rf": ("run.c", "if (c->dbg_exec && !(c->rflags & F_RF)) {", "if (c->dbg_exec) {"),
+ "data_bp_fast_path": ("mmu.c", "        if (m & 2) w = 0;\n", ""),
+ "io_bp_ignored": ("mmu.c", "    if (unlikely(c->dbg_io)) dbg_io_access(c, port, size);\n", ""),
+ "no_general_detect": ("debug.c", "    if (c->dr[7] & DR7_GD) {", "    if (0) {"),
+ "dr4_no_ud": ("debug.c", "    if ((dr == 4 || dr == 5) && (c->cr4 & 0x8)) raise_ud(c);", ""),
+ "tf_and_bp_two_db": ("run.c", "c->dr[6] = (c->dr[6] & ~0xfULL) | c->dbg_hits | (bs ? 0x4000 : 0);", "c->dr[6] = (c->dr[6] & ~0xfULL) | (bs ? 0x4000 : c->dbg_hits);"),
  "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
 GUESTS = ["sys32", "sys64", "modes", "opcodes"]

@@ -56,6 +56,14 @@ EXPECTED_SYS64 = [
     "SMAP: EFLAGS.AC = 1 set by POPF allows the access",
     "#PF SMAP in a hot (translated) loop once STAC is skipped",
     "SMAP: the fault comes on the iteration without STAC, not before",
+    "DR0 execute breakpoint: #DB fault before it, DR6.B0, RF lets it run once",
+    "DR1 write breakpoint: #DB trap after an overlapping write, DR6.B1; reads pass",
+    "DR3 read/write breakpoint (8 bytes): a read traps, DR6.B3",
+    "DR2 I/O breakpoint with CR4.DE: OUT traps, DR6.B2",
+    "#UD MOV from DR4 with CR4.DE = 1",
+    "MOV from DR5 without CR4.DE reads DR7",
+    "DR7.GD: MOV DR is a #DB fault with DR6.BD, GD cleared",
+    "TF and a write breakpoint in one instruction: one #DB with DR6.BS and B1",
     "#GP(sel) LTR of a TSS descriptor with a non-canonical base",
 ]
 

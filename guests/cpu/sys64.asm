@@ -664,6 +664,195 @@ lm:     mov ax, 0x18
         mov rax, cr3
         mov cr3, rax
 
+        ; ---- debug registers (SDM Vol. 3B 17.2-17.3) ----
+        ; a #DB handler that counts, records DR6 and the frame's RIP, clears
+        ; DR6 and TF and sets RF in the frame (so an instruction breakpoint
+        ; lets the instruction run on return)
+        lea rax, [rel db_handler]
+        mov word [IDT + 1 * 16], ax
+        shr rax, 16
+        mov word [IDT + 1 * 16 + 6], ax
+        mov eax, 0xffff0ff0             ; DR6 is sticky: BS is still set from the TF test
+        mov dr6, rax
+        ; DR0 execute breakpoint: a fault before the instruction
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel .bp_x]
+        mov dr0, rax
+        mov eax, 0x1                    ; L0, RW0 = 00 (execute), LEN0 = 00
+        mov dr7, rax
+        xor ebx, ebx
+.bp_x:  inc ebx
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_x]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 1
+        setne cl
+        add bpl, cl
+        cmp ebx, 1                      ; RF = 1 from the handler: it ran once
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_x]
+        call verdict
+        ; DR1 write breakpoint (4 bytes): a trap after the store, reads pass
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel watch]
+        mov dr1, rax
+        mov eax, 0x4 | (1 << 20) | (3 << 22)    ; L1, RW1 = 01 (write), LEN1 = 11
+        mov dr7, rax
+        mov eax, [watch + 2]            ; a read: no #DB
+        mov word [watch + 2], 7         ; overlapping write
+.bp_w:  nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_w]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 2
+        setne cl
+        add bpl, cl
+        cmp word [watch + 2], 7
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_w]
+        call verdict
+        ; DR3 read/write breakpoint (8 bytes): a read traps
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel watch]
+        mov dr3, rax
+        mov eax, 0x40 | (3 << 28) | (2 << 30)   ; L3, RW3 = 11, LEN3 = 10 (8 bytes)
+        mov dr7, rax
+        mov al, [watch + 7]
+.bp_r:  nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_r]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 8
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_r]
+        call verdict
+        ; DR2 I/O breakpoint (CR4.DE): OUT to COM1's scratch register traps
+        xor ebp, ebp
+        mov dword [db_count], 0
+        mov rax, cr4
+        or eax, 0x8                     ; DE
+        mov cr4, rax
+        mov eax, COM1 + 7
+        mov dr2, rax
+        mov eax, 0x10 | (2 << 24)       ; L2, RW2 = 10 (I/O), LEN2 = 00
+        mov dr7, rax
+        mov dx, COM1 + 7
+        mov al, 0x5a
+        out dx, al
+.bp_io: nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_io]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 4
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_io]
+        call verdict
+        T
+        mov rax, dr4
+        E 6, 0, -1, "#UD MOV from DR4 with CR4.DE = 1"
+        mov rax, cr4
+        and eax, ~0x8
+        mov cr4, rax
+        T
+        mov rax, dr5                    ; DR7 alias without CR4.DE
+        E -1, 0, -1, "MOV from DR5 without CR4.DE reads DR7"
+        ; DR7.GD: the next MOV DR is a #DB fault with DR6.BD; GD is cleared
+        xor ebp, ebp
+        mov dword [db_count], 0
+        mov eax, 0x2400
+        mov dr7, rax
+.bp_gd: mov rax, dr0
+        mov rax, dr7
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rdx, [rel .bp_gd]
+        cmp [db_rip], rdx
+        setne cl
+        add bpl, cl
+        test eax, 0x2000
+        setnz cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 0x2000
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_gd]
+        call verdict
+        ; TF single-step and a data breakpoint in the same instruction: one #DB
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel watch]
+        mov dr1, rax
+        mov eax, 0x4 | (1 << 20) | (3 << 22)
+        mov dr7, rax
+        pushfq
+        or dword [rsp], 0x100
+        popfq
+        mov dword [watch], 1            ; traps: BS and B1
+.bp_tf: nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_tf]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 0x4002
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_tf]
+        call verdict
+        ; the stub handler back at IDT[1]
+        mov rax, [stubs + 8]
+        mov word [IDT + 1 * 16], ax
+        shr rax, 16
+        mov word [IDT + 1 * 16 + 6], ax
+
         ; LTR last: a wrongly loaded TSS would break later tests
         T
         mov ax, 0x70
@@ -683,6 +872,20 @@ lm:     mov ax, 0x18
 .stop:  cli
         hlt
         jmp .stop
+
+db_handler:
+        push rax
+        inc dword [db_count]
+        mov rax, dr6
+        mov [db_dr6], rax
+        mov rax, [rsp + 8]
+        mov [db_rip], rax
+        or dword [rsp + 24], 0x10000    ; RF
+        and dword [rsp + 24], ~0x100    ; TF
+        mov eax, 0xffff0ff0
+        mov dr6, rax
+        pop rax
+        iretq
 
 ; NMI handler: counts, records the interrupted RIP; the first one raises two
 ; more NMIs while NMIs are blocked and checks that none nests
@@ -971,6 +1174,17 @@ n_mcg:  db "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0
 mcg_cap: dd 0
 n_smep_cpuid: db "CPUID.7:EBX.SMEP and SMAP set", 0
 n_smap_hot: db "SMAP: the fault comes on the iteration without STAC, not before", 0
+n_bp_x: db "DR0 execute breakpoint: #DB fault before it, DR6.B0, RF lets it run once", 0
+n_bp_w: db "DR1 write breakpoint: #DB trap after an overlapping write, DR6.B1; reads pass", 0
+n_bp_r: db "DR3 read/write breakpoint (8 bytes): a read traps, DR6.B3", 0
+n_bp_io: db "DR2 I/O breakpoint with CR4.DE: OUT traps, DR6.B2", 0
+n_bp_gd: db "DR7.GD: MOV DR is a #DB fault with DR6.BD, GD cleared", 0
+n_bp_tf: db "TF and a write breakpoint in one instruction: one #DB with DR6.BS and B1", 0
+        align 8
+watch:  dq 0
+db_count: dd 0
+db_dr6: dq 0
+db_rip: dq 0
 n_nmi:  db "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)", 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0

@@ -310,7 +310,12 @@ typedef struct svm_cpu {
     int64_t tsc_adjust;      /* IA32_TSC_ADJUST */
     uint64_t pdpte[4];       /* PAE paging: PDPTEs loaded at MOV CR3/CR0/CR4 (SDM 4.4.1) */
     uint8_t pdpte_valid;
+    uint8_t dbg_step;        /* DR7 arms a breakpoint: one instruction at a time (debug.c) */
+    uint8_t dbg_exec, dbg_data, dbg_io;   /* which kinds are armed */
+    uint8_t dbg_hits;        /* DR6.B0-B3 of data / I/O breakpoints hit by the current instruction */
     uint8_t tf_trap;         /* TF was set when the current instruction began */
+    uint8_t rep_cmp;         /* a REP CMPS/SCAS runs: a fault restores rep_cmp_flags (string.c) */
+    uint64_t rep_cmp_flags;
     uint8_t sw_event;        /* a software INT n / INT3 / INTO was delivered by this instruction */
     uint64_t mtrr_var[16], mtrr_fixed[11], mtrr_def, spec_ctrl;
     /* pending exception */
@@ -431,7 +436,15 @@ void tlb_flush(cpu_t *c);
 void tlb_flush_page(cpu_t *c, uint64_t lin);
 void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
 void tlb_retag(cpu_t *c);             /* CR0.WP or AC changed: re-derive the fast-path tags */
-void tlb_smap_close(cpu_t *c);        /* EFLAGS.AC cleared under CR4.SMAP at CPL < 3 */
+void tlb_smap_close(cpu_t *c);
+/* string.c */
+void rep_cmp_fault(cpu_t *c);          /* a fault inside REP CMPS/SCAS */
+/* debug.c */
+void dbg_update(cpu_t *c);             /* DR0-DR3 / DR7 / CR4.DE changed */
+int dbg_exec_hits(cpu_t *c, uint64_t lin);
+void dbg_data_access(cpu_t *c, uint64_t lin, int size, int write);
+void dbg_io_access(cpu_t *c, uint16_t port, int size);
+int dbg_page_watched(cpu_t *c, uint64_t page);        /* EFLAGS.AC cleared under CR4.SMAP at CPL < 3 */
 void tlb_retag_cpl(cpu_t *c);         /* the CPL changed: the same, links stay (epoch_switch_cpl) */
 void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa);   /* a block's page was looked up (run.c) */
 int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */

@@ -138,6 +138,11 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
         }
     }
     if (user && ac_active(c)) r = w = 0;   /* alignment checks happen on the slow path */
+    if (unlikely(c->dbg_data)) {           /* data breakpoints are checked on the slow path */
+        int m = dbg_page_watched(c, page);
+        if (m & 1) r = 0;
+        if (m & 2) w = 0;
+    }
     e->tag_r = r ? page : TLB_INVALID;
     e->tag_w = (w && (p & TP_D)) ? page : TLB_INVALID;   /* clean pages: slow path sets D */
     e->tag_x = x ? page : TLB_INVALID;
@@ -439,6 +444,7 @@ void io_check(cpu_t *c, uint16_t port, int size)
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val)
 {
     io_check(c, port, size);
+    if (unlikely(c->dbg_io)) dbg_io_access(c, port, size);
     if (c->port_lane && c->port_lane[port] && pio_lane_try(c, port, size, is_write, val)) return 0;
     io_log_access(c, port, size, is_write, 1, val);
     if (!is_write) *val &= szmask(size);
@@ -492,6 +498,7 @@ static inline void align_check(cpu_t *c, uint64_t lin, int size, int acc)
 uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 {
     align_check(c, lin, size, acc);
+    if (unlikely(c->dbg_data)) dbg_data_access(c, lin, size, 0);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -515,6 +522,7 @@ uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 void mem_write_slow(cpu_t *c, uint64_t lin, int size, uint64_t v, int acc)
 {
     align_check(c, lin, size, acc);
+    if (unlikely(c->dbg_data)) dbg_data_access(c, lin, size, 1);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -538,6 +546,7 @@ void *mem_host_rmw(cpu_t *c, uint64_t lin, int size)
     if (!c->long64) lin = (uint32_t)lin;
     int acc = ACC_W | user_acc(c);
     align_check(c, lin, size, acc);
+    if (unlikely(c->dbg_data)) dbg_data_access(c, lin, size, 1);
     if ((lin & 0xfff) + size > 0x1000) return NULL;   /* split lock: non-atomic fallback */
     uint64_t gpa; int perm;
     translate(c, lin, acc, &gpa, &perm, 1);

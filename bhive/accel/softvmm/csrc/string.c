@@ -23,7 +23,13 @@ static inline void elem_done(cpu_t *c) { if (unlikely(c->io_n)) { c->io_n = 0; c
         int asz_ = (i)->asz;                                              \
         if (!(i)->rep) { BODY; break; }                                   \
         for (int n_ = 0;; n_++) {                                         \
-            if (getreg(c, R_RCX, asz_) == 0) break;                       \
+            if (getreg(c, R_RCX, asz_) == 0) {                            \
+                /* ECX = 0 with a 32-bit address size: the CPU writes ECX \
+                 * anyway, clearing RCX[63:32], and MOVS/STOS their index \
+                 * registers (seen on KVM; h_movs, h_stos) */              \
+                if (asz_ == 4) setreg(c, R_RCX, 4, 0);                    \
+                break;                                                    \
+            }                                                             \
             if (n_ == REP_CHUNK) { c->nrip = c->rip; c->brk = 1; break; } \
             BODY;                                                         \
             idx_add(c, R_RCX, asz_, -1);                                  \
@@ -123,6 +129,9 @@ HANDLER(h_movs)
         }
         return;
     }
+    if (as == 4 && i->rep && !(uint32_t)c->r[R_RCX]) {   /* as the CPU does (REP_LOOP): ESI/EDI written too */
+        setreg(c, R_RSI, 4, c->r[R_RSI]); setreg(c, R_RDI, 4, c->r[R_RDI]);
+    }
     REP_LOOP(c, i, {
         uint64_t v = ld(c, i->seg, getreg(c, R_RSI, as), sz);
         st(c, S_ES, getreg(c, R_RDI, as), sz, v);
@@ -145,6 +154,7 @@ HANDLER(h_stos)
         }
         return;
     }
+    if (as == 4 && i->rep && !(uint32_t)c->r[R_RCX]) setreg(c, R_RDI, 4, c->r[R_RDI]);   /* EDI written too */
     REP_LOOP(c, i, {
         st(c, S_ES, getreg(c, R_RDI, as), sz, v);
         idx_add(c, R_RDI, as, d);
@@ -159,27 +169,45 @@ HANDLER(h_lods)
         idx_add(c, R_RSI, as, d);
     }, 0);
 }
+/* REP CMPS / SCAS: a fault in the middle leaves the arithmetic flags as
+ * they were before the instruction (RCX/RSI/RDI show the elements done), as
+ * the CPU does (seen on KVM by the differential tester); svm_run restores
+ * them on the fault path */
+static inline void rep_cmp_begin(cpu_t *c, const insn_t *i)
+{
+    if (i->rep) { c->rep_cmp_flags = flags_materialize(c); c->rep_cmp = 1; }
+}
+void rep_cmp_fault(cpu_t *c)
+{
+    flags_set_exact(c, c->rep_cmp_flags);
+    c->rep_cmp = 0;
+}
+
 HANDLER(h_cmps)
 {
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
+    rep_cmp_begin(c, i);
     REP_LOOP(c, i, {
         uint64_t a = ld(c, i->seg, getreg(c, R_RSI, as), sz);
         uint64_t b = ld(c, S_ES, getreg(c, R_RDI, as), sz);
         lf_set(c, LF_SUB, sz, a, b, a - b);
         idx_add(c, R_RSI, as, d); idx_add(c, R_RDI, as, d);
     }, (i->rep == 0xf3) ? !cond(c, 4) : cond(c, 4));
+    c->rep_cmp = 0;
 }
 HANDLER(h_scas)
 {
     int sz = i->osz, as = i->asz;
     int64_t d = str_step(c, sz);
     uint64_t a = getreg(c, 0, sz);
+    rep_cmp_begin(c, i);
     REP_LOOP(c, i, {
         uint64_t b = ld(c, S_ES, getreg(c, R_RDI, as), sz);
         lf_set(c, LF_SUB, sz, a, b, a - b);
         idx_add(c, R_RDI, as, d);
     }, (i->rep == 0xf3) ? !cond(c, 4) : cond(c, 4));
+    c->rep_cmp = 0;
 }
 HANDLER(h_ins)
 {

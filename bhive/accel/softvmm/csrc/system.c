@@ -259,6 +259,7 @@ void set_cr4(cpu_t *c, uint64_t v)
     /* SDM 4.10.4.1: a CR4 write changing PGE, PAE or PSE flushes all entries incl. global */
     if ((old ^ v) & pgbits) tlb_flush(c);
     else if ((old ^ v) & (CR4_SMEP | CR4_SMAP)) tlb_retag(c);   /* the rights the tags derive from */
+    if ((old ^ v) & 0x8) dbg_update(c);   /* CR4.DE arms or disarms I/O breakpoints */
 }
 
 HANDLER(h_mov_cr)
@@ -297,14 +298,6 @@ HANDLER(h_mov_cr)
         }
         c->brk = 1;
     }
-}
-HANDLER(h_mov_dr)
-{
-    if (c->cpl) raise_gp(c, 0);
-    int sz = c->long64 ? 8 : 4, dr = i->reg & 7;
-    if (dr == 4 || dr == 5) dr += 2;
-    if (i->op == 0x21) setreg(c, i->rm, sz, dr == 6 ? (c->dr[6] | 0xffff0ff0) : dr == 7 ? (c->dr[7] | 0x400) : c->dr[dr]);
-    else c->dr[dr] = getreg(c, i->rm, sz);
 }
 HANDLER(h_clts) { if (c->cpl) raise_gp(c, 0); c->cr0 &= ~(uint64_t)CR0_TS; }
 
@@ -673,6 +666,7 @@ void cpu_reset(cpu_t *c)
     c->gdtr.base = c->idtr.base = 0; c->gdtr.limit = c->idtr.limit = 0xffff;
     for (int k = 0; k < 8; k++) c->dr[k] = 0;
     c->dr[6] = 0xffff0ff0; c->dr[7] = 0x400;
+    c->dbg_step = c->dbg_exec = c->dbg_data = c->dbg_io = c->dbg_hits = 0;
     c->pat = 0x0007040600070406ULL;
     c->misc_enable = 1;   /* fast strings */
     c->star = c->lstar = c->cstar = c->sfmask = c->kgs_base = 0;
