@@ -244,7 +244,7 @@ class VcpuWorker:
         self.ram = SharedRegion(rundir.shm / "ram")
         self.platform = SharedRegion(rundir.shm / "platform")
         memory = GuestMemory(self.ram.address, self.ram.size, ram_slots(self.cfg.memory))
-        self.vm = accel.vm_open(memory, self.cfg.cpus, self.platform.address, {})
+        self.vm = accel.vm_open(memory, self.cfg.cpus, self.platform.address, {"cpu": self.cfg.cpu})
         self.vcpu = self.vm.vcpu_open(vcpuid)
 
         # Port map: one slot per I/O port, each the client of the owning actor.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 EXPECTED_SYS64 = [
     "#DE divide error", "#DB single-step (TF)", "#BP int3", "#UD for INTO in 64-bit mode", "#UD ud2",
     "#NM SSE with CR0.TS (64-bit)", "#MF unmasked x87 zero-divide (64-bit)",
@@ -183,6 +185,9 @@ EXPECTED_MODES = [
 ]
 
 
+# the features opcodes.asm executes under the CPU model (-cpu) and reports as "cpuid NAME BIT"
+CPU_MODEL_FEATURES = ["popcnt", "movbe", "cx16", "bmi1", "bmi2", "adx", "rdtscp", "lahf-lm", "smep", "smap", "nx"]
+
 # unknown and unimplemented opcodes raise #UD in every mode (guests/cpu/opcodes.asm)
 EXPECTED_OPCODES = [
     "real mode: every unassigned opcode raises #UD",
@@ -206,6 +211,8 @@ EXPECTED_OPCODES = [
     "#UD 3DNow! (0F 0F)",
     "#GP(0) RDPMC at CPL0: no counters in CPUID leaf 0xA",
     "#GP(0) RDPMC with CR4.PCE = 1 and no counters",
+] + [f"{f} runs iff CPUID has it" for f in CPU_MODEL_FEATURES] + [
+    "LZCNT iff CPUID.80000001H:ECX.ABM, else BSR",
 ]
 
 
@@ -237,6 +244,35 @@ def test_modes_every_switch_up_to_64_bit_and_back_to_real_mode(bhive):
 
 def test_opcodes_unassigned_and_unadvertised_raise_ud_in_every_mode(bhive):
     run_checks(bhive, "opcodes", EXPECTED_OPCODES)
+
+
+@pytest.mark.parametrize("spec", ["qemu64", "max,-popcnt,-bmi1,-nx,vendor=AuthenticAMD", "qemu64,+smep,+bmi2"])
+def test_cpu_model_applies_to_cpuid_and_to_what_runs(bhive, spec):
+    """-cpu as QEMU spells it: the guest sees the model's vendor and feature
+    bits, and every gated instruction runs exactly when its bit is set (the
+    guest checks that itself: all PASS)."""
+    from bhive import cpumodel
+    model = cpumodel.parse(spec)
+    proc = bhive.run("run", "configs/cpu-opcodes.toml", "--name", "cpu-model", "-cpu", spec, timeout=120)
+    out = proc.stdout.decode(errors="replace")
+    assert not re.findall(r"^FAIL .*$", out, re.M), out
+    assert re.findall(r"^PASS (.*?)\r?$", out, re.M) == EXPECTED_OPCODES, out
+    assert proc.returncode == 1, (proc.returncode, out, proc.stderr)
+    assert re.search(rf"^vendor {model.vendor}\r?$", out, re.M), out
+    seen = dict(re.findall(r"^cpuid (\S+) ([01])\r?$", out, re.M))
+    assert seen == {f: str(int(model.has(f))) for f in CPU_MODEL_FEATURES}, out
+    assert seen["popcnt"] == "0" and (seen["smep"] == "1") == ("+smep" in spec or spec.startswith("max"))
+
+
+@pytest.mark.parametrize("spec,msg", [("pentium", "unknown CPU model 'pentium'"),
+                                      ("max,+avx", "CPU feature 'avx' is unknown or not implemented"),
+                                      ("max,vendor=Cyrix", "unknown vendor 'Cyrix'"),
+                                      ("max,popcnt", "bad CPU feature 'popcnt'")])
+def test_cpu_model_errors_are_one_line_and_status_2(bhive, spec, msg):
+    proc = bhive.run("run", "configs/cpu-opcodes.toml", "--name", "cpu-model-bad", "-cpu", spec, timeout=60)
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_smp_atomics_eight_vcpu_processes(bhive):

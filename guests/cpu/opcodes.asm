@@ -194,6 +194,50 @@ ud32:   mov eax, [esp]
         RESULT e, %2
 %endmacro
 
+; FEAT leaf, reg, bit, name, instruction...: PASS when the instruction runs
+; (no #UD / #GP) exactly when CPUID leaf.reg[bit] is set
+%macro FEAT 5+
+        mov eax, %1
+        xor ecx, ecx
+        cpuid
+        bt e%2x, %3
+        setc r12b
+        mov rsi, m_cpuid
+        call puts64
+        mov rsi, %%n
+        call puts64
+        mov al, '0'
+        add al, r12b
+        call putc64
+        mov al, 10
+        call putc64
+        lea rax, [rel %%after]
+        mov [rel resume], rax
+        mov dword [rel exc_vec], -1
+        %5
+%%after:
+        cmp dword [rel exc_vec], -1
+        sete al
+        cmp al, r12b
+        RESULT e, {%4, " runs iff CPUID has it"}
+        jmp %%end
+%%n:    db %4, " ", 0
+%%end:
+%endmacro
+%macro SET_CR4 1
+        mov rax, cr4
+        or eax, %1
+        mov cr4, rax
+        and eax, ~%1
+        mov cr4, rax
+%endmacro
+%macro SET_EFER 1
+        mov ecx, 0xc0000080
+        rdmsr
+        or eax, %1
+        wrmsr
+%endmacro
+
 lm64:   mov ax, 0x20
         mov ds, ax
         mov es, ax
@@ -223,6 +267,42 @@ lm64:   mov ax, 0x20
         or eax, 0x100                   ; PCE
         mov cr4, rax
         EXPECT 13, "#GP(0) RDPMC with CR4.PCE = 1 and no counters", rdpmc
+
+        ; the CPU model (-cpu / [cpu]): an instruction runs iff CPUID has its
+        ; feature; "cpuid NAME BIT" lines tell the test which model it got
+        mov rsi, m_vendor
+        call puts64
+        xor eax, eax
+        cpuid
+        mov [rel vendor], ebx
+        mov [rel vendor + 4], edx
+        mov [rel vendor + 8], ecx
+        mov rsi, vendor
+        call puts64
+        mov al, 10
+        call putc64
+        FEAT 1, c, 23, "popcnt", popcnt eax, ebx
+        FEAT 1, c, 22, "movbe", movbe eax, [rel scratch]
+        FEAT 1, c, 13, "cx16", cmpxchg16b [rel scratch]
+        FEAT 7, b, 3, "bmi1", andn eax, ebx, ecx
+        FEAT 7, b, 8, "bmi2", rorx eax, ebx, 3
+        FEAT 7, b, 19, "adx", adcx eax, ebx
+        FEAT 0x80000001, d, 27, "rdtscp", rdtscp
+        FEAT 0x80000001, c, 0, "lahf-lm", lahf
+        FEAT 7, b, 7, "smep", SET_CR4 (1 << 20)
+        FEAT 7, b, 20, "smap", stac
+        FEAT 0x80000001, d, 20, "nx", SET_EFER 0x800
+        ; without ABM, F3 0F BD is BSR: LZCNT(1) = 31, BSR(1) = 0
+        mov eax, 0x80000001
+        cpuid
+        bt ecx, 5
+        setc r12b
+        mov ebx, 1
+        lzcnt eax, ebx
+        cmp eax, 31
+        sete al
+        cmp al, r12b
+        RESULT e, "LZCNT iff CPUID.80000001H:ECX.ABM, else BSR"
 
         mov rsi, m_done
         call puts64
@@ -301,3 +381,6 @@ m_fail: db "FAIL ", 0
 m_bad:  db "first record without #UD at its first byte: index ", 0
 m_at:   db " #UD at ", 0
 m_done: db "opcodes: failures=", 0
+m_vendor: db "vendor ", 0
+m_cpuid: db "cpuid ", 0
+vendor: times 16 db 0

@@ -242,10 +242,18 @@ typedef struct svm_vm {
     uint8_t *shm;
     int ncpus;
     uint32_t flags;
+    /* the CPU model (svm_vm_set_cpu): AND-masks over what cpuid.c advertises,
+     * one per feature word (FW_*), and the vendor; instructions of a feature
+     * masked off raise #UD (decoded so), registers and MSRs #GP */
+    uint32_t cpuid_mask[7];
+    uint8_t vendor_amd;
     uint32_t *gen;          /* per-4K-page code generations (in shm) */
     int membarrier_cmd;     /* MEMBARRIER_CMD_GLOBAL_EXPEDITED if registered, else 0 */
     uint64_t ram_pages;
 } svm_vm_t;
+
+enum { FW_1C, FW_1D, FW_7B, FW_7C, FW_7D, FW_X1C, FW_X1D };   /* CPUID 1 ECX/EDX, 7.0 EBX/ECX/EDX, 0x80000001 ECX/EDX */
+static inline int vm_feat(const svm_vm_t *vm, int word, int bit) { return (vm->cpuid_mask[word] >> bit) & 1; }
 
 static inline lapic_t *vm_lapic(svm_vm_t *vm, int id)
 {

@@ -162,4 +162,19 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
     default: break;
     }
     cpuid_int_features(leaf, sub, o);   /* POPCNT MOVBE LZCNT BMI1 BMI2 ADX (intext.c) */
+    /* the CPU model (svm_vm_set_cpu) */
+    const svm_vm_t *vm = c->vm;
+    if (leaf == 1) { o[2] &= vm->cpuid_mask[FW_1C]; o[3] &= vm->cpuid_mask[FW_1D]; }
+    else if (leaf == 7 && sub == 0) {
+        o[1] &= vm->cpuid_mask[FW_7B]; o[2] &= vm->cpuid_mask[FW_7C]; o[3] &= vm->cpuid_mask[FW_7D];
+    } else if (leaf == 0x80000001) { o[2] &= vm->cpuid_mask[FW_X1C]; o[3] &= vm->cpuid_mask[FW_X1D]; }
+    if (vm->vendor_amd && (leaf == 0 || leaf == 0x80000000)) {
+        memcpy(&o[1], "Auth", 4); memcpy(&o[3], "enti", 4); memcpy(&o[2], "cAMD", 4);
+    }
+}
+
+void svm_vm_set_cpu(svm_vm_t *vm, int vendor_amd, const uint32_t *masks)
+{
+    vm->vendor_amd = (uint8_t)!!vendor_amd;
+    for (int k = 0; k < 7; k++) vm->cpuid_mask[k] = masks[k];
 }

@@ -173,9 +173,49 @@ HANDLER(h_grp9)
 
 static inline int sign8(uint8_t b) { return (int8_t)b; }
 
+/* An instruction whose CPUID feature the CPU model masks off decodes as #UD
+ * (a decode-time choice: nothing is checked when it runs).  SDM Vol 2,
+ * each instruction's "CPUID Feature Flag" column. */
+static int feature_ok(const svm_vm_t *vm, int map, int op, int rep, int p66, int is64, int ext, int mod,
+                      int rex, int vexpp, handler_t fn)
+{
+    (void)mod;
+    if (vexpp >= 0) {   /* VEX GPR forms: ANDN/BEXTR/BLS* are BMI1, the rest BMI2 */
+        if (fn == h_ud) return 1;
+        int bmi1 = (map == 2 && (op == 0xf2 || op == 0xf3 || (op == 0xf7 && vexpp == 0)));
+        return bmi1 ? vm_feat(vm, FW_7B, 3) : vm_feat(vm, FW_7B, 8);
+    }
+    if (map == 0) {
+        if (is64 && (op == 0x9e || op == 0x9f)) return vm_feat(vm, FW_X1C, 0);   /* LAHF/SAHF in 64-bit mode */
+        return 1;
+    }
+    if (map == 1) {
+        switch (op) {
+        case 0xb8: return rep != 0xf3 || vm_feat(vm, FW_1C, 23);                  /* POPCNT */
+        case 0xc7: if (ext == 1) return (rex & 8) ? vm_feat(vm, FW_1C, 13) : vm_feat(vm, FW_1D, 8);   /* CMPXCHG16B / 8B */
+                   return 1;
+        case 0x05: case 0x07: return vm_feat(vm, FW_X1D, 11);                    /* SYSCALL / SYSRET */
+        case 0x34: case 0x35: return vm_feat(vm, FW_1D, 11);                     /* SYSENTER / SYSEXIT */
+        case 0x31: return vm_feat(vm, FW_1D, 4);                                 /* RDTSC */
+        case 0x30: case 0x32: return vm_feat(vm, FW_1D, 5);                      /* WRMSR / RDMSR */
+        /* SSE3: ADDSUBPD/PS, HADD/HSUB, LDDQU, MOVDDUP, MOVSHDUP, MOVSLDUP */
+        case 0xd0: case 0x7c: case 0x7d: return !(p66 || rep == 0xf2) || vm_feat(vm, FW_1C, 0);
+        case 0xf0: return rep != 0xf2 || vm_feat(vm, FW_1C, 0);
+        case 0x12: return !(rep == 0xf2 || rep == 0xf3) || vm_feat(vm, FW_1C, 0);
+        case 0x16: return rep != 0xf3 || vm_feat(vm, FW_1C, 0);
+        }
+        return 1;
+    }
+    if (map == 2) {
+        if (op == 0xf0 || op == 0xf1) return rep == 0xf2 ? vm_feat(vm, FW_1C, 20) : vm_feat(vm, FW_1C, 22);   /* CRC32 / MOVBE */
+        if (op == 0xf6) return vm_feat(vm, FW_7B, 19);                           /* ADCX / ADOX */
+    }
+    return 1;
+}
+
 /* Decode one instruction from p[0..avail).  Returns its length, 0 if more
  * bytes are needed than available, or -1 if longer than 15 bytes. */
-static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
+static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz, const svm_vm_t *vm)
 {
     int pos = 0, rex = 0, opsz66 = 0, adsz67 = 0, lock = 0, rep = 0, segovr = S_NONE;
 #define NEED(n) do { if (pos + (n) > avail) return pos + (n) > 15 ? -1 : 0; } while (0)
@@ -327,6 +367,10 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
      * 8F /1-/7 is AMD's XOP) */
     if (map == 0 && ((op == 0x8d && mod == 3) || ((op == 0xc6 || op == 0xc7 || op == 0x8f) && d->ext))) fn = h_ud;
     if (map == 0 && op == 0x90 && !(rex & 1)) fn = (rep == 0xf3) ? h_pause : h_nop;
+    if (!feature_ok(vm, map, op, rep, opsz66, is64, d->ext, mod, rex, vex ? vexsub : -1, fn)) fn = h_ud;
+    /* without ABM / BMI1, F3 0F BD / BC are BSR / BSF (the F3 is ignored) */
+    if (map == 1 && rep == 0xf3 && ((op == 0xbd && !vm_feat(vm, FW_X1C, 5)) || (op == 0xbc && !vm_feat(vm, FW_7B, 3))))
+        rep = 0, d->rep = 0;
     if (map == 0 && op == 0x63 && !is64) { fn = h_arpl; osz = 2; }
     if (vex) { osz = (rex & 8) ? 8 : 4; d->imm2 = (uint16_t)vvvv; d->cc = (uint8_t)vexsub; }
     if (map == 0 && (op == 0x8c) && mod != 3) osz = 2;
@@ -410,7 +454,7 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
             p = buf;
         }
         insn_t *d = &b->insns[b->n];
-        int len = decode_one(d, p, avail, c->csz);
+        int len = decode_one(d, p, avail, c->csz, c->vm);
         if (len < 0) {
             if (b->n) break;
             raise_gp(c, 0);   /* longer than 15 bytes */
@@ -457,5 +501,5 @@ int insn_mem_seg(cpu_t *c)
     uint8_t buf[15];
     int n = fetch_insn_bytes(c, buf);
     insn_t d;
-    return decode_one(&d, buf, n, c->csz) > 0 ? d.seg : S_DS;
+    return decode_one(&d, buf, n, c->csz, c->vm) > 0 ? d.seg : S_DS;
 }

@@ -38,6 +38,7 @@ svm_vm_t *svm_vm_open(void *ram, uint64_t ram_size, const uint64_t *slots, int n
         vm->slots[k].gpa = slots[3 * k]; vm->slots[k].size = slots[3 * k + 1]; vm->slots[k].off = slots[3 * k + 2];
     }
     vm->shm = shm; vm->ncpus = ncpus; vm->flags = flags;
+    for (int k = 0; k < 7; k++) vm->cpuid_mask[k] = ~0u;   /* "max": all that cpuid.c advertises */
     shm_hdr_t *h = (shm_hdr_t *)shm;
     /* the first process to open the VM lays out the shm; the others wait for it */
     uint32_t zero = 0;

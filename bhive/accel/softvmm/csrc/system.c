@@ -250,6 +250,9 @@ void set_cr4(cpu_t *c, uint64_t v)
 {
     uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400 |
                        CR4_SMEP | CR4_SMAP;
+    if (!vm_feat(c->vm, FW_7B, 7)) allowed &= ~(uint64_t)CR4_SMEP;   /* the CPU model's features */
+    if (!vm_feat(c->vm, FW_7B, 20)) allowed &= ~(uint64_t)CR4_SMAP;
+    if (!vm_feat(c->vm, FW_1D, 7)) allowed &= ~0x40ULL;               /* MCE */
     if (v & ~allowed) raise_gp(c, 0);
     if ((c->efer & EFER_LMA) && !(v & CR4_PAE)) raise_gp(c, 0);
     uint64_t old = c->cr4;
@@ -392,11 +395,12 @@ HANDLER(h_grp7)
             { uint64_t t = c->seg[S_GS].base; c->seg[S_GS].base = c->kgs_base; c->kgs_base = t; c->segbase[S_GS] = c->seg[S_GS].base; }
             return;
         case 0xf9: { /* RDTSCP */
+            if (!vm_feat(c->vm, FW_X1D, 27)) raise_ud(c);
             uint64_t t = guest_tsc(c);
             c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32; c->r[R_RCX] = (uint32_t)c->tsc_aux;
             return; }
         case 0xca: case 0xcb: /* CLAC / STAC (SDM Vol 2A): CPL 0 only */
-            if (c->cpl || (c->rflags & F_VM)) raise_ud(c);
+            if (c->cpl || (c->rflags & F_VM) || !vm_feat(c->vm, FW_7B, 20)) raise_ud(c);
             set_rflags(c, i->rm == 2 ? get_rflags(c) & ~(uint64_t)F_AC : get_rflags(c) | F_AC);
             return;
         case 0xc1: case 0xc2: case 0xc3: case 0xc4:           /* VMX: not advertised */
@@ -490,8 +494,9 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     case 0x1b: *v = c->lapic->apic_base; return 0;
     /* machine check (SDM Vol 3B 16.3.1): MCA with no error-reporting banks and
      * no IA32_MCG_CTL, consistent with CPUID.1:EDX.MCE/MCA (cpuid.c) */
-    case 0x179: *v = 0; return 0;                   /* IA32_MCG_CAP: count 0, MCG_CTL_P 0 */
-    case 0x17a: *v = 0; return 0;                   /* IA32_MCG_STATUS: no machine check in progress */
+    case 0x179: case 0x17a:
+        if (!vm_feat(c->vm, FW_1D, 14)) return 1;   /* no MCA in the CPU model */
+        *v = 0; return 0;                           /* IA32_MCG_CAP: count 0, MCG_CTL_P 0; MCG_STATUS: none in progress */
     case 0x17b: return 1;                           /* IA32_MCG_CTL: absent without MCG_CTL_P */
     case 0x6e0: return lapic_msr_read(c, msr, v);   /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: *v = c->sysenter_cs; return 0;
@@ -568,6 +573,8 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
         c->pat = v; return 0;
     case 0xc0000080:
         if (v & ~(uint64_t)(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)) return 1;
+        if (((v & EFER_NXE) && !vm_feat(c->vm, FW_X1D, 20)) || ((v & EFER_LME) && !vm_feat(c->vm, FW_X1D, 29)))
+            return 1;   /* NX / LM masked off by the CPU model */
         if ((c->cr0 & CR0_PG) && ((v ^ c->efer) & EFER_LME)) return 1;
         set_efer(c, v);
         return 0;
@@ -694,9 +701,10 @@ static void set_flat(cpu_t *c, int s, uint16_t sel, uint32_t access)
 
 HANDLER(h_syscall)
 {
-    /* Intel SDM SYSCALL: #UD unless IA32_EFER.SCE and 64-bit mode (compat/legacy
-     * SYSCALL is AMD-only; we are GenuineIntel) */
-    if (!(c->efer & EFER_SCE) || !c->long64) raise_ud(c);
+    /* Intel SDM SYSCALL: #UD unless IA32_EFER.SCE and 64-bit mode; an AMD CPU
+     * also takes it in compatibility mode, to CSTAR (APM Vol 3 SYSCALL; its
+     * legacy-mode form is not implemented: #UD) */
+    if (!(c->efer & EFER_SCE) || (!c->long64 && !(c->vm->vendor_amd && (c->efer & EFER_LMA)))) raise_ud(c);
     uint16_t sel = (uint16_t)(c->star >> 32) & 0xfffc;
     c->r[R_RCX] = c->nrip;
     uint64_t f = get_rflags(c);
