@@ -71,6 +71,7 @@ MUTS = {
  "tf_and_bp_two_db": ("run.c", "c->dr[6] = (c->dr[6] & ~0xfULL) | c->dbg_hits | (bs ? 0x4000 : 0);", "c->dr[6] = (c->dr[6] & ~0xfULL) | (bs ? 0x4000 : c->dbg_hits);"),
  "cpu_model_not_enforced": ("decode.c", "    if (!feature_ok(vm, map, op, rep, opsz66, is64, d->ext, mod, rex, vex ? vexsub : -1, fn)) fn = h_ud;", "    (void)feature_ok;"),
  "cpu_model_cpuid_unmasked": ("cpuid.c", "    if (leaf == 1) { o[2] &= vm->cpuid_mask[FW_1C]; o[3] &= vm->cpuid_mask[FW_1D]; }", "    if (0) { }"),
+ "cpu_model_1g_pages_always": ("mmu.c", "            else if (lvl == 3 && !vm_feat(c->vm, FW_X1D, 26)) rsv |= PTE_PS;", "            else if (0) ;"),
  "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
 # (config, extra `bhive run` arguments): opcodes again under the qemu64 CPU model

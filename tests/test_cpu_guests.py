@@ -186,7 +186,8 @@ EXPECTED_MODES = [
 
 
 # the features opcodes.asm executes under the CPU model (-cpu) and reports as "cpuid NAME BIT"
-CPU_MODEL_FEATURES = ["popcnt", "movbe", "cx16", "bmi1", "bmi2", "adx", "rdtscp", "lahf-lm", "smep", "smap", "nx"]
+CPU_MODEL_FEATURES = ["popcnt", "movbe", "cx16", "bmi1", "bmi2", "adx", "rdtscp", "lahf-lm", "smep", "smap", "nx",
+                      "tsc-deadline", "pdpe1gb"]
 
 # unknown and unimplemented opcodes raise #UD in every mode (guests/cpu/opcodes.asm)
 EXPECTED_OPCODES = [

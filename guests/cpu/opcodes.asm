@@ -9,7 +9,9 @@
 ; instruction that did not fault would run into the NOPs and the UD2).
 ; Then, in 64-bit mode, instructions softvmm's CPUID does not advertise
 ; (INVPCID, RDPRU, SSSE3, XSAVE, ...) raise #UD, and RDPMC, with no
-; performance counters in CPUID leaf 0xA, raises #GP(0).  Single vCPU;
+; performance counters in CPUID leaf 0xA, raises #GP(0).  Last, under the
+; CPU model (-cpu), each gated instruction (and 1G pages, IA32_TSC_DEADLINE)
+; works exactly when CPUID reports its feature.  Single vCPU;
 ; starts in real mode at 0x8000.
 
 %define XBUF        0x6000
@@ -231,6 +233,10 @@ ud32:   mov eax, [esp]
         and eax, ~%1
         mov cr4, rax
 %endmacro
+%macro RD_MSR 1
+        mov ecx, %1
+        rdmsr
+%endmacro
 %macro SET_EFER 1
         mov ecx, 0xc0000080
         rdmsr
@@ -292,6 +298,9 @@ lm64:   mov ax, 0x20
         FEAT 7, b, 7, "smep", SET_CR4 (1 << 20)
         FEAT 7, b, 20, "smap", stac
         FEAT 0x80000001, d, 20, "nx", SET_EFER 0x800
+        FEAT 1, c, 24, "tsc-deadline", RD_MSR 0x6e0
+        mov dword [PDPT + 8], 0x83              ; linear 1G..2G: a 1G page onto 0..1G
+        FEAT 0x80000001, d, 26, "pdpe1gb", mov eax, [0x40000000]
         ; without ABM, F3 0F BD is BSR: LZCNT(1) = 31, BSR(1) = 0
         mov eax, 0x80000001
         cpuid
@@ -328,6 +337,11 @@ exc64_ud:
         cmp qword [rel resume], 0
         je ud64
         mov dword [rel exc_vec], 6
+        jmp exc64_out
+exc64_pf:
+        mov dword [rel exc_vec], 14
+        pop rax
+        mov [rel exc_err], eax
         jmp exc64_out
 exc64_gp:
         mov dword [rel exc_vec], 13
@@ -366,6 +380,7 @@ idt64:  times 6 dq 0, 0
         dw exc64_ud, 0x18, 0x8e00, 0, 0, 0, 0, 0        ; 6: #UD
         times 13 - 7 dq 0, 0
         dw exc64_gp, 0x18, 0x8e00, 0, 0, 0, 0, 0        ; 13: #GP
+        dw exc64_pf, 0x18, 0x8e00, 0, 0, 0, 0, 0        ; 14: #PF
 idt64_end:
 resume:    dq 0
 ud_ip:     dd 0

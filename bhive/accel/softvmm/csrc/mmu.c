@@ -291,6 +291,7 @@ static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *per
         if (wide) {
             uint64_t rsv = RSV_HI | nxrsv;
             if (lvl == 4) rsv |= PTE_PS;
+            else if (lvl == 3 && !vm_feat(c->vm, FW_X1D, 26)) rsv |= PTE_PS;   /* 1G pages: CPUID.80000001H:EDX.Page1GB */
             else if (leaf && lvl == 3) rsv |= 0x3fffe000ULL;   /* 1G page: address bits 29:13 */
             else if (leaf && lvl == 2) rsv |= 0x1fe000ULL;     /* 2M page: address bits 20:13 */
             if (e & rsv) goto rsvd;

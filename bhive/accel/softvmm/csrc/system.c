@@ -498,7 +498,8 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
         if (!vm_feat(c->vm, FW_1D, 14)) return 1;   /* no MCA in the CPU model */
         *v = 0; return 0;                           /* IA32_MCG_CAP: count 0, MCG_CTL_P 0; MCG_STATUS: none in progress */
     case 0x17b: return 1;                           /* IA32_MCG_CTL: absent without MCG_CTL_P */
-    case 0x6e0: return lapic_msr_read(c, msr, v);   /* IA32_TSC_DEADLINE (lapic.c) */
+    case 0x6e0:   /* IA32_TSC_DEADLINE (lapic.c): #GP without CPUID.1:ECX.TSC_Deadline */
+        return vm_feat(c->vm, FW_1C, 24) ? lapic_msr_read(c, msr, v) : 1;
     case 0x174: *v = c->sysenter_cs; return 0;
     case 0x175: *v = c->sysenter_esp; return 0;
     case 0x176: *v = c->sysenter_eip; return 0;
@@ -560,7 +561,7 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
     case 0x179: return 1;                           /* IA32_MCG_CAP: read-only */
     case 0x17a: return v ? 1 : 0;                   /* IA32_MCG_STATUS: only 0 is writable (no MCE in progress) */
     case 0x17b: return 1;
-    case 0x6e0: return lapic_msr_write(c, msr, v);  /* IA32_TSC_DEADLINE (lapic.c) */
+    case 0x6e0: return vm_feat(c->vm, FW_1C, 24) ? lapic_msr_write(c, msr, v) : 1;  /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: c->sysenter_cs = v & 0xffff; return 0;
     case 0x175: if (!canonical(v)) return 1; c->sysenter_esp = v; return 0;
     case 0x176: if (!canonical(v)) return 1; c->sysenter_eip = v; return 0;
