@@ -61,7 +61,7 @@ def cmd_run(args) -> int:
             pass
     from . import config as config_mod
     overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog,
-                 "accel": args.accel}
+                 "accel": args.accel, "cpu": args.cpu}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
         boot["kind"] = "kernel"
@@ -265,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--smp", type=int, help="number of vCPUs")
     r.add_argument("-m", "--memory", help="guest RAM, e.g. 512M")
     r.add_argument("--accel", help="accelerator: softvmm (default), kvm or bhyve")
+    r.add_argument("-cpu", "--cpu", metavar="MODEL[,vendor=V][,+F|-F...]",
+                   help="CPU model as QEMU spells it: max (default) or qemu64, vendor=GenuineIntel|AuthenticAMD, "
+                        "+feature/-feature (bhive.cpumodel)")
     r.add_argument("--watchdog", type=float, metavar="SECONDS",
                    help="end the VM with status 124 if the guest has not ended by then (for tests)")
     r.set_defaults(func=cmd_run)

@@ -89,6 +89,7 @@ class VmConfig:
     exit_transport: str = "shm"
     source: Path | None = None
     watchdog: float = 0.0       # seconds of wall time before the VM is ended (0: never)
+    cpu: dict = field(default_factory=lambda: {"model": "max"})   # bhive.cpumodel.CpuModel.to_json()
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
@@ -97,7 +98,7 @@ class VmConfig:
         return [d for d in self.devices.values() if d.type == dtype]
 
 
-_TOP = {"vm", "boot", "msr", "devices"}
+_TOP = {"vm", "boot", "msr", "devices", "cpu"}
 _VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog"}
 # How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
@@ -233,7 +234,8 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     if unknown_msr not in MSR_POLICIES:
         raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
 
-    cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind,
+    cpu = _cpu_model(raw.get("cpu", {}), (overrides or {}).get("cpu"))
+    cfg = VmConfig(name=name, cpus=cpus, memory=memory, accel=accel_name, boot_kind=kind, cpu=cpu,
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
                    kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
@@ -290,6 +292,27 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     return cfg
 
 
+def _cpu_model(table, spec: str | None) -> dict:
+    """[cpu] model / vendor / features, or the CLI's -cpu (which wins)."""
+    from . import cpumodel
+    if not isinstance(table, dict):
+        raise ConfigError("[cpu] must be a table")
+    _reject_unknown(table, {"model", "vendor", "features"}, "[cpu]")
+    try:
+        if spec is not None:
+            return cpumodel.parse(spec).to_json()
+        feats = table.get("features", [])
+        if isinstance(feats, str):
+            feats = [f for f in feats.split(",") if f.strip()]
+        if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
+            raise ConfigError(f"[cpu] features: expected a list of \"+name\" / \"-name\", got {feats!r}")
+        return cpumodel.build(_typed(table.get("model", "max"), str, "[cpu] model"),
+                              _typed(table["vendor"], str, "[cpu] vendor") if "vendor" in table else None,
+                              feats).to_json()
+    except cpumodel.CpuModelError as exc:
+        raise ConfigError(f"{'-cpu' if spec is not None else '[cpu]'}: {exc}") from None
+
+
 def to_json(cfg: VmConfig) -> dict:
     """The validated config as plain JSON, for the run directory: every
     process of the VM reads this instead of re-parsing the TOML."""
@@ -300,7 +323,7 @@ def to_json(cfg: VmConfig) -> dict:
         "source": str(cfg.source) if cfg.source else None,
         "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
         "initrd_args": cfg.initrd_args,
-        "append": cfg.append, "watchdog": cfg.watchdog,
+        "append": cfg.append, "watchdog": cfg.watchdog, "cpu": cfg.cpu,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -321,4 +344,4 @@ def from_json(data: dict) -> VmConfig:
                     kernel=Path(data["kernel"]) if data.get("kernel") else None,
                     initrd=[Path(p) for p in data.get("initrd", [])],
                     initrd_args=data.get("initrd_args", []), append=data.get("append", ""),
-                    watchdog=data.get("watchdog", 0.0))
+                    watchdog=data.get("watchdog", 0.0), cpu=data.get("cpu", {"model": "max"}))

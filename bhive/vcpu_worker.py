@@ -242,9 +242,9 @@ class VcpuWorker:
         self.platform = SharedRegion(rundir.shm / "platform")
         memory = GuestMemory(self.ram.address, self.ram.size, ram_slots(self.cfg.memory))
         # whole_vm: this process is one vCPU of a bhive VM (kvm: its own KVM VM);
-        # name: the VM under /dev/vmm (bhyve)
+        # name: the VM under /dev/vmm (bhyve); cpu: the -cpu model
         self.vm = accel.vm_open(memory, self.cfg.cpus, self.platform.address,
-                                {"whole_vm": True, "name": self.cfg.name})
+                                {"whole_vm": True, "name": self.cfg.name, "cpu": self.cfg.cpu})
         self.vcpu = self.vm.vcpu_open(vcpuid)
 
         # Port map: one slot per I/O port, each the client of the owning actor.

@@ -1,5 +1,6 @@
 """Mutation check of the CPU test guests: apply one deliberate bug to the
-softvmm sources, rebuild, run guests/cpu/{sys32,sys64,modes}.asm through
+softvmm sources, rebuild, run guests/cpu/{sys32,sys64,modes,opcodes}.asm (opcodes also with
+-cpu qemu64) through
 `bhive run` and print which checks stop passing; then restore the source.
 Every mutation must make at least one guest fail (a FAIL line, a missing
 PASS or a crash).  Rebuilds the core once per mutation: slow, run by hand.
@@ -45,11 +46,40 @@ MUTS = {
  "ist_noncanon_gp": ("exceptions.c", "            raise_exc(c, EX_SS, 1, ext);\n        uint64_t sp = rsp;", "            raise_exc(c, EX_GP, 1, ext);\n        uint64_t sp = rsp;"),
  "no_frame_limit": ("exceptions.c", "    if (bad) raise_exc(c, EX_SS, 1, err);", "    (void)bad;"),
  "dbl_pf_cr2": ("mmu.c", "    c->exc_cr2 = lin;", "    c->exc_cr2 = lin + 4;"),
+ "unknown_opcode_exits": ("system.c", "HANDLER(h_unhandled) { raise_ud(c); }", "HANDLER(h_unhandled) { exit_unhandled(c); }"),
+ "lea_reg_no_ud": ("decode.c", "(op == 0x8d && mod == 3) || ", ""),
+ "null_ss_any_rpl": ("system.c", "!(c->long64 && c->cpl < 3 && (sel & 3) == c->cpl)", "!(c->long64 && c->cpl < 3)"),
+ "lgdt_noncanonical": ("system.c", "        if (c->long64 && !canonical(base)) raise_gp(c, 0);   /* SDM Vol 2A LGDT/LIDT */\n", ""),
+ "lldt_ltr_noncanonical": ("system.c", "    if ((c->efer & EFER_LMA) && !canonical(base)) raise_gp(c, sel & ~3);", ""),
+ "wrmsr_fsbase_noncanonical": ("system.c", "case 0xc0000100: if (!canonical(v)) return 1;", "case 0xc0000100:"),
+ "nmi_iret_no_recheck": ("control.c", "    if (__atomic_load_n(&c->lapic->nmi, __ATOMIC_RELAXED)) __atomic_store_n(&c->lapic->event, 1, __ATOMIC_SEQ_CST);\n", ""),
+ "apic_disable_keeps_id": ("system.c", "if ((old & 0x800) && !(v & 0x800)) lapic_reset(c->vm, c->vcpuid, 0);", ";"),
+ "apic_cpuid_ignores_en": ("cpuid.c", "if (!(c->lapic->apic_base & 0x800)) o[3] &= ~(1u << 9);", ";"),
+ "apic_base_any_high_bits": ("system.c", "(((1ULL << MAXPHYADDR_BITS) - 1) & ~0xfffULL)", "0xffffffffff000ULL"),
+ "tmict_no_restart": ("lapic.c", "        l->timer_icr = v;\n        timer_start(c, __rdtsc(), v);", "        if (!l->timer_icr || !v) timer_start(c, __rdtsc(), v);\n        l->timer_icr = v;"),
+ "mcg_cap_absent": ("system.c", "        *v = 0; return 0;                           /* IA32_MCG_CAP: count 0", "        return 1;                           /* IA32_MCG_CAP: count 0"),
+ "no_smep": ("mmu.c", "        if (acc & ACC_X) { if (c->cr4 & CR4_SMEP) goto prot; }", "        if (acc & ACC_X) { }"),
+ "smap_ignores_ac_off": ("mmu.c", "((acc & ACC_SYS) || !(c->rflags & F_AC))) goto prot;", "(acc & ACC_SYS)) goto prot;"),
+ "smap_clac_keeps_tlb": ("system.c", "    if ((old & ~c->rflags & F_AC) && (c->cr4 & CR4_SMAP) && c->smap_n) tlb_smap_close(c);\n", ""),
+ "smap_jit_tag_open": ("mmu.c", "    j->jtag_r = e->tag_r == TLB_INVALID ? JTAG_INVALID : -(int64_t)(e->tag_r >> 12);", "    j->jtag_r = (e->tag_r == TLB_INVALID && !((e->perm & TP_U) && (c->cr4 & CR4_SMAP) && c->cpl < 3)) ? JTAG_INVALID : -(int64_t)(page >> 12);"),
+ "no_exec_bp": ("debug.c", "if (bp_enabled(c, n) && bp_rw(c, n) == 0 && c->dr[n] == lin) hits |= 1 << n;", "(void)lin;"),
+ "exec_bp_ignores_rf": ("run.c", "if (c->dbg_exec && !(c->rflags & F_RF)) {", "if (c->dbg_exec) {"),
+ "data_bp_fast_path": ("mmu.c", "        if (m & 2) w = 0;\n", ""),
+ "io_bp_ignored": ("mmu.c", "    if (unlikely(c->dbg_io)) dbg_io_access(c, port, size);\n", ""),
+ "no_general_detect": ("debug.c", "    if (c->dr[7] & DR7_GD) {", "    if (0) {"),
+ "dr4_no_ud": ("debug.c", "    if ((dr == 4 || dr == 5) && (c->cr4 & 0x8)) raise_ud(c);", ""),
+ "tf_and_bp_two_db": ("run.c", "c->dr[6] = (c->dr[6] & ~0xfULL) | c->dbg_hits | (bs ? 0x4000 : 0);", "c->dr[6] = (c->dr[6] & ~0xfULL) | (bs ? 0x4000 : c->dbg_hits);"),
+ "cpu_model_not_enforced": ("decode.c", "    if (!feature_ok(vm, map, op, rep, opsz66, is64, d->ext, mod, rex, vex ? vexsub : -1, fn)) fn = h_ud;", "    (void)feature_ok;"),
+ "cpu_model_cpuid_unmasked": ("cpuid.c", "    if (leaf == 1) { o[2] &= vm->cpuid_mask[FW_1C]; o[3] &= vm->cpuid_mask[FW_1D]; }", "    if (0) { }"),
+ "cpu_model_1g_pages_always": ("mmu.c", "            else if (lvl == 3 && !vm_feat(c->vm, FW_X1D, 26)) rsv |= PTE_PS;", "            else if (0) ;"),
+ "rdpmc_reads_zero": ("system.c", "HANDLER(h_rdpmc) { raise_gp(c, 0); }", "HANDLER(h_rdpmc) { c->r[R_RAX] = c->r[R_RDX] = 0; }"),
 }
-GUESTS = ["sys32", "sys64", "modes"]
+# (config, extra `bhive run` arguments): opcodes again under the qemu64 CPU model
+GUESTS = ["sys32", "sys64", "modes", "opcodes", "opcodes -cpu qemu64"]
 
-def run_guest(name):
-    p = subprocess.run([PY, "-m", "bhive", "run", f"configs/cpu-{name}.toml", "--name", f"mut-{name}", "--watchdog", "15"],
+def run_guest(spec):
+    name, *extra = spec.split()
+    p = subprocess.run([PY, "-m", "bhive", "run", f"configs/cpu-{name}.toml", "--name", f"mut-{name}", "--watchdog", "15", *extra],
                        cwd=REPO, capture_output=True, timeout=60)
     out = p.stdout.decode(errors="replace")
     fails = re.findall(r"^FAIL (.*?)(?: vec=.*)?\r?$", out, re.M)

@@ -51,63 +51,7 @@
         db 0x31, 0xc0, 0x48, 0x90
 %endmacro
 
-; RESULT cc, name: PASS when condition cc holds
-%macro RESULT 2
-%if __BITS__ == 64
-        lea rsi, [rel %%name]
-%elif __BITS__ == 32
-        mov esi, %%name
-%else
-        mov si, %%name
-%endif
-        j%-1 %%bad
-%if __BITS__ == 64
-        call pass64
-%elif __BITS__ == 32
-        call pass32
-%else
-        call pass16
-%endif
-        jmp %%after
-%%bad:
-%if __BITS__ == 64
-        call fail64
-%elif __BITS__ == 32
-        call fail32
-%else
-        call fail16
-%endif
-        jmp %%after
-  %%name: db %2, 0
-  %%after:
-%endmacro
-
-; pass<sfx> / fail<sfx>: "PASS " / "FAIL " and the name at xSI
-%macro VERDICTS 1
-%push v
-%if __BITS__ == 64
-  %define %$S rsi
-  %define %$D rdi
-%elif __BITS__ == 32
-  %define %$S esi
-  %define %$D edi
-%else
-  %define %$S si
-  %define %$D di
-%endif
-pass%1: mov %$D, m_pass
-        jmp %%say
-fail%1: inc dword [fails]
-        mov %$D, m_fail
-%%say:  xchg %$S, %$D
-        call puts%1
-        mov %$S, %$D
-        call puts%1
-        mov al, 10
-        call putc%1
-        ret
-%pop
-%endmacro
+%include "../lib/verdicts.inc"
 
         org 0x8000
 ; ==== real mode ==========================================================

@@ -18,6 +18,7 @@
 %define KSTACK  0x80000
 %define USTACK  0x70000
 %define TPAGE   0x40000000
+%define APIC    0xfee00000
 
         org 0x8000
         bits 16
@@ -392,6 +393,472 @@ lm:     mov ax, 0x18
         E 8, 0, -1, "#DF for #NP while delivering #GP"
         mov byte [IDT + 13 * 16 + 5], 0x8e
 
+        ; ---- null SS in 64-bit mode: only with RPL = CPL < 3 (SDM Vol. 2B MOV) ----
+        T
+        mov ax, 3
+        mov ss, ax
+        E 13, 0, -1, "#GP(0) MOV SS with a null selector whose RPL 3 != CPL 0 (64-bit mode)"
+        T
+        xor eax, eax
+        mov ss, ax
+        mov ax, 0x18
+        mov ss, ax
+        E -1, 0, -1, "MOV SS with a null selector, RPL = CPL = 0, is allowed in 64-bit mode"
+
+        ; ---- non-canonical bases in 64-bit mode: #GP ----
+        T
+        lgdt [rel nc_desc]
+        E 13, 0, -1, "#GP(0) LGDT with a non-canonical base"
+        T
+        lidt [rel nc_desc]
+        E 13, 0, -1, "#GP(0) LIDT with a non-canonical base"
+        T
+        mov ax, 0x60
+        lldt ax
+        E 13, 0x60, -1, "#GP(sel) LLDT of a descriptor with a non-canonical base"
+%macro WRMSR_NC 2
+        T
+        mov ecx, %1
+        xor eax, eax
+        mov edx, 0x00008000             ; 0x0000800000000000
+        wrmsr
+        E 13, 0, -1, %2
+%endmacro
+        WRMSR_NC 0xc0000100, "#GP(0) WRMSR IA32_FS_BASE non-canonical"
+        WRMSR_NC 0xc0000101, "#GP(0) WRMSR IA32_GS_BASE non-canonical"
+        WRMSR_NC 0xc0000102, "#GP(0) WRMSR IA32_KERNEL_GS_BASE non-canonical"
+        WRMSR_NC 0xc0000082, "#GP(0) WRMSR IA32_LSTAR non-canonical"
+        WRMSR_NC 0x176, "#GP(0) WRMSR IA32_SYSENTER_EIP non-canonical"
+
+        ; ---- NMI blocking until IRET (SDM Vol. 3A 6.7.1), with IF = 0 ----
+        ; the handler sends two more NMIs to itself while blocked: exactly one
+        ; more is delivered, right after its IRETQ (before the next instruction)
+        lea rax, [rel nmi_handler]
+        mov word [IDT + 2 * 16], ax
+        shr rax, 16
+        mov word [IDT + 2 * 16 + 6], ax
+        mov edi, APIC                   ; (a disp32 would sign-extend)
+        mov dword [rdi + 0xf0], 0x1ff   ; SVR: APIC software-enabled
+        mov dword [nmi_count], 0
+        cli
+        mov dword [rdi + 0x310], 0      ; ICR: physical destination APIC ID 0 (us)
+        mov dword [rdi + 0x300], 0x4400 ; NMI, assert
+        nop
+        nop
+        mov ecx, 100000
+.nmi_wait:
+        pause
+        loop .nmi_wait
+        xor ebp, ebp
+        cmp dword [nmi_count], 2
+        setne cl
+        add bpl, cl
+        cmp dword [nmi_nested], 1
+        setne cl
+        add bpl, cl
+        mov rax, [nmi_rip]
+        cmp rax, [nmi_rip + 8]
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_nmi]
+        call verdict
+
+        ; ---- local APIC (SDM Vol. 3A 11.4.3, 11.5.4) ----
+        ; globally disabling the APIC clears CPUID.1:EDX.APIC and resets it:
+        ; re-enabled, the xAPIC ID is the initial one again
+        mov edi, APIC
+        xor ebp, ebp
+        mov dword [rdi + 0x20], 0x05000000      ; xAPIC ID := 5
+        cmp dword [rdi + 0x20], 0x05000000
+        setne cl
+        add bpl, cl
+        mov ecx, 0x1b
+        rdmsr
+        mov r12d, eax
+        mov r13d, edx
+        and eax, ~0x800
+        wrmsr                                   ; IA32_APIC_BASE.EN = 0
+        mov eax, 1
+        cpuid
+        bt edx, 9
+        setc cl
+        add bpl, cl
+        mov ecx, 0x1b
+        mov eax, r12d
+        mov edx, r13d
+        wrmsr                                   ; enabled again
+        mov eax, 1
+        cpuid
+        bt edx, 9
+        setnc cl
+        add bpl, cl
+        cmp dword [rdi + 0x20], 0
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_apicid]
+        call verdict
+%macro WRMSR_GP 4 ; msr, edx, eax, name
+        T
+        mov ecx, %1
+        mov edx, %2
+        mov eax, %3
+        wrmsr
+        E 13, 0, -1, %4
+%endmacro
+        WRMSR_GP 0x1b, 0, 0xfee00c00, "#GP(0) IA32_APIC_BASE.EXTD without x2APIC in CPUID"
+        WRMSR_GP 0x1b, 0x100, 0xfee00800, "#GP(0) IA32_APIC_BASE bit 40 (at MAXPHYADDR)"
+        WRMSR_GP 0x1b, 0, 0xfee00a00, "#GP(0) IA32_APIC_BASE reserved bit 9"
+        ; the timer: TMCCT starts at TMICT and counts down, a TMICT write
+        ; restarts it, TMICT = 0 stops it (TMCCT 0), a one-shot ends at 0
+        mov edi, APIC
+        xor ebp, ebp
+        mov dword [rdi + 0x3e0], 0xb            ; divide by 1
+        mov dword [rdi + 0x320], 0x10020        ; one-shot, masked
+        mov dword [rdi + 0x380], 0x7fffffff
+        mov eax, [rdi + 0x390]
+        test eax, eax
+        setz cl
+        add bpl, cl
+        cmp eax, 0x7fffffff
+        seta cl
+        add bpl, cl
+        mov ecx, 20000
+.tm1:   pause
+        loop .tm1
+        mov ebx, [rdi + 0x390]
+        cmp ebx, eax
+        setae cl
+        add bpl, cl
+        mov dword [rdi + 0x380], 0x7fffffff     ; restart
+        mov edx, [rdi + 0x390]
+        cmp edx, ebx
+        setbe cl
+        add bpl, cl
+        mov dword [rdi + 0x380], 0              ; stop
+        cmp dword [rdi + 0x390], 0
+        setne cl
+        add bpl, cl
+        mov dword [rdi + 0x380], 64             ; 0.5 us
+        mov ecx, 20000
+.tm2:   pause
+        loop .tm2
+        cmp dword [rdi + 0x390], 0
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_tmcct]
+        call verdict
+        ; machine check: CPUID.1:EDX.MCE/MCA with IA32_MCG_CAP (0 banks, no
+        ; MCG_CTL) and IA32_MCG_STATUS readable, IA32_MCG_CTL absent
+        xor ebp, ebp
+        mov eax, 1
+        cpuid
+        and edx, (1 << 7) | (1 << 14)
+        cmp edx, (1 << 7) | (1 << 14)
+        setne cl
+        add bpl, cl
+        T
+        mov ecx, 0x179
+        rdmsr
+        mov [mcg_cap], eax
+        mov ecx, 0x17a
+        rdmsr
+        or [mcg_cap], eax
+        E -1, 0, -1, "IA32_MCG_CAP and IA32_MCG_STATUS read (MCA advertised)"
+        cmp dword [mcg_cap], 0
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_mcg]
+        call verdict
+        T
+        mov ecx, 0x17b
+        rdmsr
+        E 13, 0, -1, "#GP(0) IA32_MCG_CTL without MCG_CAP.MCG_CTL_P"
+        WRMSR_GP 0x179, 0, 0, "#GP(0) WRMSR IA32_MCG_CAP (read-only)"
+
+        ; ---- SMEP / SMAP (SDM Vol. 3A 4.6.1), STAC / CLAC ----
+        T
+        lea rdi, [rel u_stac]
+        jmp to_user
+        E 6, 0, -1, "#UD STAC at CPL3"
+        xor ebp, ebp
+        mov eax, 7
+        xor ecx, ecx
+        cpuid
+        and ebx, (1 << 7) | (1 << 20)
+        cmp ebx, (1 << 7) | (1 << 20)
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_smep_cpuid]
+        call verdict
+        ; the first 2M (this code, its data, stacks and tables) supervisor-only;
+        ; a user page at TPAGE + 0x5000 holding a RET
+        and qword [PD0], ~4
+        mov qword [PTT + 5 * 8], 0x304000 | 7
+        mov byte [0x304000], 0xc3
+        mov rax, cr3
+        mov cr3, rax
+        mov rax, cr4
+        or eax, 1 << 20                 ; SMEP
+        mov cr4, rax
+        T
+        mov eax, TPAGE + 0x5000
+        call rax
+        E 14, 0x11, TPAGE + 0x5000, "#PF SMEP: supervisor fetch from a user page (err 0x11)"
+        mov rax, cr4
+        or eax, 1 << 21                 ; SMAP
+        mov cr4, rax
+        T
+        mov eax, TPAGE + 0x5000
+        mov bl, [rax]
+        E 14, 1, TPAGE + 0x5000, "#PF SMAP: supervisor read of a user page with EFLAGS.AC = 0 (err 1)"
+        T
+        mov eax, TPAGE + 0x5000
+        mov byte [rax + 1], 0
+        E 14, 3, TPAGE + 0x5001, "#PF SMAP: supervisor write to a user page with EFLAGS.AC = 0 (err 3)"
+        T
+        mov eax, TPAGE + 0x5000
+        stac
+        mov bl, [rax]
+        mov byte [rax + 1], 0x5a
+        clac
+        E -1, 0, -1, "SMAP: STAC opens user pages to supervisor reads and writes"
+        T
+        mov eax, TPAGE + 0x5000
+        mov bl, [rax]
+        E 14, 1, TPAGE + 0x5000, "#PF SMAP: CLAC closes them again (the cached translation too)"
+        T
+        pushfq
+        or dword [rsp], 0x40000         ; AC through POPF
+        popfq
+        mov eax, TPAGE + 0x5000
+        mov bl, [rax]
+        pushfq
+        and dword [rsp], ~0x40000
+        popfq
+        E -1, 0, -1, "SMAP: EFLAGS.AC = 1 set by POPF allows the access"
+        ; hot enough to be translated: STAC/CLAC around a load, 300 times; the
+        ; last iteration skips STAC and must fault
+        T
+        mov eax, TPAGE + 0x5000
+        mov r14d, 300
+.smap_hot:
+        cmp r14d, 1
+        je .smap_nostac
+        stac
+.smap_nostac:
+        add bl, [rax]
+        clac
+        dec r14d
+        jnz .smap_hot
+        E 14, 1, TPAGE + 0x5000, "#PF SMAP in a hot (translated) loop once STAC is skipped"
+        xor ebp, ebp
+        cmp r14d, 1
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_smap_hot]
+        call verdict
+        mov rax, cr4
+        and eax, ~((1 << 20) | (1 << 21))
+        mov cr4, rax
+        or qword [PD0], 4
+        mov rax, cr3
+        mov cr3, rax
+
+        ; ---- debug registers (SDM Vol. 3B 17.2-17.3) ----
+        ; a #DB handler that counts, records DR6 and the frame's RIP, clears
+        ; DR6 and TF and sets RF in the frame (so an instruction breakpoint
+        ; lets the instruction run on return)
+        lea rax, [rel db_handler]
+        mov word [IDT + 1 * 16], ax
+        shr rax, 16
+        mov word [IDT + 1 * 16 + 6], ax
+        mov eax, 0xffff0ff0             ; DR6 is sticky: BS is still set from the TF test
+        mov dr6, rax
+        ; DR0 execute breakpoint: a fault before the instruction
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel .bp_x]
+        mov dr0, rax
+        mov eax, 0x1                    ; L0, RW0 = 00 (execute), LEN0 = 00
+        mov dr7, rax
+        xor ebx, ebx
+.bp_x:  inc ebx
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_x]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 1
+        setne cl
+        add bpl, cl
+        cmp ebx, 1                      ; RF = 1 from the handler: it ran once
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_x]
+        call verdict
+        ; DR1 write breakpoint (4 bytes): a trap after the store, reads pass
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel watch]
+        mov dr1, rax
+        mov eax, 0x4 | (1 << 20) | (3 << 22)    ; L1, RW1 = 01 (write), LEN1 = 11
+        mov dr7, rax
+        mov eax, [watch + 2]            ; a read: no #DB
+        mov word [watch + 2], 7         ; overlapping write
+.bp_w:  nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_w]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 2
+        setne cl
+        add bpl, cl
+        cmp word [watch + 2], 7
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_w]
+        call verdict
+        ; DR3 read/write breakpoint (8 bytes): a read traps
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel watch]
+        mov dr3, rax
+        mov eax, 0x40 | (3 << 28) | (2 << 30)   ; L3, RW3 = 11, LEN3 = 10 (8 bytes)
+        mov dr7, rax
+        mov al, [watch + 7]
+.bp_r:  nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_r]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 8
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_r]
+        call verdict
+        ; DR2 I/O breakpoint (CR4.DE): OUT to COM1's scratch register traps
+        xor ebp, ebp
+        mov dword [db_count], 0
+        mov rax, cr4
+        or eax, 0x8                     ; DE
+        mov cr4, rax
+        mov eax, COM1 + 7
+        mov dr2, rax
+        mov eax, 0x10 | (2 << 24)       ; L2, RW2 = 10 (I/O), LEN2 = 00
+        mov dr7, rax
+        mov dx, COM1 + 7
+        mov al, 0x5a
+        out dx, al
+.bp_io: nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_io]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 4
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_io]
+        call verdict
+        T
+        mov rax, dr4
+        E 6, 0, -1, "#UD MOV from DR4 with CR4.DE = 1"
+        mov rax, cr4
+        and eax, ~0x8
+        mov cr4, rax
+        T
+        mov rax, dr5                    ; DR7 alias without CR4.DE
+        E -1, 0, -1, "MOV from DR5 without CR4.DE reads DR7"
+        ; DR7.GD: the next MOV DR is a #DB fault with DR6.BD; GD is cleared
+        xor ebp, ebp
+        mov dword [db_count], 0
+        mov eax, 0x2400
+        mov dr7, rax
+.bp_gd: mov rax, dr0
+        mov rax, dr7
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rdx, [rel .bp_gd]
+        cmp [db_rip], rdx
+        setne cl
+        add bpl, cl
+        test eax, 0x2000
+        setnz cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 0x2000
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_gd]
+        call verdict
+        ; TF single-step and a data breakpoint in the same instruction: one #DB
+        xor ebp, ebp
+        mov dword [db_count], 0
+        lea rax, [rel watch]
+        mov dr1, rax
+        mov eax, 0x4 | (1 << 20) | (3 << 22)
+        mov dr7, rax
+        pushfq
+        or dword [rsp], 0x100
+        popfq
+        mov dword [watch], 1            ; traps: BS and B1
+.bp_tf: nop
+        mov eax, 0x400
+        mov dr7, rax
+        cmp dword [db_count], 1
+        setne cl
+        add bpl, cl
+        lea rax, [rel .bp_tf]
+        cmp [db_rip], rax
+        setne cl
+        add bpl, cl
+        mov rax, [db_dr6]
+        and eax, 0x600f
+        cmp eax, 0x4002
+        setne cl
+        add bpl, cl
+        lea rcx, [rel n_bp_tf]
+        call verdict
+        ; the stub handler back at IDT[1]
+        mov rax, [stubs + 8]
+        mov word [IDT + 1 * 16], ax
+        shr rax, 16
+        mov word [IDT + 1 * 16 + 6], ax
+
+        ; LTR last: a wrongly loaded TSS would break later tests
+        T
+        mov ax, 0x70
+        ltr ax
+        E 13, 0x70, -1, "#GP(sel) LTR of a TSS descriptor with a non-canonical base"
+
         ; done
         lea rsi, [rel m_done]
         call puts
@@ -405,6 +872,43 @@ lm:     mov ax, 0x18
 .stop:  cli
         hlt
         jmp .stop
+
+db_handler:
+        push rax
+        inc dword [db_count]
+        mov rax, dr6
+        mov [db_dr6], rax
+        mov rax, [rsp + 8]
+        mov [db_rip], rax
+        or dword [rsp + 24], 0x10000    ; RF
+        and dword [rsp + 24], ~0x100    ; TF
+        mov eax, 0xffff0ff0
+        mov dr6, rax
+        pop rax
+        iretq
+
+; NMI handler: counts, records the interrupted RIP; the first one raises two
+; more NMIs while NMIs are blocked and checks that none nests
+nmi_handler:
+        push rax
+        push rcx
+        mov eax, [nmi_count]
+        mov rcx, [rsp + 16]
+        mov [nmi_rip + rax * 8], rcx
+        inc eax
+        mov [nmi_count], eax
+        cmp eax, 1
+        jne .out
+        mov dword [rdi + 0x300], 0x4400
+        mov dword [rdi + 0x300], 0x4400
+        mov ecx, 100000
+.spin:  pause
+        loop .spin
+        mov eax, [nmi_count]
+        mov [nmi_nested], eax
+.out:   pop rcx
+        pop rax
+        iretq
 
 ; ---- user-mode snippets (CPL 3) ----
 u_read_sup:
@@ -427,6 +931,8 @@ u_ac:
         or dword [rsp], 0x40000         ; EFLAGS.AC
         popfq
         mov rax, [USTACK - 0x103]       ; misaligned
+        jmp $
+u_stac: stac
         jmp $
 u_cgate64:
         call far [rel cg64_ptr]         ; m16:64 (nasm adds REX.W); the offset is ignored for a call gate
@@ -624,11 +1130,18 @@ gdt:    dq 0
         dq 0
         dq 0x00cf12000000ffff           ; 0x48 data, not present
         dq 0, 0                         ; 0x50 64-bit call gate (DPL3) -> cg64_target
+        dq 0x0000820000000fff, 0x00008000       ; 0x60 LDT, base 0x0000800000000000 (non-canonical)
+        dq 0x0000890000000067, 0x00008000       ; 0x70 TSS, base 0x0000800000000000 (non-canonical)
 gdt_end:
 gdt_desc: dw gdt_end - gdt - 1
         dq gdt
 idt_desc: dw 32 * 16 - 1
         dq IDT
+nc_desc:   dw 0xfff
+           dq 0x0000800000000000
+nmi_count: dd 0
+nmi_nested: dd 0
+nmi_rip:   times 4 dq 0
 resume:    dq 0
 saved_rsp: dq 0
 ex_vec:    dq 0
@@ -655,6 +1168,24 @@ mxcsr_zm:  dd 0x1d80
 mxcsr_default: dd 0x1f80
 one:       dd 1.0
 n_cg64: db "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP", 0
+n_apicid: db "IA32_APIC_BASE.EN = 0 clears CPUID.1:EDX.APIC; re-enabled, the xAPIC ID is reset", 0
+n_tmcct: db "APIC timer: TMCCT counts down from TMICT, a TMICT write restarts it, 0 stops it", 0
+n_mcg:  db "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0", 0
+mcg_cap: dd 0
+n_smep_cpuid: db "CPUID.7:EBX.SMEP and SMAP set", 0
+n_smap_hot: db "SMAP: the fault comes on the iteration without STAC, not before", 0
+n_bp_x: db "DR0 execute breakpoint: #DB fault before it, DR6.B0, RF lets it run once", 0
+n_bp_w: db "DR1 write breakpoint: #DB trap after an overlapping write, DR6.B1; reads pass", 0
+n_bp_r: db "DR3 read/write breakpoint (8 bytes): a read traps, DR6.B3", 0
+n_bp_io: db "DR2 I/O breakpoint with CR4.DE: OUT traps, DR6.B2", 0
+n_bp_gd: db "DR7.GD: MOV DR is a #DB fault with DR6.BD, GD cleared", 0
+n_bp_tf: db "TF and a write breakpoint in one instruction: one #DB with DR6.BS and B1", 0
+        align 8
+watch:  dq 0
+db_count: dd 0
+db_dr6: dq 0
+db_rip: dq 0
+n_nmi:  db "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)", 0
 m_pass: db "PASS ", 0
 m_fail: db "FAIL ", 0
 m_vec:  db " vec=", 0

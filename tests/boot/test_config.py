@@ -97,3 +97,26 @@ def test_missing_config_file(bhive):
     proc = bhive.run("run", "/nonexistent.toml", timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.decode().strip() == "bhive: error: /nonexistent.toml: no such config file"
+
+
+def test_cpu_table_and_cli_override(tmp_path):
+    from bhive import cpumodel
+    cfg = config.load(write(tmp_path, GOOD + '[cpu]\nmodel = "qemu64"\nvendor = "GenuineIntel"\nfeatures = ["+popcnt", "-nx"]\n'))
+    model = cpumodel.CpuModel.from_json(cfg.cpu)
+    assert (model.model, model.vendor) == ("qemu64", "GenuineIntel")
+    assert model.has("popcnt") and not model.has("nx") and not model.has("smep") and model.has("lm")
+    assert config.from_json(config.to_json(cfg)) == cfg
+    # -cpu wins over the table
+    cfg = config.load(write(tmp_path, GOOD + '[cpu]\nmodel = "qemu64"\n'), {"cpu": "max,-smap"})
+    model = cpumodel.CpuModel.from_json(cfg.cpu)
+    assert model.model == "max" and model.has("smep") and not model.has("smap")
+    assert cpumodel.CpuModel.from_json(config.load(write(tmp_path, GOOD)).cpu).masks == cpumodel.build().masks
+
+
+@pytest.mark.parametrize("table,msg", [('model = "486"', "unknown CPU model"),
+                                       ('features = ["+avx512f"]', "not implemented by softvmm"),
+                                       ('vendor = 3', "expected a string"),
+                                       ('speed = 1', "unknown key 'speed'")])
+def test_bad_cpu_table_is_a_config_error(tmp_path, table, msg):
+    with pytest.raises(config.ConfigError, match=msg):
+        config.load(write(tmp_path, GOOD + "[cpu]\n" + table + "\n"))

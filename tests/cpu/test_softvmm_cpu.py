@@ -267,15 +267,48 @@ def test_triple_fault_suspends():
     assert e.how == SuspendHow.TRIPLEFAULT
 
 
-def test_unhandled_opcode_reports_bytes():
+def test_unimplemented_instruction_is_ud_not_unhandled():
+    """An instruction softvmm does not implement (SSSE3 is not in its CPUID)
+    raises #UD like a CPU without it; the VM does not stop."""
     m = machine64("""
+        mov rsp, 0x80000
         nop
-        pshufb xmm0, xmm1   ; SSSE3: not implemented yet (nor advertised)
+        pshufb xmm0, xmm1
+        cli
+        hlt
+    h:  add qword [rsp], 5
+        mov r15, 6
+        iretq
     """)
+    text = m.read(CODE, 0x100)
+    set_idt64(m, {6: CODE + text.index(bytes.fromhex("4883042405"))})
+    assert m.run().code == ExitCode.HLT
+    assert reg(m, VmReg.R15) == 6
+
+
+def test_internal_limit_exit_reports_bytes():
+    """What softvmm cannot do (here: IRET into virtual-8086 mode) stops with
+    an UNHANDLED exit that reports the instruction's address and bytes."""
+    m = Machine(1)
+    code = assemble("""
+        bits 32
+        push 0                       ; GS, FS, DS, ES
+        push 0
+        push 0
+        push 0
+        push 0                       ; SS
+        push 0x1000                  ; ESP
+        push 0x20002                 ; EFLAGS.VM
+        push 0                       ; CS
+        push 0x100                   ; EIP
+        iretd
+    """, 32, 0x10000)
+    m.write(0x10000, code)
+    m.protected_mode()
     e = m.run()
     assert e.code == ExitCode.UNHANDLED
-    assert e.insn.startswith(b"\x66\x0f\x38\x00")
-    assert e.rip == CODE + 1
+    assert e.insn.startswith(b"\xcf")
+    assert e.rip == 0x10000 + len(code) - 1
 
 
 def test_ud2_is_an_exception_not_unhandled():

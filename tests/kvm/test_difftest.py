@@ -231,3 +231,63 @@ def test_kvm_vs_softvmm_x87_and_sse():
             assert st.divergences == 0, "\n\n".join(st.reports)
     finally:
         t.close()
+
+
+def unassigned_opcodes() -> list[tuple[str, bytes]]:
+    """The records of guests/cpu/unassigned.inc (both tables), as the guest
+    assembles them: (table, bytes)."""
+    out, table = [], ""
+    for line in (REPO / "guests/cpu/unassigned.inc").read_text().splitlines():
+        line = line.split(";")[0].strip()
+        if "%" in line:
+            continue   # the macros themselves
+        if line.endswith(":"):
+            table = line[:-1]
+            continue
+        word, _, args = line.partition(" ")
+        vals = [int(a, 0) for a in args.split(",") if a.strip()]
+        if word == "UDOP":
+            out.append((table, bytes(vals)))
+        elif word in ("UD0F38", "UD0F3A"):
+            for op in range(vals[0], vals[1] + 1):
+                out.append((table, bytes([0x0F, 0x38, op, 0xC0]) if word == "UD0F38"
+                            else bytes([0x0F, 0x3A, op, 0xC0, 0])))
+    return out
+
+
+def test_unassigned_table_parses():
+    ops = unassigned_opcodes()
+    assert {t for t, _ in ops} == {"ud_all", "ud_64"}
+    assert (("ud_all", bytes([0x0F, 0x0B])) in ops and ("ud_64", bytes([0xD6])) in ops
+            and ("ud_all", bytes([0x0F, 0x3A, 0xFF, 0xC0, 0])) in ops)
+    assert len(ops) > 450
+
+
+@needs_kvm
+@pytest.mark.parametrize("engine", ["interpreter", "jit"])
+def test_unassigned_opcodes_raise_ud_on_kvm_and_softvmm(engine):
+    """Every record of the opcodes guest's table at CPL3: KVM (the native
+    CPU) raises #UD at its first byte, and softvmm does the same."""
+    why = _softvmm_reason()
+    if why:
+        pytest.skip(why)
+    from bhive.difftest.machine import Machine
+    ops = unassigned_opcodes()
+    cases = [gen.Case("ud", "db " + ", ".join(f"{b:#x}" for b in code) + "\ntimes 16 nop",
+                      CaseInput([0] * 4 + [STACK_PTR] + [0] * 11, 0x202, bytes(SCRATCH_SIZE)), index=k)
+             for k, (_, code) in enumerate(ops)]
+    code, addrs = assemble_batch(cases, CODE)
+    kvm, soft = Machine("kvm"), Machine("softvmm")
+    soft.vcpu.jit_config(0 if engine == "jit" else -1)
+    try:
+        kvm.load_code_at(CODE, code)
+        soft.load_code_at(CODE, code)
+        native = [kvm.run_case(a, c.inp) for a, c in zip(addrs, cases)]
+        ours = [soft.run_case(a, c.inp) for a, c in zip(addrs, cases)]
+    finally:
+        kvm.close()
+        soft.close()
+    diverging = [f"{ops[k][1].hex()}: {d}" for k, c in enumerate(cases) for d in compare(c, native[k], ours[k])]
+    assert not diverging, "\n".join(diverging[:20])
+    not_ud = [ops[k][1].hex() for k, (o, a) in enumerate(zip(native, addrs)) if (o.kind, o.vector, o.rip) != ("exc", 6, a)]
+    assert not not_ud, f"the native CPU does not raise #UD for {not_ud}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 EXPECTED_SYS64 = [
     "#DE divide error", "#DB single-step (TF)", "#BP int3", "#UD for INTO in 64-bit mode", "#UD ud2",
     "#NM SSE with CR0.TS (64-bit)", "#MF unmasked x87 zero-divide (64-bit)",
@@ -26,6 +28,45 @@ EXPECTED_SYS64 = [
     "64-bit call gate CPL3 -> CPL0 and RETF (REX.W) back",
     "64-bit call gate: TSS RSP0, null SS, 8-byte frame; RETF restores CS:RIP, SS:RSP",
     "#DF for #NP while delivering #GP",
+    "#GP(0) MOV SS with a null selector whose RPL 3 != CPL 0 (64-bit mode)",
+    "MOV SS with a null selector, RPL = CPL = 0, is allowed in 64-bit mode",
+    "#GP(0) LGDT with a non-canonical base",
+    "#GP(0) LIDT with a non-canonical base",
+    "#GP(sel) LLDT of a descriptor with a non-canonical base",
+    "#GP(0) WRMSR IA32_FS_BASE non-canonical",
+    "#GP(0) WRMSR IA32_GS_BASE non-canonical",
+    "#GP(0) WRMSR IA32_KERNEL_GS_BASE non-canonical",
+    "#GP(0) WRMSR IA32_LSTAR non-canonical",
+    "#GP(0) WRMSR IA32_SYSENTER_EIP non-canonical",
+    "NMI while an NMI handler runs: exactly one more, right after its IRETQ (IF = 0)",
+    "IA32_APIC_BASE.EN = 0 clears CPUID.1:EDX.APIC; re-enabled, the xAPIC ID is reset",
+    "#GP(0) IA32_APIC_BASE.EXTD without x2APIC in CPUID",
+    "#GP(0) IA32_APIC_BASE bit 40 (at MAXPHYADDR)",
+    "#GP(0) IA32_APIC_BASE reserved bit 9",
+    "APIC timer: TMCCT counts down from TMICT, a TMICT write restarts it, 0 stops it",
+    "IA32_MCG_CAP and IA32_MCG_STATUS read (MCA advertised)",
+    "CPUID.1:EDX.MCE/MCA set, IA32_MCG_CAP = 0 banks, IA32_MCG_STATUS = 0",
+    "#GP(0) IA32_MCG_CTL without MCG_CAP.MCG_CTL_P",
+    "#GP(0) WRMSR IA32_MCG_CAP (read-only)",
+    "#UD STAC at CPL3",
+    "CPUID.7:EBX.SMEP and SMAP set",
+    "#PF SMEP: supervisor fetch from a user page (err 0x11)",
+    "#PF SMAP: supervisor read of a user page with EFLAGS.AC = 0 (err 1)",
+    "#PF SMAP: supervisor write to a user page with EFLAGS.AC = 0 (err 3)",
+    "SMAP: STAC opens user pages to supervisor reads and writes",
+    "#PF SMAP: CLAC closes them again (the cached translation too)",
+    "SMAP: EFLAGS.AC = 1 set by POPF allows the access",
+    "#PF SMAP in a hot (translated) loop once STAC is skipped",
+    "SMAP: the fault comes on the iteration without STAC, not before",
+    "DR0 execute breakpoint: #DB fault before it, DR6.B0, RF lets it run once",
+    "DR1 write breakpoint: #DB trap after an overlapping write, DR6.B1; reads pass",
+    "DR3 read/write breakpoint (8 bytes): a read traps, DR6.B3",
+    "DR2 I/O breakpoint with CR4.DE: OUT traps, DR6.B2",
+    "#UD MOV from DR4 with CR4.DE = 1",
+    "MOV from DR5 without CR4.DE reads DR7",
+    "DR7.GD: MOV DR is a #DB fault with DR6.BD, GD cleared",
+    "TF and a write breakpoint in one instruction: one #DB with DR6.BS and B1",
+    "#GP(sel) LTR of a TSS descriptor with a non-canonical base",
 ]
 
 
@@ -144,6 +185,38 @@ EXPECTED_MODES = [
 ]
 
 
+# the features opcodes.asm executes under the CPU model (-cpu) and reports as "cpuid NAME BIT"
+CPU_MODEL_FEATURES = ["popcnt", "movbe", "cx16", "bmi1", "bmi2", "adx", "rdtscp", "lahf-lm", "smep", "smap", "nx",
+                      "tsc-deadline", "pdpe1gb"]
+
+# unknown and unimplemented opcodes raise #UD in every mode (guests/cpu/opcodes.asm)
+EXPECTED_OPCODES = [
+    "real mode: every unassigned opcode raises #UD",
+    "32-bit protected mode: every unassigned opcode raises #UD",
+    "64-bit mode: every unassigned opcode raises #UD",
+    "64-bit mode: every opcode invalid in 64-bit mode raises #UD",
+    "#UD INVPCID (CPUID.7:EBX.INVPCID = 0)",
+    "#UD RDPRU (AMD only)",
+    "#UD RDFSBASE (CPUID.7:EBX.FSGSBASE = 0)",
+    "#UD XGETBV (CPUID.1:ECX.XSAVE = 0)",
+    "#UD XSAVE (CPUID.1:ECX.XSAVE = 0)",
+    "#UD PSHUFB (CPUID.1:ECX.SSSE3 = 0)",
+    "#UD PTEST (CPUID.1:ECX.SSE4_1 = 0)",
+    "#UD AESENC (CPUID.1:ECX.AES = 0)",
+    "#UD RDRAND (CPUID.1:ECX.RDRAND = 0)",
+    "#UD XBEGIN (CPUID.7:EBX.RTM = 0)",
+    "#UD MONITOR (CPUID.1:ECX.MONITOR = 0)",
+    "#UD GETSEC with CR4.SMXE = 0",
+    "#UD VMREAD outside VMX operation",
+    "#UD RSM outside SMM",
+    "#UD 3DNow! (0F 0F)",
+    "#GP(0) RDPMC at CPL0: no counters in CPUID leaf 0xA",
+    "#GP(0) RDPMC with CR4.PCE = 1 and no counters",
+] + [f"{f} runs iff CPUID has it" for f in CPU_MODEL_FEATURES] + [
+    "LZCNT iff CPUID.80000001H:ECX.ABM, else BSR",
+]
+
+
 def run_checks(bhive, name: str, expected: list[str], timeout: float = 120) -> str:
     """Run configs/cpu-<name>.toml; every check must report PASS, in order,
     and the guest must end with isa-debug-exit 0 (`bhive run` status 1)."""
@@ -168,6 +241,39 @@ def test_sys32_exceptions_segments_call_gates_sysenter_tasks(bhive):
 
 def test_modes_every_switch_up_to_64_bit_and_back_to_real_mode(bhive):
     run_checks(bhive, "modes", EXPECTED_MODES)
+
+
+def test_opcodes_unassigned_and_unadvertised_raise_ud_in_every_mode(bhive):
+    run_checks(bhive, "opcodes", EXPECTED_OPCODES)
+
+
+@pytest.mark.parametrize("spec", ["qemu64", "max,-popcnt,-bmi1,-nx,vendor=AuthenticAMD", "qemu64,+smep,+bmi2"])
+def test_cpu_model_applies_to_cpuid_and_to_what_runs(bhive, spec):
+    """-cpu as QEMU spells it: the guest sees the model's vendor and feature
+    bits, and every gated instruction runs exactly when its bit is set (the
+    guest checks that itself: all PASS)."""
+    from bhive import cpumodel
+    model = cpumodel.parse(spec)
+    proc = bhive.run("run", "configs/cpu-opcodes.toml", "--name", "cpu-model", "-cpu", spec, timeout=120)
+    out = proc.stdout.decode(errors="replace")
+    assert not re.findall(r"^FAIL .*$", out, re.M), out
+    assert re.findall(r"^PASS (.*?)\r?$", out, re.M) == EXPECTED_OPCODES, out
+    assert proc.returncode == 1, (proc.returncode, out, proc.stderr)
+    assert re.search(rf"^vendor {model.vendor}\r?$", out, re.M), out
+    seen = dict(re.findall(r"^cpuid (\S+) ([01])\r?$", out, re.M))
+    assert seen == {f: str(int(model.has(f))) for f in CPU_MODEL_FEATURES}, out
+    assert seen["popcnt"] == "0" and (seen["smep"] == "1") == ("+smep" in spec or spec.startswith("max"))
+
+
+@pytest.mark.parametrize("spec,msg", [("pentium", "unknown CPU model 'pentium'"),
+                                      ("max,+avx", "CPU feature 'avx' is unknown or not implemented"),
+                                      ("max,vendor=Cyrix", "unknown vendor 'Cyrix'"),
+                                      ("max,popcnt", "bad CPU feature 'popcnt'")])
+def test_cpu_model_errors_are_one_line_and_status_2(bhive, spec, msg):
+    proc = bhive.run("run", "configs/cpu-opcodes.toml", "--name", "cpu-model-bad", "-cpu", spec, timeout=60)
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_smp_atomics_eight_vcpu_processes(bhive):

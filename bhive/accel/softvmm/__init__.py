@@ -193,6 +193,10 @@ class SoftVm(Vm):
                                    len(memory.slots), ffi.cast("void *", platform_shm), ncpus, flags)
         if self._vm == ffi.NULL:
             raise ValueError("svm_vm_open failed")
+        cpu = self.options.get("cpu") or {}
+        if "masks" in cpu:   # the CPU model (bhive.cpumodel); without one: "max"
+            lib.svm_vm_set_cpu(self._vm, 1 if cpu["vendor"] == "AuthenticAMD" else 0,
+                               ffi.new("uint32_t[7]", cpu["masks"]))
         self._vcpus: dict[int, SoftVcpu] = {}
 
     def vcpu_open(self, vcpuid: int) -> SoftVcpu:

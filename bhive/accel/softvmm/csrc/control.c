@@ -161,13 +161,12 @@ static inline uint32_t dlimit(uint32_t lo, uint32_t hi)
     uint32_t l = (lo & 0xffff) | (hi & 0xf0000);
     return (hi & 0x800000) ? (l << 12) | 0xfff : l;
 }
-static inline int canon(uint64_t v) { return (uint64_t)(((int64_t)v << 16) >> 16) == v; }
 
 /* The new instruction pointer: within the limit of a 16/32-bit code
  * segment, canonical for a 64-bit one; #GP(0) otherwise. */
 static void check_target_ip(cpu_t *c, uint32_t lo, uint32_t hi, uint64_t ip)
 {
-    if ((c->efer & EFER_LMA) && (hi & 0x200000)) { if (!canon(ip)) raise_gp(c, 0); }
+    if ((c->efer & EFER_LMA) && (hi & 0x200000)) { if (!canonical(ip)) raise_gp(c, 0); }
     else if (ip > dlimit(lo, hi)) raise_gp(c, 0);
 }
 
@@ -190,7 +189,7 @@ static void push_new(cpu_t *c, nstack_t *ns, int sz, uint64_t v)
 {
     ns->sp = (ns->sp - sz) & szmask(ns->ssz);
     uint64_t last = ns->sp + sz - 1;
-    if (ns->lma ? !canon(ns->sp)
+    if (ns->lma ? !canonical(ns->sp)
                 : ns->expdown ? (ns->sp <= ns->limit || last > szmask(ns->ssz)) : last > ns->limit)
         raise_exc(c, EX_SS, 1, ns->err);
     mem_write_slow(c, ns->base + ns->sp, sz, v, ACC_W | ACC_SYS);
@@ -407,6 +406,15 @@ HANDLER(h_retf)
 
 /* IRET (SDM Vol 2A IRET pseudo-code; real, protected and IA-32e modes,
  * nested-task return).  Returns to virtual-8086 mode are not implemented. */
+/* IRET ends NMI blocking (SDM Vol 3A 6.7.1): an NMI that arrived while the
+ * handler ran is delivered right after it, whatever IF says, so make the
+ * run loop look at the events again (its own event word, as a sender would) */
+static void nmi_unblock(cpu_t *c)
+{
+    c->nmi_blocked = 0;
+    if (__atomic_load_n(&c->lapic->nmi, __ATOMIC_RELAXED)) __atomic_store_n(&c->lapic->event, 1, __ATOMIC_SEQ_CST);
+}
+
 HANDLER(h_iret)
 {
     int sz = i->osz;
@@ -419,7 +427,7 @@ HANDLER(h_iret)
         uint32_t lo, hi;
         if ((link & 4) || desc_read(c, link, &lo, &hi)) raise_exc(c, EX_TS, 1, link & 0xfffc);
         task_switch(c, link, lo, hi, TS_IRET, c->nrip);
-        c->nmi_blocked = 0;
+        nmi_unblock(c);
         return;
     }
     uint64_t sp = sp_get(c);
@@ -432,7 +440,7 @@ HANDLER(h_iret)
         sp_set(c, sp + 3 * sz);
         set_rflags(c, (cur & ~mask) | (fl & mask));
         c->nrip = nip & szmask(sz);
-        c->nmi_blocked = 0;
+        nmi_unblock(c);
         c->brk = 1;
         return;
     }
@@ -491,7 +499,7 @@ HANDLER(h_iret)
     }
     if (outer) null_inaccessible_segs(c);   /* SDM: data segments not accessible at the new CPL become null */
     c->nrip = c->long64 ? nip : nip & szmask(sz == 8 ? 4 : sz);
-    c->nmi_blocked = 0;
+    nmi_unblock(c);
     c->brk = 1;
 }
 

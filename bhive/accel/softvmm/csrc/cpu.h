@@ -57,6 +57,8 @@ enum { S_ES, S_CS, S_SS, S_DS, S_FS, S_GS, S_LDTR, S_TR, S_NONE = 15 };
 #define CR4_PAE 0x20u
 #define CR4_PGE 0x80u
 #define CR4_OSFXSR 0x200u
+#define CR4_SMEP (1u << 20)
+#define CR4_SMAP (1u << 21)
 #define EFER_SCE 0x1u
 #define EFER_LME 0x100u
 #define EFER_LMA 0x400u
@@ -240,10 +242,18 @@ typedef struct svm_vm {
     uint8_t *shm;
     int ncpus;
     uint32_t flags;
+    /* the CPU model (svm_vm_set_cpu): AND-masks over what cpuid.c advertises,
+     * one per feature word (FW_*), and the vendor; instructions of a feature
+     * masked off raise #UD (decoded so), registers and MSRs #GP */
+    uint32_t cpuid_mask[7];
+    uint8_t vendor_amd;
     uint32_t *gen;          /* per-4K-page code generations (in shm) */
     int membarrier_cmd;     /* MEMBARRIER_CMD_GLOBAL_EXPEDITED if registered, else 0 */
     uint64_t ram_pages;
 } svm_vm_t;
+
+enum { FW_1C, FW_1D, FW_7B, FW_7C, FW_7D, FW_X1C, FW_X1D };   /* CPUID 1 ECX/EDX, 7.0 EBX/ECX/EDX, 0x80000001 ECX/EDX */
+static inline int vm_feat(const svm_vm_t *vm, int word, int bit) { return (vm->cpuid_mask[word] >> bit) & 1; }
 
 static inline lapic_t *vm_lapic(svm_vm_t *vm, int id)
 {
@@ -282,6 +292,11 @@ typedef struct svm_cpu {
     uint8_t halted;
     uint8_t irq_pending;     /* lapic may have something deliverable */
     uint8_t nmi_blocked;
+    /* TLB slots whose supervisor data tags were opened by EFLAGS.AC = 1
+     * under CR4.SMAP: closed again when AC clears (SMAP_SLOTS + 1: overflow) */
+#define SMAP_SLOTS 16
+    uint8_t smap_n;
+    uint16_t smap_slot[SMAP_SLOTS];
     uint8_t init_seen;
     uint8_t delivering;      /* nested-fault tracking while delivering an event */
     uint8_t deliver_vec;
@@ -303,6 +318,9 @@ typedef struct svm_cpu {
     int64_t tsc_adjust;      /* IA32_TSC_ADJUST */
     uint64_t pdpte[4];       /* PAE paging: PDPTEs loaded at MOV CR3/CR0/CR4 (SDM 4.4.1) */
     uint8_t pdpte_valid;
+    uint8_t dbg_step;        /* DR7 arms a breakpoint: one instruction at a time (debug.c) */
+    uint8_t dbg_exec, dbg_data, dbg_io;   /* which kinds are armed */
+    uint8_t dbg_hits;        /* DR6.B0-B3 of data / I/O breakpoints hit by the current instruction */
     uint8_t tf_trap;         /* TF was set when the current instruction began */
     uint8_t sw_event;        /* a software INT n / INT3 / INTO was delivered by this instruction */
     uint64_t mtrr_var[16], mtrr_fixed[11], mtrr_def, spec_ctrl;
@@ -424,6 +442,14 @@ void tlb_flush(cpu_t *c);
 void tlb_flush_page(cpu_t *c, uint64_t lin);
 void tlb_flush_nonglobal(cpu_t *c);   /* MOV CR3 */
 void tlb_retag(cpu_t *c);             /* CR0.WP or AC changed: re-derive the fast-path tags */
+void tlb_smap_close(cpu_t *c);
+/* string.c */
+/* debug.c */
+void dbg_update(cpu_t *c);             /* DR0-DR3 / DR7 / CR4.DE changed */
+int dbg_exec_hits(cpu_t *c, uint64_t lin);
+void dbg_data_access(cpu_t *c, uint64_t lin, int size, int write);
+void dbg_io_access(cpu_t *c, uint16_t port, int size);
+int dbg_page_watched(cpu_t *c, uint64_t page);        /* EFLAGS.AC cleared under CR4.SMAP at CPL < 3 */
 void tlb_retag_cpl(cpu_t *c);         /* the CPL changed: the same, links stay (epoch_switch_cpl) */
 void note_code_page(cpu_t *c, uint64_t lin, uint64_t gpa);   /* a block's page was looked up (run.c) */
 int pdpte_load(cpu_t *c, int fault);  /* PAE: load the 4 PDPTEs from CR3 (#GP on reserved bits) */

@@ -91,7 +91,11 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
              | (1u << 15)  /* CMOV */
              | (1u << 16)  /* PAT */
              | (1u << 17)  /* PSE-36 */
-             | (1u << 19); /* CLFSH */
+             | (1u << 19)  /* CLFSH */
+             | (1u << 7)   /* MCE: CR4.MCE; #MC is never raised */
+             | (1u << 14); /* MCA: IA32_MCG_CAP with 0 banks (system.c) */
+        /* APIC: only while IA32_APIC_BASE enables it (SDM Vol 3A 11.4.3) */
+        if (!(c->lapic->apic_base & 0x800)) o[3] &= ~(1u << 9);
         if (n > 1) o[3] |= (1u << 28);           /* HTT: EBX[23:16] is valid */
         o[3] |= (1u << 0) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);   /* FPU, MMX, FXSR, SSE, SSE2 (x87.c, mmx.c, sse.c) */
         o[2] |= (1u << 0);                        /* SSE3 (no MONITOR/MWAIT) */
@@ -113,8 +117,10 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
     case 7:
         if (sub == 0) {
             o[0] = 0;                              /* highest subleaf */
-            o[1] = (1u << 1);                      /* IA32_TSC_ADJUST: with the invariant TSC and leaf
+            o[1] = (1u << 1)                       /* IA32_TSC_ADJUST: with the invariant TSC and leaf
                                                     * 0x15, Linux trusts the TSC without a watchdog */
+                 | (1u << 7)                       /* SMEP (mmu.c) */
+                 | (1u << 20);                     /* SMAP, STAC/CLAC (mmu.c, system.c) */
             o[3] = (1u << 26) | (1u << 27) | (1u << 29) | (1u << 31);   /* IBRS/IBPB, STIBP, ARCH_CAPABILITIES, SSBD */
         }
         break;
@@ -156,4 +162,19 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
     default: break;
     }
     cpuid_int_features(leaf, sub, o);   /* POPCNT MOVBE LZCNT BMI1 BMI2 ADX (intext.c) */
+    /* the CPU model (svm_vm_set_cpu) */
+    const svm_vm_t *vm = c->vm;
+    if (leaf == 1) { o[2] &= vm->cpuid_mask[FW_1C]; o[3] &= vm->cpuid_mask[FW_1D]; }
+    else if (leaf == 7 && sub == 0) {
+        o[1] &= vm->cpuid_mask[FW_7B]; o[2] &= vm->cpuid_mask[FW_7C]; o[3] &= vm->cpuid_mask[FW_7D];
+    } else if (leaf == 0x80000001) { o[2] &= vm->cpuid_mask[FW_X1C]; o[3] &= vm->cpuid_mask[FW_X1D]; }
+    if (vm->vendor_amd && (leaf == 0 || leaf == 0x80000000)) {
+        memcpy(&o[1], "Auth", 4); memcpy(&o[3], "enti", 4); memcpy(&o[2], "cAMD", 4);
+    }
+}
+
+void svm_vm_set_cpu(svm_vm_t *vm, int vendor_amd, const uint32_t *masks)
+{
+    vm->vendor_amd = (uint8_t)!!vendor_amd;
+    for (int k = 0; k < 7; k++) vm->cpuid_mask[k] = masks[k];
 }

@@ -106,7 +106,7 @@ static const opent_t map1[256] = {
     [0x05] = { h_syscall, END }, [0x07] = { h_sysret, END },
     [0x34] = { h_sysenter, END }, [0x35] = { h_sysexit, END },
     [0xb2] = { h_lfp, M | END }, [0xb4] = { h_lfp, M }, [0xb5] = { h_lfp, M },
-    [0x30] = { h_wrmsr, END }, [0x31] = { h_rdtsc, 0 }, [0x32] = { h_rdmsr, 0 },
+    [0x30] = { h_wrmsr, END }, [0x31] = { h_rdtsc, 0 }, [0x32] = { h_rdmsr, 0 }, [0x33] = { h_rdpmc, 0 },
     [0x40] = CMOV, [0x41] = CMOV, [0x42] = CMOV, [0x43] = CMOV, [0x44] = CMOV, [0x45] = CMOV, [0x46] = CMOV, [0x47] = CMOV,
     [0x48] = CMOV, [0x49] = CMOV, [0x4a] = CMOV, [0x4b] = CMOV, [0x4c] = CMOV, [0x4d] = CMOV, [0x4e] = CMOV, [0x4f] = CMOV,
     [0x80] = JCC32, [0x81] = JCC32, [0x82] = JCC32, [0x83] = JCC32, [0x84] = JCC32, [0x85] = JCC32, [0x86] = JCC32, [0x87] = JCC32,
@@ -159,11 +159,11 @@ HANDLER(h_grp15)
 {
     if (i->mod == 3) {
         if (i->ext >= 5) { __atomic_thread_fence(__ATOMIC_SEQ_CST); return; }  /* LFENCE/MFENCE/SFENCE */
-        exit_unhandled(c);
+        raise_ud(c);   /* RDFSBASE..WRGSBASE (F3), PTWRITE, UMONITOR...: not advertised */
     }
     if (i->ext == 7) { (void)ld(c, i->seg, ea_off(c, i), 1); return; }   /* CLFLUSH: coherent, but must fault like a read */
     if (i->ext <= 3) { h_fxgrp(c, i); return; }   /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (sse.c) */
-    exit_unhandled(c);   /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR/XSAVE: M2 (FPU/SSE) */
+    raise_ud(c);   /* XSAVE/XRSTOR/XSAVEOPT/CLWB: CPUID advertises no XSAVE */
 }
 HANDLER(h_grp9)
 {
@@ -173,9 +173,49 @@ HANDLER(h_grp9)
 
 static inline int sign8(uint8_t b) { return (int8_t)b; }
 
+/* An instruction whose CPUID feature the CPU model masks off decodes as #UD
+ * (a decode-time choice: nothing is checked when it runs).  SDM Vol 2,
+ * each instruction's "CPUID Feature Flag" column. */
+static int feature_ok(const svm_vm_t *vm, int map, int op, int rep, int p66, int is64, int ext, int mod,
+                      int rex, int vexpp, handler_t fn)
+{
+    (void)mod;
+    if (vexpp >= 0) {   /* VEX GPR forms: ANDN/BEXTR/BLS* are BMI1, the rest BMI2 */
+        if (fn == h_ud) return 1;
+        int bmi1 = (map == 2 && (op == 0xf2 || op == 0xf3 || (op == 0xf7 && vexpp == 0)));
+        return bmi1 ? vm_feat(vm, FW_7B, 3) : vm_feat(vm, FW_7B, 8);
+    }
+    if (map == 0) {
+        if (is64 && (op == 0x9e || op == 0x9f)) return vm_feat(vm, FW_X1C, 0);   /* LAHF/SAHF in 64-bit mode */
+        return 1;
+    }
+    if (map == 1) {
+        switch (op) {
+        case 0xb8: return rep != 0xf3 || vm_feat(vm, FW_1C, 23);                  /* POPCNT */
+        case 0xc7: if (ext == 1) return (rex & 8) ? vm_feat(vm, FW_1C, 13) : vm_feat(vm, FW_1D, 8);   /* CMPXCHG16B / 8B */
+                   return 1;
+        case 0x05: case 0x07: return vm_feat(vm, FW_X1D, 11);                    /* SYSCALL / SYSRET */
+        case 0x34: case 0x35: return vm_feat(vm, FW_1D, 11);                     /* SYSENTER / SYSEXIT */
+        case 0x31: return vm_feat(vm, FW_1D, 4);                                 /* RDTSC */
+        case 0x30: case 0x32: return vm_feat(vm, FW_1D, 5);                      /* WRMSR / RDMSR */
+        /* SSE3: ADDSUBPD/PS, HADD/HSUB, LDDQU, MOVDDUP, MOVSHDUP, MOVSLDUP */
+        case 0xd0: case 0x7c: case 0x7d: return !(p66 || rep == 0xf2) || vm_feat(vm, FW_1C, 0);
+        case 0xf0: return rep != 0xf2 || vm_feat(vm, FW_1C, 0);
+        case 0x12: return !(rep == 0xf2 || rep == 0xf3) || vm_feat(vm, FW_1C, 0);
+        case 0x16: return rep != 0xf3 || vm_feat(vm, FW_1C, 0);
+        }
+        return 1;
+    }
+    if (map == 2) {
+        if (op == 0xf0 || op == 0xf1) return rep == 0xf2 ? vm_feat(vm, FW_1C, 20) : vm_feat(vm, FW_1C, 22);   /* CRC32 / MOVBE */
+        if (op == 0xf6) return vm_feat(vm, FW_7B, 19);                           /* ADCX / ADOX */
+    }
+    return 1;
+}
+
 /* Decode one instruction from p[0..avail).  Returns its length, 0 if more
  * bytes are needed than available, or -1 if longer than 15 bytes. */
-static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
+static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz, const svm_vm_t *vm)
 {
     int pos = 0, rex = 0, opsz66 = 0, adsz67 = 0, lock = 0, rep = 0, segovr = S_NONE;
 #define NEED(n) do { if (pos + (n) > avail) return pos + (n) > 15 ? -1 : 0; } while (0)
@@ -207,6 +247,9 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
     int vex = 0, vexsub = 0, vvvv = 0;
     static const opent_t vex_ud = { h_ud, M }, map2_int[8] = {
         [0] = { h_movbe_crc32, M | RM8 }, [1] = { h_movbe_crc32, M }, [6] = { h_adx, M } };
+    /* the rest of the 0F 38 / 0F 3A maps (SSSE3, SSE4, AES, SHA, INVPCID, ...):
+     * not advertised by CPUID, so #UD, decoded with their ModRM (and imm8) */
+    static const opent_t map2_ud = { h_ud, M }, map3_ud = { h_ud, M | IB };
     opent_t vex_ok;
     if ((op == 0xc4 || op == 0xc5) && pos < avail && (csz == 8 || p[pos] >= 0xc0)) {
         uint8_t v1 = p[pos++], v2 = v1;
@@ -228,7 +271,7 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
     if (op == 0x0f) {
         NEED(1);
         op = p[pos++];
-        if (op == 0x38 || op == 0x3a) { NEED(1); map = op == 0x38 ? 2 : 3; op = p[pos++]; ent = NULL; }
+        if (op == 0x38 || op == 0x3a) { NEED(1); map = op == 0x38 ? 2 : 3; op = p[pos++]; ent = map == 2 ? &map2_ud : &map3_ud; }
         else { map = 1; ent = &map1[op]; }
     } else ent = &map0[op];
     if (map == 0 ? fpu_map0[op].fn != NULL : (map == 1 && !ent->fn && fpu_map1[op].fn)) ent = map ? &fpu_map1[op] : &fpu_map0[op];
@@ -319,7 +362,15 @@ static int decode_one(insn_t *d, const uint8_t *p, int avail, int csz)
             else if (is64 && (d->ext == 3 || d->ext == 5) && (rex & 8)) osz = 8;
         }
     }
+    /* unassigned encodings of assigned opcodes: #UD (SDM Vol 2 A.4 Table A-6; LEA
+     * with a register operand; C6/C7 /1-/7 are RTM's XABORT/XBEGIN or reserved;
+     * 8F /1-/7 is AMD's XOP) */
+    if (map == 0 && ((op == 0x8d && mod == 3) || ((op == 0xc6 || op == 0xc7 || op == 0x8f) && d->ext))) fn = h_ud;
     if (map == 0 && op == 0x90 && !(rex & 1)) fn = (rep == 0xf3) ? h_pause : h_nop;
+    if (!feature_ok(vm, map, op, rep, opsz66, is64, d->ext, mod, rex, vex ? vexsub : -1, fn)) fn = h_ud;
+    /* without ABM / BMI1, F3 0F BD / BC are BSR / BSF (the F3 is ignored) */
+    if (map == 1 && rep == 0xf3 && ((op == 0xbd && !vm_feat(vm, FW_X1C, 5)) || (op == 0xbc && !vm_feat(vm, FW_7B, 3))))
+        rep = 0, d->rep = 0;
     if (map == 0 && op == 0x63 && !is64) { fn = h_arpl; osz = 2; }
     if (vex) { osz = (rex & 8) ? 8 : 4; d->imm2 = (uint16_t)vvvv; d->cc = (uint8_t)vexsub; }
     if (map == 0 && (op == 0x8c) && mod != 3) osz = 2;
@@ -403,7 +454,7 @@ void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single)
             p = buf;
         }
         insn_t *d = &b->insns[b->n];
-        int len = decode_one(d, p, avail, c->csz);
+        int len = decode_one(d, p, avail, c->csz, c->vm);
         if (len < 0) {
             if (b->n) break;
             raise_gp(c, 0);   /* longer than 15 bytes */
@@ -450,5 +501,5 @@ int insn_mem_seg(cpu_t *c)
     uint8_t buf[15];
     int n = fetch_insn_bytes(c, buf);
     insn_t d;
-    return decode_one(&d, buf, n, c->csz) > 0 ? d.seg : S_DS;
+    return decode_one(&d, buf, n, c->csz, c->vm) > 0 ? d.seg : S_DS;
 }

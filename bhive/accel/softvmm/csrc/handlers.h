@@ -69,6 +69,7 @@ HANDLER(h_push_r);
 HANDLER(h_push_sreg);
 HANDLER(h_pushf);
 HANDLER(h_rdmsr);
+HANDLER(h_rdpmc);
 HANDLER(h_rdtsc);
 HANDLER(h_ret);
 HANDLER(h_retf);

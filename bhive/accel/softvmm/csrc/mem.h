@@ -10,6 +10,8 @@
 #define SOFTVMM_MEM_H
 #include "cpu.h"
 
+/* a 48-bit linear address sign-extended to 64 bits (SDM Vol 1 3.3.7.1) */
+static inline int canonical(uint64_t v) { return (uint64_t)(((int64_t)v << 16) >> 16) == v; }
 static inline uint64_t szmask(int sz)
 {
     return sz == 8 ? ~0ULL : ((1ULL << (sz * 8)) - 1);

@@ -123,8 +123,26 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
     int p = e->perm, user = c->cpl == 3, wp = !!(c->cr0 & CR0_WP);
     int r, w, x;
     if (user) { r = !!(p & TP_U); w = r && (p & TP_W); x = r && !(p & TP_NX); }
-    else { r = 1; w = (p & TP_W) || !wp; x = !(p & TP_NX); }   /* no SMEP/SMAP advertised */
+    else {
+        r = 1; w = (p & TP_W) || !wp; x = !(p & TP_NX);
+        if (unlikely((p & TP_U) && (c->cr4 & (CR4_SMEP | CR4_SMAP)))) {
+            /* SDM 4.6.1: SMEP, no supervisor fetches from user pages; SMAP, no
+             * supervisor data accesses to them unless EFLAGS.AC = 1 (the slot
+             * is remembered so that clearing AC closes it again, set_rflags) */
+            if (c->cr4 & CR4_SMEP) x = 0;
+            if (c->cr4 & CR4_SMAP) {
+                if (!(c->rflags & F_AC)) r = w = 0;
+                else if (c->smap_n < SMAP_SLOTS) c->smap_slot[c->smap_n++] = (uint16_t)(e - c->tlb);
+                else c->smap_n = SMAP_SLOTS + 1;
+            }
+        }
+    }
     if (user && ac_active(c)) r = w = 0;   /* alignment checks happen on the slow path */
+    if (unlikely(c->dbg_data)) {           /* data breakpoints are checked on the slow path */
+        int m = dbg_page_watched(c, page);
+        if (m & 1) r = 0;
+        if (m & 2) w = 0;
+    }
     e->tag_r = r ? page : TLB_INVALID;
     e->tag_w = (w && (p & TP_D)) ? page : TLB_INVALID;   /* clean pages: slow path sets D */
     e->tag_x = x ? page : TLB_INVALID;
@@ -136,11 +154,24 @@ static inline void tlbe_tags(cpu_t *c, tlbe_t *e)
 }
 void tlb_retag_cpl(cpu_t *c)
 {
+    c->smap_n = 0;
     for (int k = 0; k < TLB_SIZE; k++)
         if (c->tlb[k].page != TLB_INVALID) tlbe_tags(c, &c->tlb[k]);
 }
+/* EFLAGS.AC cleared at CPL < 3 under CR4.SMAP: close the slots AC opened */
+void tlb_smap_close(cpu_t *c)
+{
+    if (c->smap_n > SMAP_SLOTS) { tlb_retag_cpl(c); return; }
+    int n = c->smap_n;
+    c->smap_n = 0;
+    for (int k = 0; k < n; k++) {
+        tlbe_t *e = &c->tlb[c->smap_slot[k]];
+        if (e->page != TLB_INVALID) tlbe_tags(c, e);
+    }
+}
 void tlb_retag(cpu_t *c)
 {
+    c->smap_n = 0;
     epoch_bump(c);
     for (int k = 0; k < TLB_SIZE; k++)
         if (c->tlb[k].page != TLB_INVALID) tlbe_tags(c, &c->tlb[k]);
@@ -168,8 +199,8 @@ static inline int apic_page(cpu_t *c, uint64_t gpa)
 
 static NORETURN void page_fault(cpu_t *c, uint64_t lin, int acc, int present, int rsvd)
 {
-    /* SDM 4.7: I/D is reported only when NX is in force (PAE/4-level with EFER.NXE) */
-    int nx_on = (c->efer & EFER_NXE) && (c->cr4 & CR4_PAE);
+    /* SDM 4.7: I/D is reported only when NX is in force (PAE/4-level with EFER.NXE) or SMEP */
+    int nx_on = ((c->efer & EFER_NXE) && (c->cr4 & CR4_PAE)) || (c->cr4 & CR4_SMEP);
     uint32_t err = (present ? 1 : 0) | ((acc & ACC_W) ? 2 : 0) | ((acc & ACC_U) ? 4 : 0) |
                    (rsvd ? 8 : 0) | (((acc & ACC_X) && nx_on) ? 16 : 0);
     c->exc_cr2 = lin;
@@ -260,6 +291,7 @@ static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *per
         if (wide) {
             uint64_t rsv = RSV_HI | nxrsv;
             if (lvl == 4) rsv |= PTE_PS;
+            else if (lvl == 3 && !vm_feat(c->vm, FW_X1D, 26)) rsv |= PTE_PS;   /* 1G pages: CPUID.80000001H:EDX.Page1GB */
             else if (leaf && lvl == 3) rsv |= 0x3fffe000ULL;   /* 1G page: address bits 29:13 */
             else if (leaf && lvl == 2) rsv |= 0x1fe000ULL;     /* 2M page: address bits 20:13 */
             if (e & rsv) goto rsvd;
@@ -276,6 +308,12 @@ static int translate_ex(cpu_t *c, uint64_t lin, int acc, uint64_t *gpa, int *per
     /* permission checks (SDM 4.6) */
     int wp = !!(c->cr0 & CR0_WP);
     if (user && !allow_u) goto prot;
+    if (!user && allow_u && unlikely(c->cr4 & (CR4_SMEP | CR4_SMAP))) {
+        /* SMEP / SMAP (SDM 4.6.1); implicit supervisor accesses (ACC_SYS)
+         * to user pages are refused whatever EFLAGS.AC says */
+        if (acc & ACC_X) { if (c->cr4 & CR4_SMEP) goto prot; }
+        else if ((c->cr4 & CR4_SMAP) && ((acc & ACC_SYS) || !(c->rflags & F_AC))) goto prot;
+    }
     if ((acc & ACC_W) && !allow_w && (user || wp)) goto prot;
     if ((acc & ACC_X) && nx) goto prot;
     /* accessed / dirty bits: A at every level, D in the leaf on a write */
@@ -407,6 +445,7 @@ void io_check(cpu_t *c, uint16_t port, int size)
 int pio_access(cpu_t *c, uint16_t port, int size, int is_write, uint64_t *val)
 {
     io_check(c, port, size);
+    if (unlikely(c->dbg_io)) dbg_io_access(c, port, size);
     if (c->port_lane && c->port_lane[port] && pio_lane_try(c, port, size, is_write, val)) return 0;
     io_log_access(c, port, size, is_write, 1, val);
     if (!is_write) *val &= szmask(size);
@@ -460,6 +499,7 @@ static inline void align_check(cpu_t *c, uint64_t lin, int size, int acc)
 uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 {
     align_check(c, lin, size, acc);
+    if (unlikely(c->dbg_data)) dbg_data_access(c, lin, size, 0);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -483,6 +523,7 @@ uint64_t mem_read_slow(cpu_t *c, uint64_t lin, int size, int acc)
 void mem_write_slow(cpu_t *c, uint64_t lin, int size, uint64_t v, int acc)
 {
     align_check(c, lin, size, acc);
+    if (unlikely(c->dbg_data)) dbg_data_access(c, lin, size, 1);
     if (acc & ACC_SYS) acc &= ~ACC_U;
     if (!c->long64) lin = (uint32_t)lin;
     uint64_t gpa; int perm;
@@ -506,6 +547,7 @@ void *mem_host_rmw(cpu_t *c, uint64_t lin, int size)
     if (!c->long64) lin = (uint32_t)lin;
     int acc = ACC_W | user_acc(c);
     align_check(c, lin, size, acc);
+    if (unlikely(c->dbg_data)) dbg_data_access(c, lin, size, 1);
     if ((lin & 0xfff) + size > 0x1000) return NULL;   /* split lock: non-atomic fallback */
     uint64_t gpa; int perm;
     translate(c, lin, acc, &gpa, &perm, 1);

@@ -15,6 +15,7 @@
 #include <linux/membarrier.h>
 #include <x86intrin.h>
 #include "mem.h"
+#include "handlers.h"
 
 #define WAIT_NS 50000000L   /* bounded internal waits: return BOGUS after 50 ms */
 
@@ -37,6 +38,7 @@ svm_vm_t *svm_vm_open(void *ram, uint64_t ram_size, const uint64_t *slots, int n
         vm->slots[k].gpa = slots[3 * k]; vm->slots[k].size = slots[3 * k + 1]; vm->slots[k].off = slots[3 * k + 2];
     }
     vm->shm = shm; vm->ncpus = ncpus; vm->flags = flags;
+    for (int k = 0; k < 7; k++) vm->cpuid_mask[k] = ~0u;   /* "max": all that cpuid.c advertises */
     shm_hdr_t *h = (shm_hdr_t *)shm;
     /* the first process to open the VM lays out the shm; the others wait for it */
     uint32_t zero = 0;
@@ -367,10 +369,14 @@ static int handle_events(cpu_t *c)
             continue;
         }
         /* NMI */
-        if (__atomic_load_n(&l->nmi, __ATOMIC_RELAXED) && !c->nmi_blocked && !c->shadow) {
-            __atomic_store_n(&l->nmi, 0, __ATOMIC_SEQ_CST);
-            deliver_event(c, EX_NMI, EV_NMI, 0, 0, c->rip);
-            return EV_CONTINUE;
+        if (__atomic_load_n(&l->nmi, __ATOMIC_RELAXED) && !c->nmi_blocked) {
+            if (!c->shadow) {
+                __atomic_store_n(&l->nmi, 0, __ATOMIC_SEQ_CST);
+                deliver_event(c, EX_NMI, EV_NMI, 0, 0, c->rip);
+                return EV_CONTINUE;
+            }
+            /* held by a MOV SS / STI shadow: look again after that instruction */
+            __atomic_store_n(&l->event, 1, __ATOMIC_SEQ_CST);
         }
         if (c->irq_pending && (c->rflags & F_IF) && !c->shadow) {
             uint32_t ext = __atomic_load_n(&l->extint, __ATOMIC_RELAXED);
@@ -425,7 +431,9 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
         c->brk = 0;
         return finish_exit(c, out);
     }
-    if (r == AB_FAULT) { c->exc_soft = 1; c->tf_trap = 0; }   /* reuse as "fault pending" */
+    if (r == AB_FAULT) {   /* reuse as "fault pending" */
+        c->exc_soft = 1; c->tf_trap = 0; c->dbg_hits = 0;
+    }
     for (;;) {
         c->brk = 0;
         if (unlikely(c->exc_soft)) {
@@ -447,10 +455,19 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
             c->brk = 0;
         }
         int sh = c->shadow;
-        if (unlikely(c->rflags & F_TF)) {
-            /* single-step (SDM Vol 3A 18.3.1.4): one instruction, decoded alone
-             * (no macro-fused pairs), then a #DB trap with DR6.BS unless the
-             * instruction delivered a software interrupt (which clears TF) */
+        if (unlikely((c->rflags & (F_TF | F_RF)) || c->dbg_step)) {
+            /* single-step (SDM Vol 3A 18.3.1.4), armed breakpoints (debug.c)
+             * or RF: one instruction, decoded alone (no macro-fused pairs).
+             * An instruction breakpoint is a fault before it unless RF is set */
+            if (c->dbg_exec && !(c->rflags & F_RF)) {
+                uint64_t lin = c->segbase[S_CS] + c->rip;
+                int hits = dbg_exec_hits(c, c->long64 ? lin : (uint32_t)lin);
+                if (hits) {
+                    c->dr[6] = (c->dr[6] & ~0xfULL) | (uint64_t)hits;
+                    deliver_event(c, EX_DB, EV_HWEXC, 0, 0, c->rip);
+                    continue;
+                }
+            }
             block_t *sb = get_block(c);
             if (sb->n > 1 || sb->insns[0].ninsn > 1) {
                 uint64_t lin = c->segbase[S_CS] + c->rip, gpa;
@@ -459,13 +476,19 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 decode_block(c, c->scratch, lin, gpa, 1);
                 sb = c->scratch;
             }
-            c->tf_trap = 1; c->sw_event = 0;
+            c->tf_trap = !!(c->rflags & F_TF); c->sw_event = 0; c->dbg_hits = 0;
             exec_block(c, sb, 1);
             if (sh) c->shadow = 0;
-            /* MOV SS / POP SS hold the single-step trap to the next instruction too (SDM Vol 3A 6.8.3) */
-            if (c->tf_trap && !c->sw_event && c->shadow != SHADOW_MOVSS) {
-                c->tf_trap = 0;
-                c->dr[6] |= 0x4000;
+            /* RF ends with the instruction, unless it was an IRET that loaded it (SDM 17.3.1.1) */
+            if (sb->insns[0].fn != h_iret) c->rflags &= ~(uint64_t)F_RF;
+            /* single-step (then a #DB trap with DR6.BS unless the instruction
+             * delivered a software interrupt, which clears TF; MOV SS / POP SS
+             * hold it to the next instruction, SDM Vol 3A 6.8.3) and data/I/O
+             * breakpoint hits: one #DB trap */
+            int bs = c->tf_trap && !c->sw_event && c->shadow != SHADOW_MOVSS;
+            if (bs || c->dbg_hits) {
+                c->dr[6] = (c->dr[6] & ~0xfULL) | c->dbg_hits | (bs ? 0x4000 : 0);
+                c->tf_trap = 0; c->dbg_hits = 0;
                 deliver_event(c, EX_DB, EV_HWEXC, 0, 0, c->rip);
             }
             c->tf_trap = 0;
@@ -537,9 +560,9 @@ static void replay(cpu_t *c)
     exec_block(c, c->scratch, 1);
     c->io_n = c->io_pos = 0;
     c->brk = 0;
-    if (c->tf_trap) {   /* single-stepped instruction completed by the VMM: #DB trap */
-        c->tf_trap = 0;
-        c->dr[6] |= 0x4000;
+    if (c->tf_trap || c->dbg_hits) {   /* stepped instruction completed by the VMM: #DB trap */
+        c->dr[6] = (c->dr[6] & ~0xfULL) | c->dbg_hits | (c->tf_trap ? 0x4000 : 0);
+        c->tf_trap = 0; c->dbg_hits = 0;
         c->exc_vec = EX_DB; c->exc_has_err = 0; c->exc_err = 0; c->exc_soft = 1;
     }
     if (c->post_exit) { c->post_exit = 0; c->exit_queued = 1; }
@@ -610,7 +633,7 @@ int svm_set_reg(svm_cpu_t *c, int reg, uint64_t v)
     case 15: c->cr0 = v | CR0_ET; break;
     case 16: c->cr3 = v; c->pdpte_valid = 0; break;
     case 17: c->cr4 = v; c->pdpte_valid = 0; break;
-    case 18: c->dr[7] = v; break;
+    case 18: c->dr[7] = v; dbg_update(c); break;
     case 19: c->r[R_RSP] = v; return 0;
     case 20: c->rip = v; c->io_n = c->io_pos = 0; return 0;
     case 21: set_rflags(c, v); c->irq_pending = 1; return 0;
@@ -619,7 +642,7 @@ int svm_set_reg(svm_cpu_t *c, int reg, uint64_t v)
     case 32: c->efer = v; break;
     case 33: c->cr2 = v; return 0;
     case 38: c->shadow = v ? 1 : 0; return 0;
-    case 39: case 40: case 41: case 42: c->dr[reg - 39] = v; return 0;
+    case 39: case 40: case 41: case 42: c->dr[reg - 39] = v; dbg_update(c); return 0;
     case 43: c->dr[6] = v; return 0;
     case 45: c->seg[S_FS].base = v; break;
     default: return -1;

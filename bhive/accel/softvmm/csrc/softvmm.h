@@ -35,6 +35,10 @@ uint64_t svm_shm_size(int ncpus, uint64_t ram_size);
 struct svm_vm *svm_vm_open(void *ram, uint64_t ram_size, const uint64_t *slots, int nslots,
                            void *shm, int ncpus, uint32_t flags);
 void svm_vm_close(struct svm_vm *vm);
+/* the CPU model: vendor (0 GenuineIntel, 1 AuthenticAMD) and 7 AND-masks over
+ * the advertised CPUID bits: 1.ECX, 1.EDX, 7.0.EBX, 7.0.ECX, 7.0.EDX,
+ * 0x80000001.ECX, 0x80000001.EDX (before any vCPU runs) */
+void svm_vm_set_cpu(struct svm_vm *vm, int vendor_amd, const uint32_t *masks);
 struct svm_cpu *svm_cpu_open(struct svm_vm *vm, int vcpuid);
 void svm_cpu_close(struct svm_cpu *c);
 void svm_activate(struct svm_cpu *c);

@@ -23,7 +23,13 @@ static inline void elem_done(cpu_t *c) { if (unlikely(c->io_n)) { c->io_n = 0; c
         int asz_ = (i)->asz;                                              \
         if (!(i)->rep) { BODY; break; }                                   \
         for (int n_ = 0;; n_++) {                                         \
-            if (getreg(c, R_RCX, asz_) == 0) break;                       \
+            if (getreg(c, R_RCX, asz_) == 0) {                            \
+                /* ECX = 0 with a 32-bit address size: the CPU writes ECX \
+                 * anyway, clearing RCX[63:32], and MOVS/STOS their index \
+                 * registers (seen on KVM; h_movs, h_stos) */              \
+                if (asz_ == 4) setreg(c, R_RCX, 4, 0);                    \
+                break;                                                    \
+            }                                                             \
             if (n_ == REP_CHUNK) { c->nrip = c->rip; c->brk = 1; break; } \
             BODY;                                                         \
             idx_add(c, R_RCX, asz_, -1);                                  \
@@ -123,6 +129,9 @@ HANDLER(h_movs)
         }
         return;
     }
+    if (as == 4 && i->rep && !(uint32_t)c->r[R_RCX]) {   /* as the CPU does (REP_LOOP): ESI/EDI written too */
+        setreg(c, R_RSI, 4, c->r[R_RSI]); setreg(c, R_RDI, 4, c->r[R_RDI]);
+    }
     REP_LOOP(c, i, {
         uint64_t v = ld(c, i->seg, getreg(c, R_RSI, as), sz);
         st(c, S_ES, getreg(c, R_RDI, as), sz, v);
@@ -145,6 +154,7 @@ HANDLER(h_stos)
         }
         return;
     }
+    if (as == 4 && i->rep && !(uint32_t)c->r[R_RCX]) setreg(c, R_RDI, 4, c->r[R_RDI]);   /* EDI written too */
     REP_LOOP(c, i, {
         st(c, S_ES, getreg(c, R_RDI, as), sz, v);
         idx_add(c, R_RDI, as, d);
@@ -172,7 +182,10 @@ static void compare_string(cpu_t *c, const insn_t *i, int cmps)
     uint64_t a = cmps ? 0 : getreg(c, 0, sz), b = 0;
     int n = 0;
     for (;; n++) {
-        if (i->rep && getreg(c, R_RCX, as) == 0) break;
+        if (i->rep && getreg(c, R_RCX, as) == 0) {
+            if (as == 4) setreg(c, R_RCX, 4, 0);    /* as REP_LOOP: the CPU writes ECX anyway */
+            break;
+        }
         if (n == REP_CHUNK) { c->nrip = c->rip; c->brk = 1; break; }
         if (cmps) a = ld(c, i->seg, getreg(c, R_RSI, as), sz);
         b = ld(c, S_ES, getreg(c, R_RDI, as), sz);

@@ -138,7 +138,8 @@ void load_seg(cpu_t *c, int s, uint16_t sel)
     if (!(c->cr0 & CR0_PE) || (c->rflags & F_VM)) { set_seg_real(c, s, sel); return; }
     if ((sel & ~3) == 0 && !(sel & 4)) {
         if (s == S_CS) raise_gp(c, 0);
-        if (s == S_SS && !(c->long64 && c->cpl < 3)) raise_gp(c, 0);
+        /* a null SS: only in 64-bit mode at CPL < 3 with RPL = CPL (SDM Vol 2B MOV, LSS) */
+        if (s == S_SS && !(c->long64 && c->cpl < 3 && (sel & 3) == c->cpl)) raise_gp(c, 0);
         c->seg[s].sel = sel; c->seg[s].base = 0; c->seg[s].limit = 0;
         c->seg[s].access = 0x10000;
         if (s == S_SS) c->seg[s].access |= (uint32_t)c->cpl << 5;
@@ -205,6 +206,7 @@ void set_rflags(cpu_t *c, uint64_t v)
     uint64_t old = c->rflags;
     c->rflags = (v & 0x3f7fd5) | 2;
     if (((old ^ c->rflags) & F_AC) && c->cpl == 3 && (c->cr0 & CR0_AM)) tlb_retag(c);
+    if ((old & ~c->rflags & F_AC) && (c->cr4 & CR4_SMAP) && c->smap_n) tlb_smap_close(c);
 }
 
 /* ---- control registers ------------------------------------------------------ */
@@ -246,7 +248,11 @@ void set_cr0(cpu_t *c, uint64_t v)
 }
 void set_cr4(cpu_t *c, uint64_t v)
 {
-    uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400;
+    uint64_t allowed = 0x1 | 0x2 | 0x4 | 0x8 | CR4_PSE | CR4_PAE | 0x40 | CR4_PGE | 0x100 | CR4_OSFXSR | 0x400 |
+                       CR4_SMEP | CR4_SMAP;
+    if (!vm_feat(c->vm, FW_7B, 7)) allowed &= ~(uint64_t)CR4_SMEP;   /* the CPU model's features */
+    if (!vm_feat(c->vm, FW_7B, 20)) allowed &= ~(uint64_t)CR4_SMAP;
+    if (!vm_feat(c->vm, FW_1D, 7)) allowed &= ~0x40ULL;               /* MCE */
     if (v & ~allowed) raise_gp(c, 0);
     if ((c->efer & EFER_LMA) && !(v & CR4_PAE)) raise_gp(c, 0);
     uint64_t old = c->cr4;
@@ -255,6 +261,8 @@ void set_cr4(cpu_t *c, uint64_t v)
     if (((old ^ v) & pgbits) && pae_paging(c) && pdpte_load(c, 0)) { c->cr4 = old; raise_gp(c, 0); }
     /* SDM 4.10.4.1: a CR4 write changing PGE, PAE or PSE flushes all entries incl. global */
     if ((old ^ v) & pgbits) tlb_flush(c);
+    else if ((old ^ v) & (CR4_SMEP | CR4_SMAP)) tlb_retag(c);   /* the rights the tags derive from */
+    if ((old ^ v) & 0x8) dbg_update(c);   /* CR4.DE arms or disarms I/O breakpoints */
 }
 
 HANDLER(h_mov_cr)
@@ -293,14 +301,6 @@ HANDLER(h_mov_cr)
         }
         c->brk = 1;
     }
-}
-HANDLER(h_mov_dr)
-{
-    if (c->cpl) raise_gp(c, 0);
-    int sz = c->long64 ? 8 : 4, dr = i->reg & 7;
-    if (dr == 4 || dr == 5) dr += 2;
-    if (i->op == 0x21) setreg(c, i->rm, sz, dr == 6 ? (c->dr[6] | 0xffff0ff0) : dr == 7 ? (c->dr[7] | 0x400) : c->dr[dr]);
-    else c->dr[dr] = getreg(c, i->rm, sz);
 }
 HANDLER(h_clts) { if (c->cpl) raise_gp(c, 0); c->cr0 &= ~(uint64_t)CR0_TS; }
 
@@ -355,6 +355,7 @@ static void load_sys_seg(cpu_t *c, int s, uint16_t sel)
         uint64_t tbl = c->gdtr.base + (sel & ~7u);
         base |= (uint64_t)(uint32_t)mem_read_slow(c, tbl + 8, 4, ACC_SYS) << 32;
     }
+    if ((c->efer & EFER_LMA) && !canonical(base)) raise_gp(c, sel & ~3);   /* SDM Vol 2A LLDT/LTR */
     uint32_t limit = (lo & 0xffff) | (hi & 0xf0000);
     if (hi & 0x800000) limit = (limit << 12) | 0xfff;
     if (s == S_TR) {   /* mark busy */
@@ -394,12 +395,16 @@ HANDLER(h_grp7)
             { uint64_t t = c->seg[S_GS].base; c->seg[S_GS].base = c->kgs_base; c->kgs_base = t; c->segbase[S_GS] = c->seg[S_GS].base; }
             return;
         case 0xf9: { /* RDTSCP */
+            if (!vm_feat(c->vm, FW_X1D, 27)) raise_ud(c);
             uint64_t t = guest_tsc(c);
             c->r[R_RAX] = (uint32_t)t; c->r[R_RDX] = t >> 32; c->r[R_RCX] = (uint32_t)c->tsc_aux;
             return; }
+        case 0xca: case 0xcb: /* CLAC / STAC (SDM Vol 2A): CPL 0 only */
+            if (c->cpl || (c->rflags & F_VM) || !vm_feat(c->vm, FW_7B, 20)) raise_ud(c);
+            set_rflags(c, i->rm == 2 ? get_rflags(c) & ~(uint64_t)F_AC : get_rflags(c) | F_AC);
+            return;
         case 0xc1: case 0xc2: case 0xc3: case 0xc4:           /* VMX: not advertised */
         case 0xc8: case 0xc9:                                 /* MONITOR/MWAIT: not advertised */
-        case 0xca: case 0xcb:                                 /* CLAC/STAC: no SMAP */
         case 0xd0: case 0xd1:                                 /* XGETBV/XSETBV: no XSAVE */
         case 0xd8: case 0xd9: case 0xda: case 0xdb: case 0xdc: case 0xdd: case 0xde: case 0xdf: /* SVM */
         case 0xee: case 0xef:                                 /* RDPKRU/WRPKRU: no PKU */
@@ -407,7 +412,7 @@ HANDLER(h_grp7)
         }
         if (i->ext == 4) { setreg(c, i->rm, i->osz, c->cr0 & 0xffffffff); return; }  /* SMSW r */
         if (i->ext == 6) goto lmsw;
-        exit_unhandled(c);
+        raise_ud(c);   /* ENCLS/ENCLU, VMFUNC, XEND/XTEST, SERIALIZE, RDPRU, ... or unassigned */
     }
     uint64_t off = ea_off(c, i);
     switch (i->ext) {
@@ -423,6 +428,7 @@ HANDLER(h_grp7)
         uint16_t lim = (uint16_t)ld(c, i->seg, off, 2);
         uint64_t base = c->long64 ? ld(c, i->seg, off + 2, 8) : ld(c, i->seg, off + 2, 4);
         if (!c->long64 && i->osz == 2) base &= 0xffffff;
+        if (c->long64 && !canonical(base)) raise_gp(c, 0);   /* SDM Vol 2A LGDT/LIDT */
         if (i->ext == 2) { c->gdtr.base = base; c->gdtr.limit = lim; }
         else { c->idtr.base = base; c->idtr.limit = lim; }
         return; }
@@ -439,7 +445,7 @@ HANDLER(h_grp7)
         c->brk = 1;
         return;
     }
-    exit_unhandled(c);
+    raise_ud(c);   /* 0F 01 /5 with memory: RSTORSSP (CET), not advertised */
 }
 
 /* ---- interrupts flag ---------------------------------------------------- */
@@ -486,7 +492,14 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     case 0x10: *v = guest_tsc(c); return 0;
     case 0x3b: *v = (uint64_t)c->tsc_adjust; return 0;     /* IA32_TSC_ADJUST */
     case 0x1b: *v = c->lapic->apic_base; return 0;
-    case 0x6e0: return lapic_msr_read(c, msr, v);   /* IA32_TSC_DEADLINE (lapic.c) */
+    /* machine check (SDM Vol 3B 16.3.1): MCA with no error-reporting banks and
+     * no IA32_MCG_CTL, consistent with CPUID.1:EDX.MCE/MCA (cpuid.c) */
+    case 0x179: case 0x17a:
+        if (!vm_feat(c->vm, FW_1D, 14)) return 1;   /* no MCA in the CPU model */
+        *v = 0; return 0;                           /* IA32_MCG_CAP: count 0, MCG_CTL_P 0; MCG_STATUS: none in progress */
+    case 0x17b: return 1;                           /* IA32_MCG_CTL: absent without MCG_CTL_P */
+    case 0x6e0:   /* IA32_TSC_DEADLINE (lapic.c): #GP without CPUID.1:ECX.TSC_Deadline */
+        return vm_feat(c->vm, FW_1C, 24) ? lapic_msr_read(c, msr, v) : 1;
     case 0x174: *v = c->sysenter_cs; return 0;
     case 0x175: *v = c->sysenter_esp; return 0;
     case 0x176: *v = c->sysenter_eip; return 0;
@@ -504,7 +517,6 @@ int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
     }
     return -1;
 }
-static int canonical(uint64_t v) { return (uint64_t)(((int64_t)v << 16) >> 16) == v; }
 int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
 {
     if (msr >= 0x200 && msr <= 0x20f) {
@@ -535,12 +547,21 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
         c->tsc_offset += (int64_t)v - c->tsc_adjust; c->tsc_adjust = (int64_t)v;
         return 0;
     case 0x1b: {
-        if (v & ~0xffffffffff900ULL) return 1;   /* reserved bits: #GP */
-        uint64_t keep = c->lapic->apic_base & 0x100;   /* BSP flag is read-only */
-        c->lapic->apic_base = (v & ~0x100ULL) | keep;
+        /* reserved: bits 0-7, 9, 10 (EXTD: CPUID has no x2APIC) and those at or
+         * above MAXPHYADDR (SDM Vol 3A 11.4.4, Figure 11-5) */
+        if (v & ~(0x900ULL | (((1ULL << MAXPHYADDR_BITS) - 1) & ~0xfffULL))) return 1;
+        uint64_t old = c->lapic->apic_base;
+        /* globally disabling the APIC resets it, the xAPIC ID included (SDM
+         * 11.4.3: re-enabled, it is as after power-up; CPUID.1:EDX.APIC reads
+         * 0 meanwhile, cpuid.c) */
+        if ((old & 0x800) && !(v & 0x800)) lapic_reset(c->vm, c->vcpuid, 0);
+        c->lapic->apic_base = (v & ~0x100ULL) | (old & 0x100);   /* BSP flag is read-only */
         tlb_flush(c);
         return 0; }
-    case 0x6e0: return lapic_msr_write(c, msr, v);  /* IA32_TSC_DEADLINE (lapic.c) */
+    case 0x179: return 1;                           /* IA32_MCG_CAP: read-only */
+    case 0x17a: return v ? 1 : 0;                   /* IA32_MCG_STATUS: only 0 is writable (no MCE in progress) */
+    case 0x17b: return 1;
+    case 0x6e0: return vm_feat(c->vm, FW_1C, 24) ? lapic_msr_write(c, msr, v) : 1;  /* IA32_TSC_DEADLINE (lapic.c) */
     case 0x174: c->sysenter_cs = v & 0xffff; return 0;
     case 0x175: if (!canonical(v)) return 1; c->sysenter_esp = v; return 0;
     case 0x176: if (!canonical(v)) return 1; c->sysenter_eip = v; return 0;
@@ -553,6 +574,8 @@ int msr_write(cpu_t *c, uint32_t msr, uint64_t v)
         c->pat = v; return 0;
     case 0xc0000080:
         if (v & ~(uint64_t)(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)) return 1;
+        if (((v & EFER_NXE) && !vm_feat(c->vm, FW_X1D, 20)) || ((v & EFER_LME) && !vm_feat(c->vm, FW_X1D, 29)))
+            return 1;   /* NX / LM masked off by the CPU model */
         if ((c->cr0 & CR0_PG) && ((v ^ c->efer) & EFER_LME)) return 1;
         set_efer(c, v);
         return 0;
@@ -626,8 +649,13 @@ HANDLER(h_pause)
 {
     cpu_pause(c);   /* run.c: pause-loop back-off */
 }
+/* RDPMC: #GP(0) at CPL > 0 without CR4.PCE, and for any counter number ECX,
+ * since CPUID leaf 0xA advertises no performance counters (SDM Vol 2B RDPMC) */
+HANDLER(h_rdpmc) { raise_gp(c, 0); }
 HANDLER(h_ud) { raise_ud(c); }
-HANDLER(h_unhandled) { exit_unhandled(c); }
+/* An opcode no table assigns: #UD, as on a CPU without it.  Only internal
+ * limits (exit_unhandled's other callers) may stop the VM. */
+HANDLER(h_unhandled) { raise_ud(c); }
 
 /* ---- reset, INIT, SIPI (SDM Vol 3A 10.1.1 Table 10-1, 11.4.4) ---------- */
 void cpu_reset(cpu_t *c)
@@ -646,6 +674,7 @@ void cpu_reset(cpu_t *c)
     c->gdtr.base = c->idtr.base = 0; c->gdtr.limit = c->idtr.limit = 0xffff;
     for (int k = 0; k < 8; k++) c->dr[k] = 0;
     c->dr[6] = 0xffff0ff0; c->dr[7] = 0x400;
+    c->dbg_step = c->dbg_exec = c->dbg_data = c->dbg_io = c->dbg_hits = 0;
     c->pat = 0x0007040600070406ULL;
     c->misc_enable = 1;   /* fast strings */
     c->star = c->lstar = c->cstar = c->sfmask = c->kgs_base = 0;
@@ -673,9 +702,10 @@ static void set_flat(cpu_t *c, int s, uint16_t sel, uint32_t access)
 
 HANDLER(h_syscall)
 {
-    /* Intel SDM SYSCALL: #UD unless IA32_EFER.SCE and 64-bit mode (compat/legacy
-     * SYSCALL is AMD-only; we are GenuineIntel) */
-    if (!(c->efer & EFER_SCE) || !c->long64) raise_ud(c);
+    /* Intel SDM SYSCALL: #UD unless IA32_EFER.SCE and 64-bit mode; an AMD CPU
+     * also takes it in compatibility mode, to CSTAR (APM Vol 3 SYSCALL; its
+     * legacy-mode form is not implemented: #UD) */
+    if (!(c->efer & EFER_SCE) || (!c->long64 && !(c->vm->vendor_amd && (c->efer & EFER_LMA)))) raise_ud(c);
     uint16_t sel = (uint16_t)(c->star >> 32) & 0xfffc;
     c->r[R_RCX] = c->nrip;
     uint64_t f = get_rflags(c);
