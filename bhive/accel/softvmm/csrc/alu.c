@@ -5,7 +5,7 @@
  */
 #include "mem.h"
 #include "handlers.h"
-#include "intext.h"
+#include "gp_extensions.h"
 
 static inline int parity8(uint64_t v) { return !__builtin_parity((unsigned)(v & 0xff)); }
 

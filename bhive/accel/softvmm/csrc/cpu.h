@@ -527,7 +527,7 @@ void jit_stats(cpu_t *c, uint64_t *out);         /* blocks translated, fallbacks
 /* run.c */
 void block_cache_flush(cpu_t *c);                /* drop every decoded block and its native code */
 
-/* decode.c, fast.c */
+/* decode.c, specialize.c */
 handler_t specialize(const insn_t *d, int long64);
 handler_t fuse_jcc(handler_t first);
 void decode_block(cpu_t *c, block_t *b, uint64_t lin, uint64_t gpa, int single);

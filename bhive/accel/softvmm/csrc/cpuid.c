@@ -18,7 +18,7 @@
  */
 #include <string.h>
 #include "cpu.h"
-#include "intext.h"
+#include "gp_extensions.h"
 
 #define MAX_STD 0x16
 #define MAX_EXT 0x80000008u
@@ -161,7 +161,7 @@ void do_cpuid(cpu_t *c, uint32_t leaf, uint32_t sub, uint32_t o[4])
     case 0x80000008: o[0] = 0x3028; break;           /* 40-bit physical, 48-bit linear */
     default: break;
     }
-    cpuid_int_features(leaf, sub, o);   /* POPCNT MOVBE LZCNT BMI1 BMI2 ADX (intext.c) */
+    cpuid_int_features(leaf, sub, o);   /* POPCNT MOVBE LZCNT BMI1 BMI2 ADX (gp_extensions.c) */
     /* the CPU model (svm_vm_set_cpu) */
     const svm_vm_t *vm = c->vm;
     if (leaf == 1) { o[2] &= vm->cpuid_mask[FW_1C]; o[3] &= vm->cpuid_mask[FW_1D]; }

@@ -9,7 +9,7 @@
 #include <sys/syscall.h>
 #include "mem.h"
 #include "handlers.h"
-#include "intext.h"
+#include "gp_extensions.h"
 
 /* operand-form flags */
 #define M     0x0001   /* ModRM follows */

@@ -1,4 +1,4 @@
-/* intext.c: general-purpose extensions (POPCNT/LZCNT/TZCNT, MOVBE, CRC32,
+/* gp_extensions.c: general-purpose extensions (POPCNT/LZCNT/TZCNT, MOVBE, CRC32,
  * ADX, BMI1/BMI2) and legacy BOUND/ARPL. */
 #ifndef SOFTVMM_INTEXT_H
 #define SOFTVMM_INTEXT_H
