@@ -6,8 +6,10 @@ terminal (a foreground `bhive run`) and to logs/console.log, and watches
 it for a guest kernel panic, which no CPU-level event reveals.
 
 In: what is typed on the terminal goes to the first console UART as
-`ConsoleInput` requests (acknowledged with the bytes it took; the rest is
-sent again).  Ctrl-A x ends the VM, as with QEMU's -nographic; Ctrl-A then
+`ConsoleInput` requests, acknowledged with the bytes it took; the rest is
+sent again.  The UART's actor takes only what its backlog can hold and
+moves bytes into the RX FIFO as the guest empties it, so a paste of any
+size is flow-controlled end to end and never overruns the FIFO.  Ctrl-A x ends the VM, as with QEMU's -nographic; Ctrl-A then
 any other byte passes that byte on.
 """
 
@@ -30,7 +32,8 @@ from .rundir import RunDir
 PANIC_MARKER = b"Kernel panic - not syncing"
 PANIC_GRACE = 1.0         # let the panic's backtrace reach the console first
 ESCAPE = 0x01             # Ctrl-A, then 'x' quits
-INPUT_CHUNK = 256         # bytes per ConsoleInput request
+INPUT_CHUNK = 1024        # bytes per ConsoleInput request
+INPUT_HELD_MAX = 64 * 1024  # typed bytes held here; beyond, the terminal waits (its own buffer fills)
 INPUT_ACK_MS = 200        # how long one request waits for the UART's answer
 
 
@@ -108,7 +111,7 @@ class ConsoleRelay:
         self._flush_input()
 
     def _read_terminal(self) -> None:
-        if self.in_fd is None:
+        if self.in_fd is None or len(self.pending_input) >= INPUT_HELD_MAX:
             return
         r, _, _ = select.select([self.in_fd], [], [], 0)
         if not r:
