@@ -11,6 +11,7 @@ import argparse
 import heapq
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -227,6 +228,87 @@ def cmd_logs(args) -> int:
         return 0
 
 
+# -- console ------------------------------------------------------------------------
+
+DETACH_KEY = ord("d")       # Ctrl-A d: leave the VM running
+
+
+def cmd_console(args) -> int:
+    """Attach this terminal to a running VM's serial console: the first
+    attached console types, later ones only watch (they are told so)."""
+    import socket
+    from . import vm_control
+    from .console_relay import ESCAPE, HELLO_WRITER, console_socket_path
+    try:
+        rd = vm_control.find_vm(args.vm)
+        if not rd.is_live():
+            raise LookupError(f"VM {args.vm!r} is not running")
+    except LookupError as exc:
+        return error(str(exc), 1)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(console_socket_path(rd)))
+    except OSError as exc:
+        return error(f"VM {args.vm!r} has no console to attach to ({exc.strerror})", 1)
+    hello = b""
+    while not hello.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            return error(f"VM {args.vm!r} ended", 1)
+        hello += chunk
+    writer = hello == HELLO_WRITER
+    mode = "Ctrl-A x stops the VM" if writer else "read-only: another console types"
+    print(f"bhive: attached to {args.vm} ({mode}; Ctrl-A d detaches)", file=sys.stderr, flush=True)
+    in_fd = sys.stdin.fileno() if sys.stdin is not None and not sys.stdin.closed else None
+    saved = None
+    if in_fd is not None and os.isatty(in_fd):
+        saved = termios.tcgetattr(in_fd)
+        tty.setraw(in_fd, termios.TCSANOW)
+    out = sys.stdout.buffer
+    escape = False
+    detached = False
+    try:
+        while not detached:
+            fds = [sock] + ([in_fd] if in_fd is not None else [])
+            r, _, _ = select.select(fds, [], [])
+            if sock in r:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                out.write(data)
+                out.flush()
+            if in_fd is not None and in_fd in r:
+                data = os.read(in_fd, 4096)
+                if not data:
+                    in_fd = None
+                    continue
+                send = bytearray()
+                for b in data:
+                    if escape:
+                        escape = False
+                        if b == DETACH_KEY:
+                            detached = True
+                            break
+                        send += bytes([ESCAPE, b])    # the VM's relay handles Ctrl-A x and the rest
+                    elif b == ESCAPE:
+                        escape = True
+                    else:
+                        send.append(b)
+                if send and writer:
+                    sock.sendall(send)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+        sock.close()
+    if detached:
+        print(f"\r\nbhive: detached from {args.vm} (still running)", file=sys.stderr)
+        return 0
+    info = rd.read_json("supervisor.json") or {}
+    print(f"\r\nbhive: {args.vm}: {info.get('reason', 'ended')} (exit status {info.get('status')})",
+          file=sys.stderr)
+    return 0
+
+
 # -- kill / stop --------------------------------------------------------------------
 
 def cmd_kill(args) -> int:
@@ -284,6 +366,10 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("vm")
     sa.add_argument("--json", action="store_true")
     sa.set_defaults(func=cmd_stats)
+    co = sub.add_parser("console", help="attach this terminal to a running VM's serial console "
+                        "(Ctrl-A d detaches, Ctrl-A x stops the VM; a second console is read-only)")
+    co.add_argument("vm")
+    co.set_defaults(func=cmd_console)
     st = sub.add_parser("stop", help="stop a VM")
     st.add_argument("vm")
     st.set_defaults(func=cmd_stop)
@@ -292,7 +378,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`bhive stats VM --json | head -1`): no
+        # traceback, and none either when the interpreter flushes stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

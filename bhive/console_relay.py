@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import time
 
 import zmq
@@ -34,6 +35,27 @@ PANIC_GRACE = 1.0         # let the panic's backtrace reach the console first
 ESCAPE = 0x01             # Ctrl-A, then 'x' quits
 INPUT_CHUNK = 1024        # bytes per ConsoleInput request
 INPUT_HELD_MAX = 64 * 1024  # typed bytes held here; beyond, the terminal waits (its own buffer fills)
+CONSOLE_SOCKET = "console.sock"   # in the run directory's sock/: `bhive console` attaches there
+CLIENT_BACKLOG_MAX = 1 << 20      # output queued for a client that does not read; beyond, it is dropped
+# The first line a `bhive console` client gets: whether its typing reaches the guest.
+HELLO_WRITER = b"bhive-console writer\n"
+HELLO_READ_ONLY = b"bhive-console read-only\n"
+
+
+def console_socket_path(rundir: RunDir):
+    return rundir.sock / CONSOLE_SOCKET
+
+
+class ConsoleClient:
+    """One attached `bhive console`: a stream socket, what is queued for it,
+    and its Ctrl-A state (a writer's input goes through the same escape
+    handling as the terminal's)."""
+
+    def __init__(self, conn: socket.socket, writer: bool):
+        self.conn = conn
+        self.writer = writer
+        self.outbuf = bytearray()
+        self.escape_pending = False
 INPUT_ACK_MS = 200        # how long one request waits for the UART's answer
 
 
@@ -58,12 +80,19 @@ class ConsoleRelay:
         self.panic_at: float | None = None
         self.panic_line = ""
         self.console_log = None
+        self.listener: socket.socket | None = None
+        self.clients: list[ConsoleClient] = []
 
     def create(self, uart_roles: list[str]) -> None:
         """The rings of the console UARTs (before the actors start) and the log."""
         for role in uart_roles:
             self.rings.append((role, ConsoleRing(self.rundir.shm / f"{role}.console", create=True), [0]))
         self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
+        if self.rings:
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(str(console_socket_path(self.rundir)))
+            self.listener.listen(8)
+            self.listener.setblocking(False)
 
     def connect(self, ctx: zmq.Context) -> None:
         """Typed input goes to the first console UART (once it is up)."""
@@ -85,7 +114,10 @@ class ConsoleRelay:
             if self.out is not None:
                 self.out.write(data)
                 self.out.flush()
+            for client in self.clients:
+                client.outbuf += data
             self._watch(data)
+        self._send_clients()
 
     def _watch(self, data: bytes) -> None:
         """Notice a guest kernel panic on the console."""
@@ -108,6 +140,7 @@ class ConsoleRelay:
     def pump_input(self) -> None:
         """Read what was typed (Ctrl-A x quits), then hand it to the UART."""
         self._read_terminal()
+        self._serve_clients()
         self._flush_input()
 
     def _read_terminal(self) -> None:
@@ -120,19 +153,80 @@ class ConsoleRelay:
         if not data:
             self.in_fd = None
             return
+        self.escape_pending = self._typed(data, self.escape_pending)
+
+    def _typed(self, data: bytes, escape_pending: bool) -> bool:
+        """Queues typed bytes for the UART; Ctrl-A x ends the VM, Ctrl-A
+        then another byte passes that byte.  Returns the new Ctrl-A state."""
         out = bytearray()
         for b in data:
-            if self.escape_pending:
-                self.escape_pending = False
+            if escape_pending:
+                escape_pending = False
                 if b in (ord("x"), ord("X")):
                     self.finish(STATUS_STOPPED, "quit from the console (Ctrl-A x)")
-                    return
+                    break
                 out.append(b)
             elif b == ESCAPE:
-                self.escape_pending = True
+                escape_pending = True
             else:
                 out.append(b)
         self.pending_input += bytes(out)
+        return escape_pending
+
+    # -- attached consoles (`bhive console`) ------------------------------
+    def _has_writer(self) -> bool:
+        return self.in_fd is not None or any(c.writer for c in self.clients)
+
+    def _serve_clients(self) -> None:
+        """Accepts `bhive console` clients (the first is the writer unless a
+        terminal or another client types already; the rest are read-only)
+        and takes the writer's input."""
+        if self.listener is None:
+            return
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            conn.setblocking(False)
+            client = ConsoleClient(conn, writer=not self._has_writer())
+            client.outbuf += HELLO_WRITER if client.writer else HELLO_READ_ONLY
+            self.clients.append(client)
+            self.log("console-attached", writer=client.writer, clients=len(self.clients))
+        for client in list(self.clients):
+            if client.writer and len(self.pending_input) >= INPUT_HELD_MAX:
+                continue
+            try:
+                data = client.conn.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._drop(client)
+            elif client.writer:
+                client.escape_pending = self._typed(data, client.escape_pending)
+            # a read-only client's typing goes nowhere (it was told so)
+
+    def _send_clients(self) -> None:
+        for client in list(self.clients):
+            if not client.outbuf:
+                continue
+            try:
+                sent = client.conn.send(client.outbuf)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(client)
+                continue
+            del client.outbuf[:sent]
+            if len(client.outbuf) > CLIENT_BACKLOG_MAX:
+                self._drop(client)
+
+    def _drop(self, client: ConsoleClient) -> None:
+        client.conn.close()
+        self.clients.remove(client)
+        self.log("console-detached", writer=client.writer, clients=len(self.clients))
 
     def _flush_input(self) -> None:
         """Hands typed bytes to the console UART, keeping what it cannot take."""
