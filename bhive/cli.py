@@ -61,7 +61,8 @@ def cmd_run(args) -> int:
         except OSError:
             pass
     from . import config as config_mod
-    overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog}
+    overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog,
+                 "no_reboot": args.no_reboot or None}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
         boot["kind"] = "kernel"
@@ -347,6 +348,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-m", "--memory", help="guest RAM, e.g. 512M")
     r.add_argument("--watchdog", type=float, metavar="SECONDS",
                    help="end the VM with status 124 if the guest has not ended by then (for tests)")
+    r.add_argument("--no-reboot", "-no-reboot", action="store_true",
+                   help="a guest reset ends the VM (status 0) instead of rebooting it, as with QEMU")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("ps", help="list VMs and their processes")
     s.add_argument("vm", nargs="?")

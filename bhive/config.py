@@ -89,6 +89,7 @@ class VmConfig:
     exit_transport: str = "shm"
     source: Path | None = None
     watchdog: float = 0.0       # seconds of wall time before the VM is ended (0: never)
+    no_reboot: bool = False     # QEMU's -no-reboot: a guest reset ends the VM
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
@@ -98,7 +99,7 @@ class VmConfig:
 
 
 _TOP = {"vm", "boot", "msr", "devices"}
-_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog"}
+_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot"}
 # How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
 # for comparison and debugging).  Either is safe because a device's IRQ line
@@ -229,6 +230,7 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     watchdog = vm.get("watchdog", 0)
     if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or watchdog < 0:
         raise ConfigError(f"[vm] watchdog: {watchdog!r} must be a number of seconds (0: none)")
+    no_reboot = _typed(vm.get("no_reboot", False), bool, "[vm] no_reboot")
     unknown_msr = _typed(msr.get("unknown", "gp"), str, "[msr] unknown")
     if unknown_msr not in MSR_POLICIES:
         raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
@@ -237,7 +239,7 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
                    kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
-                   watchdog=float(watchdog))
+                   watchdog=float(watchdog), no_reboot=no_reboot)
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -300,7 +302,7 @@ def to_json(cfg: VmConfig) -> dict:
         "source": str(cfg.source) if cfg.source else None,
         "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
         "initrd_args": cfg.initrd_args,
-        "append": cfg.append, "watchdog": cfg.watchdog,
+        "append": cfg.append, "watchdog": cfg.watchdog, "no_reboot": cfg.no_reboot,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -321,4 +323,4 @@ def from_json(data: dict) -> VmConfig:
                     kernel=Path(data["kernel"]) if data.get("kernel") else None,
                     initrd=[Path(p) for p in data.get("initrd", [])],
                     initrd_args=data.get("initrd_args", []), append=data.get("append", ""),
-                    watchdog=data.get("watchdog", 0.0))
+                    watchdog=data.get("watchdog", 0.0), no_reboot=data.get("no_reboot", False))

@@ -84,11 +84,15 @@ class ConsoleRelay:
         self.clients: list[ConsoleClient] = []
 
     def create(self, uart_roles: list[str]) -> None:
-        """The rings of the console UARTs (before the actors start) and the log."""
-        for role in uart_roles:
-            self.rings.append((role, ConsoleRing(self.rundir.shm / f"{role}.console", create=True), [0]))
-        self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
-        if self.rings:
+        """The rings of the console UARTs (before the actors start) and the
+        log.  Called again on a reboot: new rings for the new UARTs; the
+        log, the attached consoles and the typed input stay."""
+        self.rings = [(role, ConsoleRing(self.rundir.shm / f"{role}.console", create=True), [0])
+                      for role in uart_roles]
+        self.panic_at, self.tail = None, b""
+        if self.console_log is None:
+            self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
+        if self.rings and self.listener is None:
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.listener.bind(str(console_socket_path(self.rundir)))
             self.listener.listen(8)
@@ -96,6 +100,9 @@ class ConsoleRelay:
 
     def connect(self, ctx: zmq.Context) -> None:
         """Typed input goes to the first console UART (once it is up)."""
+        if self.sock is not None:
+            self.sock.close()                   # the UART of the previous boot
+            self.sock = None
         if self.rings:
             self.sock = ctx.socket(zmq.DEALER)
             self.sock.setsockopt(zmq.LINGER, 0)
@@ -117,6 +124,16 @@ class ConsoleRelay:
             for client in self.clients:
                 client.outbuf += data
             self._watch(data)
+        self._send_clients()
+
+    def note(self, text: bytes) -> None:
+        """A line from bhive itself on the console (a reboot), in its log too."""
+        self.console_log.write(text)
+        if self.out is not None:
+            self.out.write(text)
+            self.out.flush()
+        for client in self.clients:
+            client.outbuf += text
         self._send_clients()
 
     def _watch(self, data: bytes) -> None:

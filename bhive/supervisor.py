@@ -146,6 +146,8 @@ class Supervisor:
         self.zygote = zygote
         self.subreaper_was: bool | None = None  # before _bind_zygote made this process one
         self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
+        self.reboot_reason: str | None = None   # a guest reset asked for a reboot (_reboot)
+        self.reboots = 0
         self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
@@ -165,7 +167,7 @@ class Supervisor:
             raise
 
     def _prepare(self) -> None:
-        if self.rundir.is_live():
+        if self.rundir.is_live() and self.rundir.supervisor_pid() != os.getpid():   # (not a reboot)
             raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
                                          f"(bhive stop {self.cfg.name}, or pick --name)")
         accel = accel_mod.get(self.cfg.accel)
@@ -175,13 +177,16 @@ class Supervisor:
         image = loader.image_bytes(self.cfg)  # assembles .asm sources; fails early
         del image
         cache_bytecode()
-        self.rundir.create()
+        rebooting = self.console is not None
+        self.rundir.create(keep_logs=rebooting)
         self.log = EventLog(self.rundir.log_path("supervisor"), "supervisor")
         ram = SharedRegion(self.rundir.shm / "ram", self.cfg.memory, create=True)
         SharedRegion(self.rundir.shm / "platform",
                      max(4096, accel.platform_shm_size(self.cfg.cpus, self.cfg.memory)),
                      create=True).close()
-        self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd)
+        if not rebooting:
+            self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd)
+        self.console.log = self.log
         self.console.create([d.name for d in self.cfg.devices.values()
                              if d.type == "uart" and d.options["console"]])
         self.fds = self._create_channels()
@@ -424,8 +429,11 @@ class Supervisor:
         elif ev.kind == "suspended":
             self.finish(STATUS_STOPPED, f"guest {ev.detail}")
         elif ev.kind == "reset":
-            # No reboot (like QEMU -no-reboot): a reset ends the VM, saying so.
-            self.finish(STATUS_STOPPED, f"guest reset: {ev.detail}")
+            if self.cfg.no_reboot:
+                # Like QEMU -no-reboot: a reset ends the VM, saying so.
+                self.finish(STATUS_STOPPED, f"guest reset (no reboot): {ev.detail}")
+            elif self.reboot_reason is None:
+                self.reboot_reason = ev.detail
         elif ev.kind == "poweroff":
             self.finish(STATUS_STOPPED, f"guest powered off: {ev.detail}")
         elif ev.kind == "halted":
@@ -482,7 +490,7 @@ class Supervisor:
 
     def loop(self) -> None:
         next_table = time.monotonic() + 1.0
-        while self.status is None and not self.stop_requested:
+        while self.status is None and not self.stop_requested and self.reboot_reason is None:
             self._poll_ctl(5)
             self.console.pump_output()
             self.console.pump_input()
@@ -535,6 +543,28 @@ class Supervisor:
         self.log("stopped", status=self.status, reason=self.reason)
         self.rundir.drop_shared_memory()
 
+    # -- reboot -----------------------------------------------------------
+    def _reboot(self) -> None:
+        """A guest reset without -no-reboot: every worker is stopped and
+        started afresh from the config, as at power-on (zeroed RAM, devices
+        and vCPUs in their reset state, the image loaded again).  This
+        process, the run directory's logs and the console (the terminal,
+        attached `bhive console`s, what was typed) stay."""
+        reason, self.reboot_reason = self.reboot_reason, None
+        self.reboots += 1
+        self.log("reboot", reason=reason, reboots=self.reboots)
+        self.stop()
+        self.console.note(f"\r\nbhive: {self.cfg.name}: guest reset ({reason}): rebooting\r\n".encode())
+        self.ctl.close()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.zygote = None                      # stop() ended it; _bind_zygote starts another
+        self.procs, self.fds = {}, {}
+        self.halted, self.lost_cpus, self.released = set(), set(), set()
+        self.all_halted_at, self.actors_up = None, False
+        self._prepare()
+        self.start()
+
     def write_procs(self) -> None:
         now = time.monotonic()
         table = [{"role": "supervisor", "kind": "supervisor", "pid": os.getpid(), "state": "running",
@@ -554,6 +584,9 @@ class Supervisor:
             try:
                 self.start()
                 self.loop()
+                while self.reboot_reason is not None and self.status is None and not self.stop_requested:
+                    self._reboot()
+                    self.loop()
             except VmStartError as exc:
                 self.finish(STATUS_INTERNAL, f"VM failed to start: {exc}")
             if self.status is None:
