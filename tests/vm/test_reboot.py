@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from support import run_dir
+from support import REPO, run_dir, wait_for
 from test_console import exit_status, read_until, spawn_on_pty
 from test_linux_boot import BOOT_TIMEOUT, kit  # noqa: F401  (the fixture)
 
@@ -57,3 +57,26 @@ def test_no_reboot_ends_the_vm_on_a_reset(kit):  # noqa: F811
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+
+
+PORT92_GUEST = REPO / "guests" / "reset" / "port92.asm"
+
+
+def test_a_port_0x92_reset_reboots_the_flat_guest_again_and_again(bhive, vm_config):
+    cfg = vm_config(PORT92_GUEST, extra="[devices.port92]\n")
+    r = bhive.run("run", cfg, "--name", "p92", "--detach")
+    assert r.returncode == 0, r.stderr.decode()
+    log = run_dir("p92") / "logs" / "console.log"
+    try:
+        wait_for(lambda: log.read_bytes().count(b"boot\n") >= 3, timeout=60, what="three boots")
+        assert b"guest reset (port 0x92 fast reset): rebooting" in log.read_bytes()
+    finally:
+        bhive.run("stop", "p92")
+
+
+def test_a_port_0x92_reset_with_no_reboot_ends_with_status_0(bhive, vm_config):
+    cfg = vm_config(PORT92_GUEST, extra="[devices.port92]\n")
+    r = bhive.run("run", cfg, "--name", "p92-once", "-no-reboot", timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.count(b"boot\n") == 1
+    assert b"guest reset (no reboot): port 0x92 fast reset" in r.stderr
