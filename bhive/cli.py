@@ -140,18 +140,27 @@ def cmd_ps(args) -> int:
     from . import vm_control
     vms = [RunDir(args.vm)] if args.vm else all_vms()
     rows = []
+    gone = {}                   # ended VMs: supervisor.json (status, reason)
     for rd in vms:
-        if not args.all and not rd.is_live():
-            continue
+        end = vm_control.ended(rd)
+        if end is not None:
+            if not args.all:
+                continue
+            gone[rd.name] = end
         for row in vm_control.process_table(rd):
             rows.append((rd.name, row))
     if args.json:
-        print(json.dumps([{"vm": vm, **row} for vm, row in rows], indent=1))
+        print(json.dumps([{"vm": vm, **row, **({"vm_status": gone[vm]["status"], "vm_reason": gone[vm]["reason"]}
+                                               if vm in gone else {})} for vm, row in rows], indent=1))
         return 0
     print(f"{'VM':<14} {'ROLE':<12} {'KIND':<10} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}")
     for vm, row in rows:
+        if vm in gone:
+            continue
         print(f"{vm:<14} {row['role']:<12} {row['kind']:<10} {row['pid'] or '-':>8} {row['state']:<10} "
               f"{row['restarts']:>8} {_uptime(row['uptime']):>9}")
+    for vm, end in gone.items():      # one line each: how it ended
+        print(f"{vm:<14} {'-':<12} {'vm':<10} {'-':>8} {'exited':<10} status {end['status']}: {end['reason']}")
     return 0
 
 
@@ -310,6 +319,48 @@ def cmd_console(args) -> int:
     return 0
 
 
+# -- pause / resume / wait / rm / prune -------------------------------------------
+
+def cmd_pause(args) -> int:
+    from . import vm_control
+    try:
+        vm_control.set_paused(args.vm, args.command == "pause")
+    except LookupError as exc:
+        return error(str(exc), 1)
+    return 0
+
+
+def cmd_wait(args) -> int:
+    """Exits with the VM's own exit status, once it has ended."""
+    from . import vm_control
+    try:
+        info = vm_control.wait_vm(args.vm)
+    except LookupError as exc:
+        return error(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+    print(f"{args.vm}: {info['reason']} (exit status {info['status']})", file=sys.stderr)
+    return info["status"]
+
+
+def cmd_rm(args) -> int:
+    from . import vm_control
+    status = 0
+    for name in args.vm:
+        try:
+            vm_control.remove_vm(name)
+        except LookupError as exc:
+            status = error(str(exc), 1)
+    return status
+
+
+def cmd_prune(args) -> int:
+    from . import vm_control
+    for name in vm_control.prune():
+        print(name)
+    return 0
+
+
 # -- kill / stop --------------------------------------------------------------------
 
 def cmd_kill(args) -> int:
@@ -373,6 +424,19 @@ def parser() -> argparse.ArgumentParser:
                         "(Ctrl-A d detaches, Ctrl-A x stops the VM; a second console is read-only)")
     co.add_argument("vm")
     co.set_defaults(func=cmd_console)
+    for verb, what in (("pause", "stop running a VM's vCPUs (the guest's time goes on as wall time)"),
+                       ("resume", "let a paused VM's vCPUs run again")):
+        pa = sub.add_parser(verb, help=what)
+        pa.add_argument("vm")
+        pa.set_defaults(func=cmd_pause)
+    wa = sub.add_parser("wait", help="wait until a VM ends; exit with its exit status")
+    wa.add_argument("vm")
+    wa.set_defaults(func=cmd_wait)
+    rm = sub.add_parser("rm", help="remove ended VMs' run directories (logs included)")
+    rm.add_argument("vm", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+    pr = sub.add_parser("prune", help="remove every ended VM's run directory")
+    pr.set_defaults(func=cmd_prune)
     st = sub.add_parser("stop", help="stop a VM")
     st.add_argument("vm")
     st.set_defaults(func=cmd_stop)

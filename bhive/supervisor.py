@@ -45,6 +45,8 @@ from .rundir import RunDir
 
 STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
+PAUSE_SIGNAL = signal.SIGUSR1     # bhive pause VM
+RESUME_SIGNAL = signal.SIGUSR2    # bhive resume VM
 STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
 ZYGOTE_TIMEOUT = 10.0     # a zygote that does not answer a request by then is replaced by exec
@@ -147,6 +149,8 @@ class Supervisor:
         self.subreaper_was: bool | None = None  # before _bind_zygote made this process one
         self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
         self.reboot_reason: str | None = None   # a guest reset asked for a reboot (_reboot)
+        self.paused = False                     # the vCPU processes are stopped (bhive pause)
+        self.pause_wanted = False               # what the last SIGUSR1/SIGUSR2 asked for
         self.reboots = 0
         self.t0 = time.monotonic()
 
@@ -495,6 +499,7 @@ class Supervisor:
             self.console.pump_output()
             self.console.pump_input()
             self.check_children()
+            self._apply_pause()
             now = time.monotonic()
             if self.all_halted_at is not None and now - self.all_halted_at > HALT_GRACE:
                 self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
@@ -512,6 +517,8 @@ class Supervisor:
         applies what the (now stopped) vCPUs posted to it before it exits,
         so the guest's last console bytes before an isa-debug-exit write
         are not lost."""
+        self.pause_wanted = False
+        self._apply_pause()         # a stopped process would not see SIGTERM
         if self.zygote is not None:
             self.zygote.close()     # no more workers: the zygote exits meanwhile
         for kind in ("vcpu", "actor"):
@@ -542,6 +549,29 @@ class Supervisor:
         self.rundir.write_json("supervisor.json", info)
         self.log("stopped", status=self.status, reason=self.reason)
         self.rundir.drop_shared_memory()
+
+    # -- pause (bhive pause / resume) ---------------------------------------
+    def _apply_pause(self) -> None:
+        """Pausing stops every vCPU process (SIGSTOP): the guest executes
+        nothing, and its clocks, which follow host time, show the pause as
+        time that passed, no more.  The actors stay up; what they raise
+        meanwhile waits as pending interrupts.  Resuming sends SIGCONT."""
+        now = time.monotonic()
+        vcpus = [p for p in self.procs.values() if p.kind == "vcpu" and p.pid and p.state == "running"]
+        if self.pause_wanted != self.paused:
+            self.paused = self.pause_wanted
+            for proc in vcpus:
+                try:
+                    os.kill(proc.pid, signal.SIGSTOP if self.paused else signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            info = self.rundir.read_json("supervisor.json") or {}
+            info["state"] = "paused" if self.paused else "running"
+            self.rundir.write_json("supervisor.json", info)
+            self.log("paused" if self.paused else "resumed", vcpus=len(vcpus))
+        if self.paused:
+            for proc in vcpus:
+                proc.heartbeat = now        # a stopped vCPU is not a hung one
 
     # -- reboot -----------------------------------------------------------
     def _reboot(self) -> None:
@@ -580,6 +610,8 @@ class Supervisor:
         self.t0 = time.monotonic()
         handler = lambda signum, _frame: setattr(self, "stop_requested", True)  # noqa: E731
         old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        old.update({s: signal.signal(s, lambda signum, _frame: setattr(self, "pause_wanted", signum == PAUSE_SIGNAL))
+                    for s in (PAUSE_SIGNAL, RESUME_SIGNAL)})
         try:
             try:
                 self.start()
