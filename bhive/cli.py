@@ -53,6 +53,17 @@ def _cli_path(value: str | None) -> str | None:
     return ",".join(out)
 
 
+def _cli_serial(spec: str | None) -> str | None:
+    """-serial file:PATH / unix:PATH,...: PATH relative to the working directory."""
+    if spec is None:
+        return None
+    kind, sep, rest = spec.partition(":")
+    if kind in ("file", "unix") and rest:
+        path, comma, flags = rest.partition(",")
+        return f"{kind}:{Path(path).expanduser().absolute()}{comma}{flags}"
+    return spec
+
+
 def cmd_run(args) -> int:
     early = None
     if not args.detach and not os.environ.get(zygote.NO_ZYGOTE_ENV):
@@ -62,7 +73,7 @@ def cmd_run(args) -> int:
             pass
     from . import config as config_mod
     overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog,
-                 "no_reboot": args.no_reboot or None}
+                 "no_reboot": args.no_reboot or None, "serial": _cli_serial(args.serial)}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
         boot["kind"] = "kernel"
@@ -87,13 +98,15 @@ def run_foreground(cfg: config_mod.VmConfig, early: zygote.Zygote | None = None)
     from . import config as config_mod
     from . import supervisor as sup_mod
     stdin_fd = sys.stdin.fileno() if sys.stdin and not sys.stdin.closed else None
-    interactive = stdin_fd is not None and os.isatty(stdin_fd)
+    interactive = stdin_fd is not None and os.isatty(stdin_fd) and cfg.serial == "stdio"
     sup = sup_mod.Supervisor(cfg, console_out=sys.stdout.buffer,
                              console_in_fd=stdin_fd if interactive else None, zygote=early)
     try:
         sup.prepare()
     except config_mod.ConfigError as exc:
         return error(str(exc))
+    if sup.console.serial_name:
+        print(f"bhive: serial: char device redirected to {sup.console.serial_name}", file=sys.stderr, flush=True)
     if interactive:
         saved = termios.tcgetattr(stdin_fd)
         tty.setraw(stdin_fd, termios.TCSANOW)  # TCSANOW: keep what was typed already
@@ -125,6 +138,8 @@ def run_detached(cfg: config_mod.VmConfig) -> int:
         err = proc.stderr.read().decode(errors="replace").strip().splitlines()
         return error(err[-1].removeprefix("bhive: error: ") if err else "the VM did not start", 
                      proc.returncode if proc.returncode else 4)
+    if info.get("serial"):
+        print(f"bhive: serial: char device redirected to {info['serial']}", file=sys.stderr)
     print(cfg.name)
     return 0
 
@@ -401,6 +416,9 @@ def parser() -> argparse.ArgumentParser:
                    help="end the VM with status 124 if the guest has not ended by then (for tests)")
     r.add_argument("--no-reboot", "-no-reboot", action="store_true",
                    help="a guest reset ends the VM (status 0) instead of rebooting it, as with QEMU")
+    r.add_argument("--serial", "-serial", metavar="BACKEND",
+                   help="COM1's other end, as QEMU spells it: stdio (the default), null, file:PATH, "
+                        "unix:PATH,server,nowait, pty (its name is printed); logs/console.log has it all anyway")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("ps", help="list VMs and their processes")
     s.add_argument("vm", nargs="?")

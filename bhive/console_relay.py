@@ -42,6 +42,23 @@ HELLO_WRITER = b"bhive-console writer\n"
 HELLO_READ_ONLY = b"bhive-console read-only\n"
 
 
+class _DroppingWriter:
+    """Output to a non-blocking fd (a pty's master) that drops what does not
+    fit instead of stalling the VM while nobody reads (QEMU does the same)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.write(self.fd, data)
+        except (BlockingIOError, OSError):
+            pass
+
+    def flush(self) -> None:
+        pass
+
+
 def console_socket_path(rundir: RunDir):
     return rundir.sock / CONSOLE_SOCKET
 
@@ -51,9 +68,10 @@ class ConsoleClient:
     and its Ctrl-A state (a writer's input goes through the same escape
     handling as the terminal's)."""
 
-    def __init__(self, conn: socket.socket, writer: bool):
+    def __init__(self, conn: socket.socket, writer: bool, serial: bool = False):
         self.conn = conn
         self.writer = writer
+        self.serial = serial        # the -serial unix: socket's peer, not a `bhive console`
         self.outbuf = bytearray()
         self.escape_pending = False
 INPUT_ACK_MS = 200        # how long one request waits for the UART's answer
@@ -65,7 +83,7 @@ class ConsoleRelay:
     `finish(status, reason)` ends the VM (Ctrl-A x); the supervisor asks
     `panic_reason` whether a guest panic must end it."""
 
-    def __init__(self, rundir: RunDir, log, finish, out=None, in_fd: int | None = None):
+    def __init__(self, rundir: RunDir, log, finish, out=None, in_fd: int | None = None, serial: str = "stdio"):
         self.rundir = rundir
         self.log = log
         self.finish = finish
@@ -82,6 +100,9 @@ class ConsoleRelay:
         self.console_log = None
         self.listener: socket.socket | None = None
         self.clients: list[ConsoleClient] = []
+        self.serial = serial                    # -serial: where COM1 goes besides the log
+        self.serial_listener: socket.socket | None = None
+        self.serial_name = ""                   # -serial pty: the pty's name
 
     def create(self, uart_roles: list[str]) -> None:
         """The rings of the console UARTs (before the actors start) and the
@@ -92,6 +113,7 @@ class ConsoleRelay:
         self.panic_at, self.tail = None, b""
         if self.console_log is None:
             self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
+            self._open_serial()
         if self.rings and self.listener is None:
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.listener.bind(str(console_socket_path(self.rundir)))
@@ -107,6 +129,37 @@ class ConsoleRelay:
             self.sock = ctx.socket(zmq.DEALER)
             self.sock.setsockopt(zmq.LINGER, 0)
             self.sock.connect(self.rundir.endpoint(self.rings[0][0]))
+
+    def _open_serial(self) -> None:
+        """The -serial backend (bhive.config.check_serial validated it):
+        stdio is the terminal given; null is only the log; file:PATH
+        appends to PATH; pty makes a pseudo-terminal (its name in
+        serial_name) that a program such as screen or minicom opens;
+        unix:PATH,server,nowait listens at PATH for one peer at a time."""
+        kind, _, rest = self.serial.partition(":")
+        if kind == "stdio":
+            return
+        self.out, self.in_fd = None, None
+        if kind == "file":
+            self.out = open(rest, "ab", buffering=0)
+        elif kind == "pty":
+            import tty
+            master, slave = os.openpty()
+            tty.setraw(slave)                   # bytes as they are, no echo (like QEMU's cfmakeraw)
+            self.serial_name = os.ttyname(slave)
+            self.serial_slave = slave           # held open: the pty outlives a reader that closes it
+            os.set_blocking(master, False)
+            self.in_fd = master
+            self.out = _DroppingWriter(master)
+        elif kind == "unix":
+            path = rest.split(",")[0]
+            if os.path.exists(path):
+                os.unlink(path)
+            self.serial_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.serial_listener.bind(path)
+            self.serial_listener.listen(1)
+            self.serial_listener.setblocking(False)
+            self.serial_name = path
 
     # -- out ----------------------------------------------------------------
     def pump_output(self) -> None:
@@ -166,7 +219,12 @@ class ConsoleRelay:
         r, _, _ = select.select([self.in_fd], [], [], 0)
         if not r:
             return
-        data = os.read(self.in_fd, 1024)
+        try:
+            data = os.read(self.in_fd, 1024)
+        except BlockingIOError:
+            return
+        except OSError:                         # a pty whose reader went away (EIO)
+            return
         if not data:
             self.in_fd = None
             return
@@ -198,6 +256,19 @@ class ConsoleRelay:
         """Accepts `bhive console` clients (the first is the writer unless a
         terminal or another client types already; the rest are read-only)
         and takes the writer's input."""
+        if self.serial_listener is not None:
+            try:
+                conn, _ = self.serial_listener.accept()
+                if any(c.serial for c in self.clients):
+                    conn.close()                # one peer at a time, as QEMU's chardev
+                else:
+                    conn.setblocking(False)
+                    for c in self.clients:      # it types; attached consoles only watch
+                        c.writer = False
+                    self.clients.append(ConsoleClient(conn, writer=True, serial=True))
+                    self.log("serial-connected", path=self.serial_name)
+            except (BlockingIOError, InterruptedError):
+                pass
         if self.listener is None:
             return
         while True:

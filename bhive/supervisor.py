@@ -189,14 +189,15 @@ class Supervisor:
                      max(4096, accel.platform_shm_size(self.cfg.cpus, self.cfg.memory)),
                      create=True).close()
         if not rebooting:
-            self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd)
+            self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd,
+                                        serial=self.cfg.serial)
         self.console.log = self.log
         self.console.create([d.name for d in self.cfg.devices.values()
                              if d.type == "uart" and d.options["console"]])
         self.fds = self._create_channels()
         self.rundir.write_json("supervisor.json", {
             "pid": os.getpid(), "name": self.cfg.name, "state": "starting", "started": time.time(),
-            "config": config_mod.to_json(self.cfg), "boot": None,
+            "config": config_mod.to_json(self.cfg), "boot": None, "serial": self.console.serial_name,
         })
         python = sys.executable
         for dev in self.cfg.devices.values():
