@@ -1,5 +1,6 @@
-"""System Control Port A at I/O port 0x92 ("fast A20 gate and fast reset"),
-as on PS/2 and every PC chipset since; modelled on QEMU hw/i386/port92.c.
+"""System Control Port A at I/O port 0x92: fast A20 gate and fast reset.
+
+As on the PS/2 and every PC chipset since; modelled on QEMU hw/i386/port92.c.
 
 References: IBM PS/2 Hardware Interface Technical Reference, "System
 Control Port A"; Intel 82371AB (PIIX4) datasheet, port 92h.
