@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
             pass
     from . import config as config_mod
     overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog,
-                 "no_reboot": args.no_reboot or None, "serial": _cli_serial(args.serial)}
+                 "accel": args.accel, "no_reboot": args.no_reboot or None, "serial": _cli_serial(args.serial)}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
         boot["kind"] = "kernel"
@@ -412,6 +412,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", "-d", action="store_true", help="run in the background")
     r.add_argument("--smp", type=int, help="number of vCPUs")
     r.add_argument("-m", "--memory", help="guest RAM, e.g. 512M")
+    r.add_argument("--accel", help="accelerator: softvmm (default), kvm or bhyve")
     r.add_argument("--watchdog", type=float, metavar="SECONDS",
                    help="end the VM with status 124 if the guest has not ended by then (for tests)")
     r.add_argument("--no-reboot", "-no-reboot", action="store_true",

@@ -175,6 +175,10 @@ class Supervisor:
             raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
                                          f"(bhive stop {self.cfg.name}, or pick --name)")
         accel = accel_mod.get(self.cfg.accel)
+        try:
+            accel.check_config(self.cfg.name, self.cfg.cpus, self.cfg.memory)
+        except ValueError as exc:
+            raise config_mod.ConfigError(f"[vm] accel: {self.cfg.accel}: {exc}") from None
         ok, why = accel.available()
         if not ok:
             raise config_mod.ConfigError(f"[vm] accel: {self.cfg.accel} is not available here: {why}")

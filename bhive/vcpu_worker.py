@@ -241,7 +241,10 @@ class VcpuWorker:
         self.ram = SharedRegion(rundir.shm / "ram")
         self.platform = SharedRegion(rundir.shm / "platform")
         memory = GuestMemory(self.ram.address, self.ram.size, ram_slots(self.cfg.memory))
-        self.vm = accel.vm_open(memory, self.cfg.cpus, self.platform.address, {})
+        # whole_vm: this process is one vCPU of a bhive VM (kvm: its own KVM VM);
+        # name: the VM under /dev/vmm (bhyve)
+        self.vm = accel.vm_open(memory, self.cfg.cpus, self.platform.address,
+                                {"whole_vm": True, "name": self.cfg.name})
         self.vcpu = self.vm.vcpu_open(vcpuid)
 
         # Port map: one slot per I/O port, each the client of the owning actor.

@@ -230,6 +230,11 @@ class Accelerator(ABC):
         """(usable here?, reason if not)."""
 
     @classmethod
+    def check_config(cls, name: str, ncpus: int, ram_size: int) -> None:
+        """Refuse (ValueError) a VM this accelerator cannot create, before
+        anything starts: e.g. a name longer than vmm.ko accepts."""
+
+    @classmethod
     @abstractmethod
     def platform_shm_size(cls, ncpus: int, ram_size: int) -> int:
         """Bytes of shared memory the accelerator needs for cross-process

@@ -142,10 +142,15 @@ class _run_system_event(C.Structure):
     _fields_ = [("type", u32), ("ndata", u32), ("data", u64 * 16)]
 
 
+class _run_msr(C.Structure):
+    """KVM_EXIT_X86_RDMSR/WRMSR (KVM_CAP_X86_USER_SPACE_MSR)."""
+    _fields_ = [("error", u8), ("pad", u8 * 7), ("reason", u32), ("index", u32), ("data", u64)]
+
+
 class _run_union(C.Union):
     _fields_ = [("io", _run_io), ("mmio", _run_mmio), ("fail_entry", _run_fail_entry),
                 ("internal", _run_internal), ("system_event", _run_system_event),
-                ("padding", C.c_char * 256)]
+                ("msr", _run_msr), ("padding", C.c_char * 256)]
 
 
 class kvm_run(C.Structure):
@@ -154,6 +159,29 @@ class kvm_run(C.Structure):
                 ("flags", u16), ("cr8", u64), ("apic_base", u64), ("u", _run_union)]
 
 
+class kvm_interrupt(C.Structure):
+    _fields_ = [("irq", u32)]
+
+
+class kvm_enable_cap(C.Structure):
+    _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+class kvm_msr_entry(C.Structure):
+    _fields_ = [("index", u32), ("reserved", u32), ("data", u64)]
+
+
+class kvm_msrs_1(C.Structure):
+    """struct kvm_msrs with one entry."""
+    _fields_ = [("nmsrs", u32), ("pad", u32), ("entries", kvm_msr_entry * 1)]
+
+
+class kvm_msrs_hdr(C.Structure):
+    _fields_ = [("nmsrs", u32), ("pad", u32)]
+
+
+assert C.sizeof(kvm_enable_cap) == 104
+assert _run_msr.data.offset == 16
 assert C.sizeof(kvm_regs) == 144
 assert C.sizeof(kvm_sregs) == 312
 assert C.sizeof(kvm_fpu) == 416
@@ -172,6 +200,10 @@ KVM_SET_USER_MEMORY_REGION = _IOW(0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(0x47)
 KVM_CREATE_IRQCHIP = _IO(0x60)
 KVM_RUN = _IO(0x80)
+KVM_INTERRUPT = _IOW(0x86, kvm_interrupt)
+KVM_SET_MSRS = _IOW(0x89, kvm_msrs_hdr)
+KVM_NMI = _IO(0x9A)
+KVM_ENABLE_CAP = _IOW(0xA3, kvm_enable_cap)
 KVM_GET_REGS = _IOR(0x81, kvm_regs)
 KVM_SET_REGS = _IOW(0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(0x83, kvm_sregs)
@@ -193,6 +225,10 @@ KVM_CAP_USER_MEMORY = 3
 KVM_CAP_EXT_CPUID = 7
 KVM_CAP_XSAVE = 55
 KVM_CAP_SIGNAL_MSI = 77
+KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 
 KVM_EXIT_UNKNOWN = 0
 KVM_EXIT_EXCEPTION = 1
@@ -207,6 +243,8 @@ KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
 KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1

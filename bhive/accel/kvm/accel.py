@@ -7,11 +7,16 @@ Process model
 A KVM VM (and its vCPU file descriptors) is bound to the process that
 created it: the kernel ties the VM to the creating `mm`, so a vCPU of that
 VM cannot be run from another process.  bhive runs every vCPU in its own OS
-process, so under bhive the kvm accelerator supports exactly **one vCPU per
-VM process** (`vm_open(..., ncpus=1)`; `vcpu_open(0)`).  That is all it is
-for: its job is to be the oracle of the differential CPU tester
-(`bhive.difftest`), which runs CPL3 instruction sequences natively and
-compares them with softvmm.
+process, so under bhive the kvm accelerator has exactly **one vCPU per
+KVM VM**, in two uses:
+
+* whole bhive VMs (`options["whole_vm"]`, what `bhive run --accel kvm`
+  does): every vCPU process creates its own single-vCPU KVM VM over the
+  shared guest RAM, with bhive's local APIC instead of KVM's
+  (`wholevm.py`, class KvmWholeVcpu);
+* the oracle of the differential CPU tester (`bhive.difftest`):
+  `vm_open(..., ncpus=1)`, `vcpu_open(0)`, CPL3 instruction sequences run
+  natively and compared with softvmm.
 
 Register ownership ("the accelerator owns RIP")
 -----------------------------------------------
@@ -39,7 +44,9 @@ import os
 
 from ..base import (Accelerator, ExitCode, GuestMemory, SegDesc, SuspendHow, Vcpu,
                     VmExit, VmReg, Vm)
+from ..segdesc import ar_to_fields, fields_to_ar
 from . import _abi as K
+from .wholevm import WholeVmVcpu
 
 KVM_DEV = "/dev/kvm"
 
@@ -86,29 +93,22 @@ _DR = {VmReg.DR0: 0, VmReg.DR1: 1, VmReg.DR2: 2, VmReg.DR3: 3}
 
 
 def _seg_to_desc(s: K.kvm_segment) -> SegDesc:
-    access = ((s.type & 0xF) | (s.s & 1) << 4 | (s.dpl & 3) << 5 | (s.present & 1) << 7
-              | (s.avl & 1) << 12 | (s.l & 1) << 13 | (s.db & 1) << 14 | (s.g & 1) << 15
-              | (s.unusable & 1) << 16)
+    access = fields_to_ar(type=s.type, s=s.s, dpl=s.dpl, present=s.present, avl=s.avl, l=s.l,
+                          db=s.db, g=s.g, unusable=s.unusable)
     return SegDesc(base=s.base, limit=s.limit, access=access, selector=s.selector)
 
 
 def _desc_to_seg(d: SegDesc, s: K.kvm_segment) -> None:
-    a = d.access
     s.base = d.base & 0xFFFFFFFFFFFFFFFF
     s.limit = d.limit & 0xFFFFFFFF
     s.selector = d.selector & 0xFFFF
-    s.type = a & 0xF
-    s.s = (a >> 4) & 1
-    s.dpl = (a >> 5) & 3
-    s.present = (a >> 7) & 1
-    s.avl = (a >> 12) & 1
-    s.l = (a >> 13) & 1
-    s.db = (a >> 14) & 1
-    s.g = (a >> 15) & 1
-    s.unusable = (a >> 16) & 1
+    for name, value in ar_to_fields(d.access).items():
+        setattr(s, name, value)
 
 
 class KvmVcpu(Vcpu):
+    _ioctl = staticmethod(_ioctl)
+
     def __init__(self, vm: "KvmVm", vcpuid: int):
         self.vm = vm
         self.vcpuid = vcpuid
@@ -289,8 +289,13 @@ class KvmVcpu(Vcpu):
                 return VmExit(ExitCode.BOGUS)
             raise
         self._nexits += 1
+        ex = self._decode_exit(self.run.exit_reason)
+        self._exit = ex
+        return ex
+
+    def _decode_exit(self, reason: int) -> VmExit:
+        """The VmExit of the KVM_RUN that just returned with `reason`."""
         run = self.run
-        reason = run.exit_reason
         rip = self._get_regs().rip
         if reason == K.KVM_EXIT_IO:
             io = run.u.io
@@ -326,7 +331,6 @@ class KvmVcpu(Vcpu):
             else:
                 detail = f"kvm exit reason {reason}".encode()
             ex = VmExit(ExitCode.UNHANDLED, rip=rip, insn=detail)
-        self._exit = ex
         return ex
 
     def vm_complete_inout(self, exit: VmExit, value: int = 0) -> None:
@@ -368,11 +372,36 @@ class KvmVcpu(Vcpu):
         return {"exits": self._nexits}
 
 
+class KvmWholeVcpu(WholeVmVcpu, KvmVcpu):
+    """A vCPU of a whole bhive VM: its own KVM VM, bhive's local APIC (wholevm)."""
+
+    def __init__(self, vm: "KvmVm", vcpuid: int):
+        self.vcpuid = vcpuid
+        self.vm = vm
+        self._whole_apic(vm.apic_vm)
+        KvmVcpu.__init__(self, vm, vcpuid)
+        self._whole_start()
+
+    def _set_cpuid(self) -> None:
+        _ioctl(self.fd, K.KVM_SET_CPUID2, self._whole_cpuid())
+
+    def close(self) -> None:
+        self.close_whole()
+        KvmVcpu.close(self)
+
+
 class KvmVm(Vm):
-    def __init__(self, memory: GuestMemory, ncpus: int, options: dict | None):
+    def __init__(self, memory: GuestMemory, ncpus: int, options: dict | None, platform_shm: int = 0):
         options = options or {}
-        if ncpus != 1:
+        self.whole_vm = bool(options.get("whole_vm"))
+        self.apic_vm = None
+        if self.whole_vm:
+            # bhive's local APICs (softvmm's, in the platform shm every process maps)
+            from ..softvmm import SoftvmmAccelerator
+            self.apic_vm = SoftvmmAccelerator.vm_open(memory, ncpus, platform_shm, {})
+        elif ncpus != 1:
             raise ValueError("kvm: one vCPU per VM process (a KVM VM is bound to its creating process)")
+        self.ncpus = ncpus
         self.memory = memory
         self.sys_fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -418,16 +447,32 @@ class KvmVm(Vm):
     def vcpu_open(self, vcpuid: int) -> KvmVcpu:
         if vcpuid in self.vcpus:
             return self.vcpus[vcpuid]
+        if self.whole_vm:
+            if self.vcpus:
+                raise ValueError("kvm: one vCPU per process (each vCPU process has its own KVM VM)")
+            v = KvmWholeVcpu(self, vcpuid)
+            self.vcpus[vcpuid] = v
+            return v
         if vcpuid != 0:
             raise ValueError("kvm: only vCPU 0 (one vCPU per VM process)")
         v = KvmVcpu(self, vcpuid)
         self.vcpus[vcpuid] = v
         return v
 
+    def kick(self, vcpuid: int) -> None:
+        """Make `vcpuid`'s vm_run return BOGUS promptly (whole VMs; any process)."""
+        if self.apic_vm is not None:
+            self.apic_vm.kick(vcpuid)
+
     def vm_lapic_msi(self, addr: int, data: int) -> None:
-        """Deliver an MSI through KVM's in-kernel local APIC.  Needs the VM to
+        """Whole VMs: into bhive's local APIC(s) in shared memory, waking the
+        destination (its watcher kicks it out of KVM_RUN).  Oracle VMs:
+        through KVM's in-kernel local APIC.  Needs the VM to
         have been opened with options={"irqchip": True}; only the creating
         process can call it (see the module docstring)."""
+        if self.apic_vm is not None:
+            self.apic_vm.vm_lapic_msi(addr, data)
+            return
         if not self.irqchip:
             raise RuntimeError("kvm: vm_lapic_msi needs options={'irqchip': True}")
         m = K.kvm_msi(address_lo=addr & 0xFFFFFFFF, address_hi=addr >> 32, data=data)
@@ -437,6 +482,9 @@ class KvmVm(Vm):
         for v in self.vcpus.values():
             v.close()
         self.vcpus.clear()
+        if self.apic_vm is not None:
+            self.apic_vm.close()
+            self.apic_vm = None
         for fd in ("fd", "sys_fd"):
             f = getattr(self, fd, -1)
             if f >= 0:
@@ -477,9 +525,13 @@ class KvmAccelerator(Accelerator):
 
     @classmethod
     def platform_shm_size(cls, ncpus: int, ram_size: int) -> int:
-        return 0
+        # whole VMs keep their local APICs where softvmm keeps them
+        from ..softvmm import SoftvmmAccelerator
+        return SoftvmmAccelerator.platform_shm_size(ncpus, ram_size)
 
     @classmethod
     def vm_open(cls, memory: GuestMemory, ncpus: int, platform_shm: int,
                 options: dict | None = None) -> KvmVm:
-        return KvmVm(memory, ncpus, options)
+        """options["whole_vm"]: a vCPU process of a bhive VM (see wholevm);
+        otherwise one vCPU in this process (the difftest oracle)."""
+        return KvmVm(memory, ncpus, options, platform_shm)

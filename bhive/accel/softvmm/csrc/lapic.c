@@ -460,3 +460,78 @@ uint64_t svm_lapic_timer_poll(struct svm_cpu *c)
     lapic_timer_poll(c);
     return c->lapic->timer_next;
 }
+
+/* ---- for an accelerator that runs guest code itself (kvm) ---------------------------
+ * Its vCPU process keeps this local APIC (no in-kernel irqchip): senders
+ * reach it exactly as they reach a softvmm vCPU, and the owner asks here,
+ * before each entry, what to inject.  The counterpart of run.c's
+ * handle_events for a CPU that softvmm does not execute. */
+int svm_lapic_next_event(struct svm_cpu *c, int can_intr, uint32_t *vectors)
+{
+    lapic_t *l = c->lapic;
+    int ev = 0;
+    lapic_timer_poll(c);
+    if (__atomic_load_n(&l->event, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&l->event, 0, __ATOMIC_SEQ_CST);
+        if (__atomic_exchange_n(&l->kick, 0, __ATOMIC_SEQ_CST)) ev |= SVM_EV_KICK;
+        if (__atomic_exchange_n(&l->init, 0, __ATOMIC_SEQ_CST)) {
+            /* INIT (SDM Vol 3A 11.4.4): the caller resets the CPU; APs wait for SIPI */
+            lapic_init_reset(l);
+            c->init_seen = 1;
+            if (c->vcpuid != 0) __atomic_store_n(&l->state, LS_WAIT_SIPI, __ATOMIC_SEQ_CST);
+            ev |= SVM_EV_INIT;
+        }
+        uint32_t sipi = __atomic_exchange_n(&l->sipi, 0, __ATOMIC_SEQ_CST);
+        if (sipi && __atomic_load_n(&l->state, __ATOMIC_SEQ_CST) == LS_WAIT_SIPI && c->init_seen) {
+            vectors[0] = sipi & 0xff;
+            c->init_seen = 0;
+            __atomic_store_n(&l->state, LS_RUN, __ATOMIC_SEQ_CST);
+            ev |= SVM_EV_SIPI;
+        }
+    }
+    if (__atomic_load_n(&l->state, __ATOMIC_SEQ_CST) != LS_RUN) return ev | SVM_EV_WAIT_SIPI;
+    if (__atomic_exchange_n(&l->nmi, 0, __ATOMIC_SEQ_CST)) ev |= SVM_EV_NMI;   /* KVM blocks NMIs itself */
+    uint32_t ext = __atomic_load_n(&l->extint, __ATOMIC_RELAXED);
+    int v = ext ? -1 : lapic_pending_vector(c);
+    if (ext || v >= 0) {
+        if (!can_intr) return ev | SVM_EV_PENDING;
+        if (ext) {
+            __atomic_store_n(&l->extint, 0, __ATOMIC_SEQ_CST);
+            v = (int)(ext & 0xff);
+        } else {
+            lapic_accept(c, v);   /* IRR -> ISR only when the vector really goes in */
+        }
+        vectors[1] = (uint32_t)v;
+        ev |= SVM_EV_INTR;
+    }
+    return ev;
+}
+
+/* Block until something arrives for vCPU c or its LAPIC timer is due, at
+ * most max_ns: 1 if so, 0 on timeout.  Any thread (the kvm vCPU process
+ * waits here on a helper thread while KVM_RUN runs). */
+int svm_lapic_wait(struct svm_cpu *c, int64_t max_ns)
+{
+    lapic_t *l = c->lapic;
+    uint64_t now = __rdtsc(), hz = host_tsc_hz(c->vm);
+    uint64_t tn = __atomic_load_n(&l->timer_next, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&l->event, __ATOMIC_SEQ_CST) || (tn != LAPIC_NEVER && tn <= now)) return 1;
+    int64_t ns = max_ns;
+    if (tn != LAPIC_NEVER) {
+        uint64_t left = (uint64_t)((unsigned __int128)(tn - now) * 1000000000u / hz);
+        if ((uint64_t)ns > left) ns = (int64_t)left;
+    }
+    if (ns > 0) {
+        struct timespec ts = { ns / 1000000000L, ns % 1000000000L };
+        syscall(SYS_futex, &l->event, FUTEX_WAIT, 0, &ts, NULL, 0);
+    }
+    tn = __atomic_load_n(&l->timer_next, __ATOMIC_RELAXED);
+    return __atomic_load_n(&l->event, __ATOMIC_SEQ_CST) || (tn != LAPIC_NEVER && __rdtsc() >= tn);
+}
+
+/* Wake whoever waits in svm_lapic_wait on vCPU c without posting an event
+ * (the owner re-armed the timer: the waiter must look at the new deadline). */
+void svm_lapic_nudge(struct svm_cpu *c)
+{
+    syscall(SYS_futex, &c->lapic->event, FUTEX_WAKE, 1, NULL, NULL, 0);
+}

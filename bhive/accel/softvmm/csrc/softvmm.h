@@ -84,6 +84,16 @@ uint32_t svm_lapic_read(struct svm_cpu *c, uint32_t off);
 int svm_lapic_write(struct svm_cpu *c, uint32_t off, uint32_t value);
 void svm_lapic_local_irq(struct svm_vm *vm, int vcpuid, int pin, int extint_vec);
 uint64_t svm_lapic_timer_poll(struct svm_cpu *c);
+/* An accelerator that runs guest code itself (kvm) with this local APIC
+ * (lapic.c): what arrived, consumed, as SVM_EV_* bits; vectors[0] = the
+ * SIPI vector, vectors[1] = the interrupt accepted when can_intr (IRR ->
+ * ISR, or ExtINT).  svm_lapic_wait blocks until an event or the timer
+ * (1) or max_ns (0); svm_lapic_nudge wakes a waiter to re-read the timer. */
+enum { SVM_EV_KICK = 1, SVM_EV_INIT = 2, SVM_EV_SIPI = 4, SVM_EV_WAIT_SIPI = 8, SVM_EV_NMI = 16,
+       SVM_EV_INTR = 32, SVM_EV_PENDING = 64 };
+int svm_lapic_next_event(struct svm_cpu *c, int can_intr, uint32_t *vectors);
+int svm_lapic_wait(struct svm_cpu *c, int64_t max_ns);
+void svm_lapic_nudge(struct svm_cpu *c);
 uint64_t svm_host_tsc(void);
 uint64_t svm_tsc_hz(struct svm_vm *vm);
 
