@@ -228,6 +228,9 @@ class ConsoleRelay:
         if not data:
             self.in_fd = None
             return
+        if self.serial == "pty":
+            self.pending_input += data          # a -serial pty is a wire: no Ctrl-A escapes, as in QEMU
+            return
         self.escape_pending = self._typed(data, self.escape_pending)
 
     def _typed(self, data: bytes, escape_pending: bool) -> bool:
@@ -292,6 +295,8 @@ class ConsoleRelay:
                 data = b""
             if not data:
                 self._drop(client)
+            elif client.serial:
+                self.pending_input += data      # a -serial peer is a wire: no Ctrl-A escapes, as in QEMU
             elif client.writer:
                 client.escape_pending = self._typed(data, client.escape_pending)
             # a read-only client's typing goes nowhere (it was told so)

@@ -47,12 +47,12 @@ def test_pty(bhive):
     path = re.search(r"redirected to (/dev/pts/\d+)", err).group(1)
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
     try:
-        os.write(fd, b"via-pty")
+        os.write(fd, b"via-pty\x01x")                       # a wire: Ctrl-A x is data, not a quit
         got = b""
         deadline = time.monotonic() + 30
-        while b"via-pty" not in got and time.monotonic() < deadline:
+        while b"via-pty\x01x" not in got and time.monotonic() < deadline:
             got += os.read(fd, 100)
-        assert got == b"via-pty"
+        assert got == b"via-pty\x01x"
         os.write(fd, b"q")
         ends_with(bhive, "ser-pty", 7)
     finally:
@@ -65,11 +65,11 @@ def test_unix_server(bhive, tmp_path):
     peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     peer.connect(str(path))
     peer.settimeout(30)
-    peer.sendall(b"via-socket")
+    peer.sendall(b"via-socket\x01x")                         # a wire: Ctrl-A x is data, not a quit
     got = b""
-    while b"via-socket" not in got:
+    while b"via-socket\x01x" not in got:
         got += peer.recv(100)
-    assert got == b"via-socket"
+    assert got == b"via-socket\x01x"
     watcher = bhive.popen("console", "ser-unix")                 # the socket's peer types, consoles watch
     time.sleep(1.0)
     peer.sendall(b"q")
