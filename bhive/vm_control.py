@@ -23,9 +23,12 @@ def find_vm(name: str) -> RunDir:
 def process_table(rd: RunDir) -> list[dict]:
     table = rd.read_json("procs.json") or []
     live = rd.is_live()
+    paused = live and (rd.read_json("supervisor.json") or {}).get("state") == "paused"
     for row in table:
         if not live or not row.get("pid") or not pid_alive(row["pid"]):
             row["state"] = "exited" if row["state"] != "failed" else "failed"
+        elif paused and row["kind"] == "vcpu":
+            row["state"] = "paused"             # SIGSTOPped by bhive pause
     return table
 
 

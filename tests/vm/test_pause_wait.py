@@ -59,6 +59,7 @@ def test_pause_stops_the_guest_and_its_clock_follows_wall_time(kit, bhive):  # n
         during = quiet_for(fd, 3.0)
         assert not TICK.search(during), during              # no guest instruction runs
         assert b"paused" in (run_dir("lx-pause") / "supervisor.json").read_bytes()
+        assert re.findall(rb"vcpu\d +vcpu +\d+ (\w+)", bhive.run("ps", "lx-pause").stdout) == [b"paused"] * 2
         assert bhive.run("resume", "lx-pause").returncode == 0
         t1, h1 = next_tick(fd)
         t2, _ = next_tick(fd)
