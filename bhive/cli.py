@@ -11,6 +11,7 @@ import argparse
 import heapq
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,17 @@ def _cli_path(value: str | None) -> str | None:
     return ",".join(out)
 
 
+def _cli_serial(spec: str | None) -> str | None:
+    """-serial file:PATH / unix:PATH,...: PATH relative to the working directory."""
+    if spec is None:
+        return None
+    kind, sep, rest = spec.partition(":")
+    if kind in ("file", "unix") and rest:
+        path, comma, flags = rest.partition(",")
+        return f"{kind}:{Path(path).expanduser().absolute()}{comma}{flags}"
+    return spec
+
+
 def cmd_run(args) -> int:
     early = None
     if not args.detach and not os.environ.get(zygote.NO_ZYGOTE_ENV):
@@ -61,7 +73,8 @@ def cmd_run(args) -> int:
             pass
     from . import config as config_mod
     overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog,
-                 "accel": args.accel, "cpu": args.cpu}
+                 "accel": args.accel, "cpu": args.cpu, "no_reboot": args.no_reboot or None,
+                 "serial": _cli_serial(args.serial)}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:
         boot["kind"] = "kernel"
@@ -86,13 +99,15 @@ def run_foreground(cfg: config_mod.VmConfig, early: zygote.Zygote | None = None)
     from . import config as config_mod
     from . import supervisor as sup_mod
     stdin_fd = sys.stdin.fileno() if sys.stdin and not sys.stdin.closed else None
-    interactive = stdin_fd is not None and os.isatty(stdin_fd)
+    interactive = stdin_fd is not None and os.isatty(stdin_fd) and cfg.serial == "stdio"
     sup = sup_mod.Supervisor(cfg, console_out=sys.stdout.buffer,
                              console_in_fd=stdin_fd if interactive else None, zygote=early)
     try:
         sup.prepare()
     except config_mod.ConfigError as exc:
         return error(str(exc))
+    if sup.console.serial_name:
+        print(f"bhive: serial: char device redirected to {sup.console.serial_name}", file=sys.stderr, flush=True)
     if interactive:
         saved = termios.tcgetattr(stdin_fd)
         tty.setraw(stdin_fd, termios.TCSANOW)  # TCSANOW: keep what was typed already
@@ -124,6 +139,8 @@ def run_detached(cfg: config_mod.VmConfig) -> int:
         err = proc.stderr.read().decode(errors="replace").strip().splitlines()
         return error(err[-1].removeprefix("bhive: error: ") if err else "the VM did not start", 
                      proc.returncode if proc.returncode else 4)
+    if info.get("serial"):
+        print(f"bhive: serial: char device redirected to {info['serial']}", file=sys.stderr)
     print(cfg.name)
     return 0
 
@@ -139,18 +156,27 @@ def cmd_ps(args) -> int:
     from . import vm_control
     vms = [RunDir(args.vm)] if args.vm else all_vms()
     rows = []
+    gone = {}                   # ended VMs: supervisor.json (status, reason)
     for rd in vms:
-        if not args.all and not rd.is_live():
-            continue
+        end = vm_control.ended(rd)
+        if end is not None:
+            if not args.all:
+                continue
+            gone[rd.name] = end
         for row in vm_control.process_table(rd):
             rows.append((rd.name, row))
     if args.json:
-        print(json.dumps([{"vm": vm, **row} for vm, row in rows], indent=1))
+        print(json.dumps([{"vm": vm, **row, **({"vm_status": gone[vm]["status"], "vm_reason": gone[vm]["reason"]}
+                                               if vm in gone else {})} for vm, row in rows], indent=1))
         return 0
     print(f"{'VM':<14} {'ROLE':<12} {'KIND':<10} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'UPTIME':>9}")
     for vm, row in rows:
+        if vm in gone:
+            continue
         print(f"{vm:<14} {row['role']:<12} {row['kind']:<10} {row['pid'] or '-':>8} {row['state']:<10} "
               f"{row['restarts']:>8} {_uptime(row['uptime']):>9}")
+    for vm, end in gone.items():      # one line each: how it ended
+        print(f"{vm:<14} {'-':<12} {'vm':<10} {'-':>8} {'exited':<10} status {end['status']}: {end['reason']}")
     return 0
 
 
@@ -228,6 +254,129 @@ def cmd_logs(args) -> int:
         return 0
 
 
+# -- console ------------------------------------------------------------------------
+
+DETACH_KEY = ord("d")       # Ctrl-A d: leave the VM running
+
+
+def cmd_console(args) -> int:
+    """Attach this terminal to a running VM's serial console: the first
+    attached console types, later ones only watch (they are told so)."""
+    import socket
+    from . import vm_control
+    from .console_relay import ESCAPE, HELLO_WRITER, console_socket_path
+    try:
+        rd = vm_control.find_vm(args.vm)
+        if not rd.is_live():
+            raise LookupError(f"VM {args.vm!r} is not running")
+    except LookupError as exc:
+        return error(str(exc), 1)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(console_socket_path(rd)))
+    except OSError as exc:
+        return error(f"VM {args.vm!r} has no console to attach to ({exc.strerror})", 1)
+    hello = b""
+    while not hello.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            return error(f"VM {args.vm!r} ended", 1)
+        hello += chunk
+    writer = hello == HELLO_WRITER
+    mode = "Ctrl-A x stops the VM" if writer else "read-only: another console types"
+    print(f"bhive: attached to {args.vm} ({mode}; Ctrl-A d detaches)", file=sys.stderr, flush=True)
+    in_fd = sys.stdin.fileno() if sys.stdin is not None and not sys.stdin.closed else None
+    saved = None
+    if in_fd is not None and os.isatty(in_fd):
+        saved = termios.tcgetattr(in_fd)
+        tty.setraw(in_fd, termios.TCSANOW)
+    out = sys.stdout.buffer
+    escape = False
+    detached = False
+    try:
+        while not detached:
+            fds = [sock] + ([in_fd] if in_fd is not None else [])
+            r, _, _ = select.select(fds, [], [])
+            if sock in r:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                out.write(data)
+                out.flush()
+            if in_fd is not None and in_fd in r:
+                data = os.read(in_fd, 4096)
+                if not data:
+                    in_fd = None
+                    continue
+                send = bytearray()
+                for b in data:
+                    if escape:
+                        escape = False
+                        if b == DETACH_KEY:
+                            detached = True
+                            break
+                        send += bytes([ESCAPE, b])    # the VM's relay handles Ctrl-A x and the rest
+                    elif b == ESCAPE:
+                        escape = True
+                    else:
+                        send.append(b)
+                if send and writer:
+                    sock.sendall(send)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+        sock.close()
+    if detached:
+        print(f"\r\nbhive: detached from {args.vm} (still running)", file=sys.stderr)
+        return 0
+    info = rd.read_json("supervisor.json") or {}
+    print(f"\r\nbhive: {args.vm}: {info.get('reason', 'ended')} (exit status {info.get('status')})",
+          file=sys.stderr)
+    return 0
+
+
+# -- pause / resume / wait / rm / prune -------------------------------------------
+
+def cmd_pause(args) -> int:
+    from . import vm_control
+    try:
+        vm_control.set_paused(args.vm, args.command == "pause")
+    except LookupError as exc:
+        return error(str(exc), 1)
+    return 0
+
+
+def cmd_wait(args) -> int:
+    """Exits with the VM's own exit status, once it has ended."""
+    from . import vm_control
+    try:
+        info = vm_control.wait_vm(args.vm)
+    except LookupError as exc:
+        return error(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+    print(f"{args.vm}: {info['reason']} (exit status {info['status']})", file=sys.stderr)
+    return info["status"]
+
+
+def cmd_rm(args) -> int:
+    from . import vm_control
+    status = 0
+    for name in args.vm:
+        try:
+            vm_control.remove_vm(name)
+        except LookupError as exc:
+            status = error(str(exc), 1)
+    return status
+
+
+def cmd_prune(args) -> int:
+    from . import vm_control
+    for name in vm_control.prune():
+        print(name)
+    return 0
+
+
 # -- kill / stop --------------------------------------------------------------------
 
 def cmd_kill(args) -> int:
@@ -270,6 +419,11 @@ def parser() -> argparse.ArgumentParser:
                         "+feature/-feature (bhive.cpumodel)")
     r.add_argument("--watchdog", type=float, metavar="SECONDS",
                    help="end the VM with status 124 if the guest has not ended by then (for tests)")
+    r.add_argument("--no-reboot", "-no-reboot", action="store_true",
+                   help="a guest reset ends the VM (status 0) instead of rebooting it, as with QEMU")
+    r.add_argument("--serial", "-serial", metavar="BACKEND",
+                   help="COM1's other end, as QEMU spells it: stdio (the default), null, file:PATH, "
+                        "unix:PATH,server,nowait, pty (its name is printed); logs/console.log has it all anyway")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("ps", help="list VMs and their processes")
     s.add_argument("vm", nargs="?")
@@ -289,6 +443,23 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("vm")
     sa.add_argument("--json", action="store_true")
     sa.set_defaults(func=cmd_stats)
+    co = sub.add_parser("console", help="attach this terminal to a running VM's serial console "
+                        "(Ctrl-A d detaches, Ctrl-A x stops the VM; a second console is read-only)")
+    co.add_argument("vm")
+    co.set_defaults(func=cmd_console)
+    for verb, what in (("pause", "stop running a VM's vCPUs (the guest's time goes on as wall time)"),
+                       ("resume", "let a paused VM's vCPUs run again")):
+        pa = sub.add_parser(verb, help=what)
+        pa.add_argument("vm")
+        pa.set_defaults(func=cmd_pause)
+    wa = sub.add_parser("wait", help="wait until a VM ends; exit with its exit status")
+    wa.add_argument("vm")
+    wa.set_defaults(func=cmd_wait)
+    rm = sub.add_parser("rm", help="remove ended VMs' run directories (logs included)")
+    rm.add_argument("vm", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+    pr = sub.add_parser("prune", help="remove every ended VM's run directory")
+    pr.set_defaults(func=cmd_prune)
     st = sub.add_parser("stop", help="stop a VM")
     st.add_argument("vm")
     st.set_defaults(func=cmd_stop)
@@ -297,7 +468,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`bhive stats VM --json | head -1`): no
+        # traceback, and none either when the interpreter flushes stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ class VmConfig:
     source: Path | None = None
     watchdog: float = 0.0       # seconds of wall time before the VM is ended (0: never)
     cpu: dict = field(default_factory=lambda: {"model": "max"})   # bhive.cpumodel.CpuModel.to_json()
+    no_reboot: bool = False     # QEMU's -no-reboot: a guest reset ends the VM
+    serial: str = "stdio"       # COM1's other end: stdio, null, file:PATH, unix:PATH,server[,nowait], pty
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
@@ -99,7 +101,7 @@ class VmConfig:
 
 
 _TOP = {"vm", "boot", "msr", "devices", "cpu"}
-_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog"}
+_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial"}
 # How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
 # for comparison and debugging).  Either is safe because a device's IRQ line
@@ -124,6 +126,27 @@ def _typed(value, opt_kind: type, where: str):
     if opt_kind is str and not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+SERIAL_BACKENDS = ("stdio", "null", "file:PATH", "unix:PATH,server,nowait", "pty")
+
+
+def check_serial(spec: str, base_dir: Path) -> str:
+    """A -serial backend as QEMU spells it; a path in it made absolute."""
+    kind, _, rest = spec.partition(":")
+    if spec in ("stdio", "null", "pty"):
+        return spec
+    if kind == "file" and rest:
+        return f"file:{(base_dir / Path(rest).expanduser()).absolute()}"
+    if kind == "unix" and rest:
+        path, *flags = rest.split(",")
+        bad = [f for f in flags if f not in ("server", "nowait", "server=on", "wait=off")]
+        if path and ("server" in flags or "server=on" in flags):
+            if bad:
+                raise ConfigError(f"serial: {spec!r}: unknown option(s) {', '.join(bad)}")
+            return f"unix:{(base_dir / Path(path).expanduser()).absolute()},server,nowait"
+        raise ConfigError(f"serial: {spec!r}: only a listening socket is supported (unix:PATH,server,nowait)")
+    raise ConfigError(f"serial: {spec!r} is not one of {', '.join(SERIAL_BACKENDS)}")
 
 
 def _asset(spec: str, base_dir: Path, where: str) -> Path:
@@ -230,6 +253,8 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     watchdog = vm.get("watchdog", 0)
     if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or watchdog < 0:
         raise ConfigError(f"[vm] watchdog: {watchdog!r} must be a number of seconds (0: none)")
+    no_reboot = _typed(vm.get("no_reboot", False), bool, "[vm] no_reboot")
+    serial = check_serial(_typed(vm.get("serial", "stdio"), str, "[vm] serial"), base_dir)
     unknown_msr = _typed(msr.get("unknown", "gp"), str, "[msr] unknown")
     if unknown_msr not in MSR_POLICIES:
         raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
@@ -239,7 +264,7 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
                    kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
-                   watchdog=float(watchdog))
+                   watchdog=float(watchdog), no_reboot=no_reboot, serial=serial)
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -323,7 +348,8 @@ def to_json(cfg: VmConfig) -> dict:
         "source": str(cfg.source) if cfg.source else None,
         "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
         "initrd_args": cfg.initrd_args,
-        "append": cfg.append, "watchdog": cfg.watchdog, "cpu": cfg.cpu,
+        "append": cfg.append, "watchdog": cfg.watchdog, "cpu": cfg.cpu, "no_reboot": cfg.no_reboot,
+        "serial": cfg.serial,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -344,4 +370,5 @@ def from_json(data: dict) -> VmConfig:
                     kernel=Path(data["kernel"]) if data.get("kernel") else None,
                     initrd=[Path(p) for p in data.get("initrd", [])],
                     initrd_args=data.get("initrd_args", []), append=data.get("append", ""),
-                    watchdog=data.get("watchdog", 0.0), cpu=data.get("cpu", {"model": "max"}))
+                    watchdog=data.get("watchdog", 0.0), cpu=data.get("cpu", {"model": "max"}),
+                    no_reboot=data.get("no_reboot", False), serial=data.get("serial", "stdio"))

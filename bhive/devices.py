@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .actors import acpi_pm, debug_exit, fw_cfg, i8042, ioapic, pic, pit, rtc, testdev, uart
+from .actors import acpi_pm, debug_exit, fw_cfg, i8042, ioapic, pic, pit, port92, rtc, testdev, uart
 from .actors.host import DeviceHost
 
 
@@ -95,6 +95,10 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "irq": Option(int, 1, minimum=0, maximum=23),
         "aux_irq": Option(int, 12, minimum=0, maximum=23),
     }, fixed_ports=((0x64, 1),)),
+    # System Control Port A: fast A20 gate and fast reset (bit 0).
+    "port92": DeviceType("port92", port92.SystemControlPortA, port92.Port92Host, 1, {
+        "port": Option(int, port92.PORT, choices=(port92.PORT,)),
+    }),
     # ACPI PM1a event/control blocks and the PM timer (12 ports from `port`).
     "acpi_pm": DeviceType("acpi_pm", acpi_pm.AcpiPm, acpi_pm.AcpiPmHost, acpi_pm.PORT_COUNT, {
         "port": Option(int, acpi_pm.PM_BASE, minimum=0x100, maximum=0xFFF0),

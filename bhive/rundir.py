@@ -60,11 +60,15 @@ class RunDir:
         return self.logs / f"{role}.log"
 
     # Lifecycle --------------------------------------------------------
-    def create(self) -> None:
-        if self.path.exists():
+    def create(self, keep_logs: bool = False) -> None:
+        """A fresh run directory; `keep_logs` (a reboot): only shared memory
+        is made afresh, the logs and the sockets' directory stay."""
+        if keep_logs:
+            shutil.rmtree(self.shm, ignore_errors=True)
+        elif self.path.exists():
             shutil.rmtree(self.path)
         for d in (self.sock, self.logs, self.shm):
-            d.mkdir(parents=True)
+            d.mkdir(parents=True, exist_ok=keep_logs)
 
     def write_json(self, name: str, data) -> None:
         tmp = self.path / f".{name}.tmp"

@@ -45,6 +45,8 @@ from .rundir import RunDir
 
 STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
+PAUSE_SIGNAL = signal.SIGUSR1     # bhive pause VM
+RESUME_SIGNAL = signal.SIGUSR2    # bhive resume VM
 STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
 ZYGOTE_TIMEOUT = 10.0     # a zygote that does not answer a request by then is replaced by exec
@@ -146,6 +148,10 @@ class Supervisor:
         self.zygote = zygote
         self.subreaper_was: bool | None = None  # before _bind_zygote made this process one
         self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
+        self.reboot_reason: str | None = None   # a guest reset asked for a reboot (_reboot)
+        self.paused = False                     # the vCPU processes are stopped (bhive pause)
+        self.pause_wanted = False               # what the last SIGUSR1/SIGUSR2 asked for
+        self.reboots = 0
         self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
@@ -165,7 +171,7 @@ class Supervisor:
             raise
 
     def _prepare(self) -> None:
-        if self.rundir.is_live():
+        if self.rundir.is_live() and self.rundir.supervisor_pid() != os.getpid():   # (not a reboot)
             raise config_mod.ConfigError(f"a VM named {self.cfg.name!r} is already running "
                                          f"(bhive stop {self.cfg.name}, or pick --name)")
         accel = accel_mod.get(self.cfg.accel)
@@ -179,19 +185,23 @@ class Supervisor:
         image = loader.image_bytes(self.cfg)  # assembles .asm sources; fails early
         del image
         cache_bytecode()
-        self.rundir.create()
+        rebooting = self.console is not None
+        self.rundir.create(keep_logs=rebooting)
         self.log = EventLog(self.rundir.log_path("supervisor"), "supervisor")
         ram = SharedRegion(self.rundir.shm / "ram", self.cfg.memory, create=True)
         SharedRegion(self.rundir.shm / "platform",
                      max(4096, accel.platform_shm_size(self.cfg.cpus, self.cfg.memory)),
                      create=True).close()
-        self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd)
+        if not rebooting:
+            self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd,
+                                        serial=self.cfg.serial)
+        self.console.log = self.log
         self.console.create([d.name for d in self.cfg.devices.values()
                              if d.type == "uart" and d.options["console"]])
         self.fds = self._create_channels()
         self.rundir.write_json("supervisor.json", {
             "pid": os.getpid(), "name": self.cfg.name, "state": "starting", "started": time.time(),
-            "config": config_mod.to_json(self.cfg), "boot": None,
+            "config": config_mod.to_json(self.cfg), "boot": None, "serial": self.console.serial_name,
         })
         python = sys.executable
         for dev in self.cfg.devices.values():
@@ -428,8 +438,11 @@ class Supervisor:
         elif ev.kind == "suspended":
             self.finish(STATUS_STOPPED, f"guest {ev.detail}")
         elif ev.kind == "reset":
-            # No reboot (like QEMU -no-reboot): a reset ends the VM, saying so.
-            self.finish(STATUS_STOPPED, f"guest reset: {ev.detail}")
+            if self.cfg.no_reboot:
+                # Like QEMU -no-reboot: a reset ends the VM, saying so.
+                self.finish(STATUS_STOPPED, f"guest reset (no reboot): {ev.detail}")
+            elif self.reboot_reason is None:
+                self.reboot_reason = ev.detail
         elif ev.kind == "poweroff":
             self.finish(STATUS_STOPPED, f"guest powered off: {ev.detail}")
         elif ev.kind == "halted":
@@ -486,11 +499,12 @@ class Supervisor:
 
     def loop(self) -> None:
         next_table = time.monotonic() + 1.0
-        while self.status is None and not self.stop_requested:
+        while self.status is None and not self.stop_requested and self.reboot_reason is None:
             self._poll_ctl(5)
             self.console.pump_output()
             self.console.pump_input()
             self.check_children()
+            self._apply_pause()
             now = time.monotonic()
             if self.all_halted_at is not None and now - self.all_halted_at > HALT_GRACE:
                 self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
@@ -508,6 +522,8 @@ class Supervisor:
         applies what the (now stopped) vCPUs posted to it before it exits,
         so the guest's last console bytes before an isa-debug-exit write
         are not lost."""
+        self.pause_wanted = False
+        self._apply_pause()         # a stopped process would not see SIGTERM
         if self.zygote is not None:
             self.zygote.close()     # no more workers: the zygote exits meanwhile
         for kind in ("vcpu", "actor"):
@@ -539,6 +555,51 @@ class Supervisor:
         self.log("stopped", status=self.status, reason=self.reason)
         self.rundir.drop_shared_memory()
 
+    # -- pause (bhive pause / resume) ---------------------------------------
+    def _apply_pause(self) -> None:
+        """Pausing stops every vCPU process (SIGSTOP): the guest executes
+        nothing, and its clocks, which follow host time, show the pause as
+        time that passed, no more.  The actors stay up; what they raise
+        meanwhile waits as pending interrupts.  Resuming sends SIGCONT."""
+        now = time.monotonic()
+        vcpus = [p for p in self.procs.values() if p.kind == "vcpu" and p.pid and p.state == "running"]
+        if self.pause_wanted != self.paused:
+            self.paused = self.pause_wanted
+            for proc in vcpus:
+                try:
+                    os.kill(proc.pid, signal.SIGSTOP if self.paused else signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            info = self.rundir.read_json("supervisor.json") or {}
+            info["state"] = "paused" if self.paused else "running"
+            self.rundir.write_json("supervisor.json", info)
+            self.log("paused" if self.paused else "resumed", vcpus=len(vcpus))
+        if self.paused:
+            for proc in vcpus:
+                proc.heartbeat = now        # a stopped vCPU is not a hung one
+
+    # -- reboot -----------------------------------------------------------
+    def _reboot(self) -> None:
+        """A guest reset without -no-reboot: every worker is stopped and
+        started afresh from the config, as at power-on (zeroed RAM, devices
+        and vCPUs in their reset state, the image loaded again).  This
+        process, the run directory's logs and the console (the terminal,
+        attached `bhive console`s, what was typed) stay."""
+        reason, self.reboot_reason = self.reboot_reason, None
+        self.reboots += 1
+        self.log("reboot", reason=reason, reboots=self.reboots)
+        self.stop()
+        self.console.note(f"\r\nbhive: {self.cfg.name}: guest reset ({reason}): rebooting\r\n".encode())
+        self.ctl.close()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.zygote = None                      # stop() ended it; _bind_zygote starts another
+        self.procs, self.fds = {}, {}
+        self.halted, self.lost_cpus, self.released = set(), set(), set()
+        self.all_halted_at, self.actors_up = None, False
+        self._prepare()
+        self.start()
+
     def write_procs(self) -> None:
         now = time.monotonic()
         table = [{"role": "supervisor", "kind": "supervisor", "pid": os.getpid(), "state": "running",
@@ -554,10 +615,15 @@ class Supervisor:
         self.t0 = time.monotonic()
         handler = lambda signum, _frame: setattr(self, "stop_requested", True)  # noqa: E731
         old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        old.update({s: signal.signal(s, lambda signum, _frame: setattr(self, "pause_wanted", signum == PAUSE_SIGNAL))
+                    for s in (PAUSE_SIGNAL, RESUME_SIGNAL)})
         try:
             try:
                 self.start()
                 self.loop()
+                while self.reboot_reason is not None and self.status is None and not self.stop_requested:
+                    self._reboot()
+                    self.loop()
             except VmStartError as exc:
                 self.finish(STATUS_INTERNAL, f"VM failed to start: {exc}")
             if self.status is None:

@@ -23,9 +23,12 @@ def find_vm(name: str) -> RunDir:
 def process_table(rd: RunDir) -> list[dict]:
     table = rd.read_json("procs.json") or []
     live = rd.is_live()
+    paused = live and (rd.read_json("supervisor.json") or {}).get("state") == "paused"
     for row in table:
         if not live or not row.get("pid") or not pid_alive(row["pid"]):
             row["state"] = "exited" if row["state"] != "failed" else "failed"
+        elif paused and row["kind"] == "vcpu":
+            row["state"] = "paused"             # SIGSTOPped by bhive pause
     return table
 
 
@@ -71,3 +74,73 @@ def wait_running(rd: RunDir, pid: int, timeout: float = STARTUP_TIMEOUT + 5) -> 
             break
         time.sleep(0.02)
     return rd.read_json("supervisor.json") or {}
+
+
+# -- pause, wait, remove ---------------------------------------------------------
+
+def _signal_supervisor(name: str, signum: int) -> RunDir:
+    rd = find_vm(name)
+    pid = rd.supervisor_pid()
+    if not pid or not pid_alive(pid):
+        raise LookupError(f"VM {name!r} is not running")
+    os.kill(pid, signum)
+    return rd
+
+
+def set_paused(name: str, paused: bool, timeout: float = 10.0) -> None:
+    """bhive pause / resume: the supervisor stops (SIGSTOP) or continues
+    every vCPU process and says so in supervisor.json's state."""
+    from .supervisor import PAUSE_SIGNAL, RESUME_SIGNAL
+    rd = _signal_supervisor(name, PAUSE_SIGNAL if paused else RESUME_SIGNAL)
+    want = "paused" if paused else "running"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = rd.read_json("supervisor.json") or {}
+        if info.get("state") == want:
+            return
+        if not rd.is_live():
+            raise LookupError(f"VM {name!r} ended")
+        time.sleep(0.02)
+    raise LookupError(f"VM {name!r} did not become {want} within {timeout:g}s")
+
+
+def ended(rd: RunDir) -> dict | None:
+    """supervisor.json of a VM that has ended (with its status and reason),
+    or None while it runs (a reboot's stop has no status: it runs on)."""
+    info = rd.read_json("supervisor.json") or {}
+    if info.get("state") == "stopped" and info.get("status") is not None:
+        return info
+    if not rd.is_live():
+        from .exit_status import STATUS_INTERNAL
+        return {**info, "state": "stopped", "status": info.get("status", STATUS_INTERNAL)
+                if info.get("status") is not None else STATUS_INTERNAL,
+                "reason": info.get("reason") or "the supervisor died"}
+    return None
+
+
+def wait_vm(name: str, poll: float = 0.05) -> dict:
+    """Blocks until VM `name` ends; its supervisor.json (status, reason)."""
+    rd = find_vm(name)
+    while (info := ended(rd)) is None:
+        time.sleep(poll)
+    return info
+
+
+def remove_vm(name: str) -> None:
+    """bhive rm: the run directory of an ended VM (its logs go with it)."""
+    import shutil
+    rd = find_vm(name)
+    if ended(rd) is None:
+        raise LookupError(f"VM {name!r} is running (bhive stop {name} first)")
+    shutil.rmtree(rd.path)
+
+
+def prune() -> list[str]:
+    """bhive prune: removes every ended VM's run directory; their names."""
+    from .rundir import all_vms
+    gone = []
+    for rd in all_vms():
+        if ended(rd) is not None:
+            remove_vm(rd.name)
+            gone.append(rd.name)
+    return gone

@@ -495,6 +495,9 @@ class Serial16550:
 # --- the actor: the model hosted in its own process ---------------------------
 
 TX_STALL_POLL = 0.005  # seconds between looks at a full console ring
+# Console input the line holds back until the RX FIFO has room, as a sender
+# obeying flow control would; beyond it the relay keeps (and resends) the rest.
+RX_BACKLOG_LIMIT = 4096
 
 
 class UartHost(DeviceHost):
@@ -508,6 +511,7 @@ class UartHost(DeviceHost):
             self.ring = ConsoleRing(self.runtime.rundir.shm / f"{self.runtime.role}.console")
         self.written = 0  # console bytes produced, committed with the state
         self.tx_blocked = False
+        self.rx_backlog = bytearray()  # typed bytes not yet in the RX FIFO
 
     def model_args(self) -> dict:
         return {"irq": self.irq, "tx": self._tx, "log": self.log}
@@ -543,13 +547,31 @@ class UartHost(DeviceHost):
         self.runtime.serve_channels()
 
     def console_input(self, data: bytes) -> int:
-        return self.model.receive(data)
+        """Takes what the backlog has room for (the relay resends the rest)
+        and moves into the RX FIFO only what fits: typed input never
+        overruns the FIFO, however fast it comes."""
+        taken = min(len(data), RX_BACKLOG_LIMIT - len(self.rx_backlog))
+        self.rx_backlog += data[:taken]
+        self._feed_rx()
+        return taken
+
+    def _feed_rx(self) -> None:
+        room = self.model.rx_room()
+        if room and self.rx_backlog:
+            self.model.receive(bytes(self.rx_backlog[:room]))
+            del self.rx_backlog[:room]
+
+    def pio(self, port, size, is_write, data):
+        value = super().pio(port, size, is_write, data)
+        self._feed_rx()  # an RBR read (or a FIFO reset, or leaving loopback) made room
+        return value
 
     def state(self):
-        return {**super().state(), "written": self.written}
+        return {**super().state(), "written": self.written, "rx_backlog": bytes(self.rx_backlog)}
 
     def restore(self, state):
         self.written = state["written"]
+        self.rx_backlog = bytearray(state.get("rx_backlog", b""))
         super().restore(state)
         if self.ring is not None:
             self.ring.publish(self.written)

@@ -21,6 +21,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,9 +190,15 @@ class AptSuite:
             for f in (r / "lists").glob("*_Packages*"):
                 f.unlink()
 
-    def _run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
-        cmd = [tool, "-q"] + self._options() + list(args)
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    def _run(self, tool: str, *args: str, cwd: Path | None = None, progress: bool = False) -> str:
+        """`progress`: on a terminal, apt's own progress (what it fetches,
+        how far) is shown on stderr instead of being captured."""
+        show = progress and sys.stderr.isatty()
+        cmd = [tool] + ([] if show else ["-q"]) + self._options() + list(args)
+        if show:
+            p = subprocess.run(cmd, cwd=cwd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        else:
+            p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
         if p.returncode != 0:
             err = (p.stderr or p.stdout).strip()
             hint = ""
@@ -207,7 +214,8 @@ class AptSuite:
         have = list((self.root / "lists").glob("*_Packages*"))
         if have and not force:
             return
-        self._run("apt-get", "update")
+        note(f"reading the package index of Debian {self.suite}")
+        self._run("apt-get", "update", progress=True)
 
     def show(self, package: str) -> dict[str, str]:
         """The candidate version's control fields."""
@@ -236,11 +244,20 @@ class AptSuite:
         hits = sorted(debs.glob(pattern))
         if hits:
             return hits[0]
-        self._run("apt-get", "download", f"{package}={version}", cwd=debs)
+        size = int(fields.get("size", 0))
+        note(f"downloading {package} {version} ({size / (1 << 20):.1f} MiB) from Debian {self.suite}; "
+             f"cached for next time")
+        self._run("apt-get", "download", f"{package}={version}", cwd=debs, progress=True)
         hits = sorted(debs.glob(pattern))
         if not hits:
             raise FetchError(f"apt-get download {package} left no {pattern} in {debs}")
         return hits[0]
+
+
+def note(text: str) -> None:
+    """What the guest kit is fetching, on stderr: a first `make run` downloads
+    tens of MiB and should not look hung."""
+    print(f"bhive: guestkit: {text}", file=sys.stderr, flush=True)
 
 
 def extract_members(deb: Path, wanted, dest: Path) -> list[Path]:

@@ -94,3 +94,32 @@ def test_hosts_override_only_hooks_of_the_base():
     for dtype in DEVICE_TYPES.values():
         public = {name for name in vars(dtype.host) if not name.startswith("_")}
         assert public <= hooks | {"setup"}, (dtype.name, public - hooks)
+
+
+def test_uart_glue_holds_typed_input_back_until_the_rx_fifo_has_room(host_for):
+    """Console input beyond the 16-byte RX FIFO waits in the actor's backlog
+    and enters the FIFO as the guest reads RBR: a paste never overruns."""
+    from bhive.actors import uart
+    vm = config_mod.load(REPO / "configs" / "echo.toml", {})      # no interrupt controller to connect to
+    host = host_for(DEVICE_TYPES["uart"], {**vm.devices["uart"].options, "console": False}, vm)
+    base = host.port_base
+    host.pio(base + uart.IIR_FCR, 1, True, uart.FCR_FIFO_ENABLE)
+    pasted = bytes(range(256)) * 20                      # 5120 bytes, more than the backlog holds
+    taken = host.console_input(pasted)
+    taken += host.console_input(pasted[taken:])
+    assert taken == uart.RX_BACKLOG_LIMIT + uart.FIFO_SIZE    # the backlog and the FIFO are full
+    assert host.console_input(pasted[taken:]) == 0            # the relay keeps and resends the rest
+    received = bytearray()
+    while True:
+        lsr = host.pio(base + uart.LSR, 1, False, 0)
+        assert not lsr & uart.LSR_OE, f"overrun after {len(received)} bytes"
+        if not lsr & uart.LSR_DR:
+            break
+        received.append(host.pio(base + uart.RBR_THR, 1, False, 0))
+        if len(received) == 1000:                         # a restarted actor keeps the backlog
+            saved = host.state()
+            host = host_for(DEVICE_TYPES["uart"], {**vm.devices["uart"].options, "console": False}, vm)
+            host.restore(saved)
+    assert bytes(received) == pasted[:taken]
+    assert host.console_input(pasted[taken:]) == len(pasted) - taken
+    assert not [e for e, _ in host.runtime.logged if e == "serial_rx_overrun"]
