@@ -102,6 +102,7 @@ class VmConfig:
 
 _TOP = {"vm", "boot", "msr", "devices", "cpu"}
 _VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial"}
+_CPU_KEYS = {"model", "vendor", "features"}
 # How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
 # for comparison and debugging).  Either is safe because a device's IRQ line
@@ -322,7 +323,7 @@ def _cpu_model(table, spec: str | None) -> dict:
     from . import cpumodel
     if not isinstance(table, dict):
         raise ConfigError("[cpu] must be a table")
-    _reject_unknown(table, {"model", "vendor", "features"}, "[cpu]")
+    _reject_unknown(table, _CPU_KEYS, "[cpu]")
     try:
         if spec is not None:
             return cpumodel.parse(spec).to_json()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from . import accel
+from . import accel, cpumodel
 from . import config as C
 from .devices import COMMON_OPTIONS, DEVICE_TYPES, Option
 
@@ -21,7 +21,7 @@ def _mib(n: int) -> str:
 
 
 # Each table's keys: (default, values or range, what it is).  The key sets
-# must equal the validator's (_VM_KEYS, _BOOT_KEYS, _MSR_KEYS).
+# must equal the validator's (_VM_KEYS, _BOOT_KEYS, _CPU_KEYS, _MSR_KEYS).
 SECTIONS = {
     "vm": {
         "name": ("the config file's stem", "1-32 of letters, digits, `.`, `_`, `-`",
@@ -47,6 +47,12 @@ SECTIONS = {
         "initrd": ('""', f"a path, or `{C.GUESTKIT_PREFIX}initramfs`; Multiboot/PVH: modules, comma-separated",
                    "`--initrd`, `-initrd`"),
         "append": ('""', "a string", "the kernel command line; `--append`, `-append`"),
+    },
+    "cpu": {
+        "model": ('"max"', ", ".join(cpumodel.MODELS), "the CPU model, as QEMU names it; `-cpu` wins over this table"),
+        "vendor": ("the model's", ", ".join(cpumodel.VENDORS), "the CPUID vendor string"),
+        "features": ("[]", "a list (or comma-separated string) of `+name`/`-name` (QEMU's feature names)",
+                     "features turned on or off: CPUID and what the CPU allows follow"),
     },
     "msr": {
         "unknown": ('"gp"', ", ".join(C.MSR_POLICIES), "an RDMSR/WRMSR of an MSR bhive does not model: #GP or "
