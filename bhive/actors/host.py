@@ -41,6 +41,7 @@ class DeviceHost:
         self.mmio_base = cfg.options.get("mmio", 0)
         self.lines: list[BusIrqLine] = []
         self.msi_out: MsiOut | None = None
+        self.lines_resent = 0          # asserted lines told to the controllers again at restore
         self._irq_bus: IrqBus | None = None
         self.setup()
         self.model = self.build_model()
@@ -140,6 +141,7 @@ class DeviceHost:
         for irq, level in zip(self.lines, state["lines"]):
             irq.level = level
             irq.resend()
+            self.lines_resent += bool(level)
 
     def after_commit(self) -> None:
         """Runs once the state that covers the last request is durable."""

@@ -176,7 +176,14 @@ class ActorRuntime:
         self._open_channels()
         restored = self._restore()
         if restored:
-            self.log("restored", commits=self.store.commits)
+            # What the predecessor left: exits posted to its channels and not
+            # committed (this actor applies them, once), and asserted
+            # interrupt lines told to the controllers again (`bhive chaos`
+            # counts both from this line).
+            in_flight = sum(server.words[channel.PUBLISHED] - self.channel_state[source][0]
+                            for source, server in self.channels.items())
+            self.log("restored", commits=self.store.commits, exits_in_flight=in_flight,
+                     lines_resent=self.device.lines_resent)
         else:
             self.commit()
             self.log("reset")
