@@ -17,8 +17,8 @@ console log for every error line the guest printed meanwhile.
 
 Targets are chosen in turn from the list (`all-devices`: every device
 actor of the VM, in config order) or at random (`random`).  A kill waits
-for the target to be serving, and the next kill waits for its successor:
-each kill is measured alone.  A successor that does not come within
+for its target to be serving (a target killed before: for its
+successor); kills of different actors overlap.  A successor that does not come within
 RESTART_TIMEOUT is a failure, and so are a guest that crashed or a VM
 that ended on bhive's failure or watchdog status, and any guest error
 line on the console.
@@ -312,15 +312,17 @@ class ChaosRun:
         devices = self._devices()
         schedule = Schedule(self.plan, devices)
         console = _Tail(self.rd.logs / "console.log", from_end=not self.from_start)
-        sup_log = _Tail(self.rd.log_path("supervisor"), from_end=not self.from_start)
+        self.sup_log = _Tail(self.rd.log_path("supervisor"), from_end=not self.from_start)
         actor_logs = {role: _Tail(self.rd.log_path(role), from_end=not self.from_start) for role in devices}
-        retries_before = self.retries_before = self._vcpu_retries()
+        self.retries_before = self._vcpu_retries()
         self.tails = (console, actor_logs)
+        self.hellos: dict[tuple[str, int], float] = {}   # (role, pid) -> wall time of its Hello
+        pending: dict[str, tuple[int, float, float]] = {}  # killed actor -> (pid, wall, monotonic time of the kill)
         t0 = time.monotonic()
         next_at = t0
-        hellos: list[tuple[str, int, float]] = []       # (role, pid, wall time) from the supervisor's log
         try:
             while True:
+                self._reap(report, pending)
                 if self.stopping.is_set():
                     report.stopped_by = "interrupted"
                     break
@@ -333,21 +335,29 @@ class ChaosRun:
                 if self._vm_ended():
                     report.stopped_by = "vm-ended"
                     break
-                pause = next_at - time.monotonic()
-                if pause > 0 and self.stopping.wait(pause):
+                if time.monotonic() < next_at:
+                    self.stopping.wait(min(POLL * 5, next_at - time.monotonic()))
                     continue
                 next_at = time.monotonic() + schedule.next_interval()
-                target = schedule.next_target()
-                self._hit(target, report, sup_log, hellos)
+                self._hit(schedule.next_target(), report, pending)
+            # the last successors (or the VM's end)
+            deadline = time.monotonic() + RESTART_TIMEOUT
+            while pending and time.monotonic() < deadline and not self._vm_ended() \
+                    and report.stopped_by != "interrupted":
+                time.sleep(POLL)
+                self._reap(report, pending)
         except KeyboardInterrupt:
             report.stopped_by = "interrupted"
         report.seconds = time.monotonic() - t0
-        time.sleep(0.05)            # let the last successor's log line land
         self.collect(report)
         return report
 
-    def _hit(self, target: str, report: Report, sup_log: _Tail, hellos: list) -> None:
-        row = self._wait(lambda: self._serving(target), TARGET_TIMEOUT)
+    def _hit(self, target: str, report: Report, pending: dict) -> None:
+        """Hit `target` once it is serving (a killed one: once its successor is)."""
+        def serving():
+            self._reap(report, pending)
+            return target not in pending and self._serving(target)
+        row = self._wait(serving, TARGET_TIMEOUT)
         if row is None:
             if not self._vm_ended() and not self.stopping.is_set():
                 report.failures.append(f"{target} was not serving within {TARGET_TIMEOUT:g} s")
@@ -366,31 +376,37 @@ class ChaosRun:
                 pass
             return
         sig = signal.SIGKILL if self.plan.signal == "KILL" else signal.SIGTERM
-        killed_at = time.time()
+        killed = (pid, time.time(), time.monotonic())
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return                      # it died on its own meanwhile: not our kill
         report.kills[target] = report.kills.get(target, 0) + 1
         self.log("chaos-kill", role=target, pid=pid, signal=self.plan.signal)
-        if target.startswith("vcpu"):
-            return                      # not restarted (see [vm] on_vcpu_loss)
-        successor = self._wait(lambda: self._serving(target, not_pid=pid), RESTART_TIMEOUT)
-        if successor is None:
-            if not self._vm_ended() and not self.stopping.is_set():
-                report.failures.append(f"{target} was not restarted within {RESTART_TIMEOUT:g} s of a kill")
-                self.stopping.set()
+        if not target.startswith("vcpu"):      # a vCPU is not restarted (see [vm] on_vcpu_loss)
+            pending[target] = killed
+
+    def _reap(self, report: Report, pending: dict) -> None:
+        """Killed actors whose successor serves now: their restart latency
+        (kill -> the successor's Hello, from the supervisor's log)."""
+        if not pending:
             return
-        # The supervisor logs the Hello before it writes the process table.
-        for line in sup_log.lines():
+        for line in self.sup_log.lines():
             parts = line.split()
             if len(parts) > 2 and parts[2] == "hello":
                 f = _fields(line)
-                hellos.append((f.get("role"), int(f.get("pid", 0)), _log_time(line)))
-        hello_at = next((t for role, p, t in hellos if role == target and p == successor["pid"] and t), None)
-        latency = (hello_at if hello_at is not None else time.time()) - killed_at
-        report.latencies_ms.setdefault(target, []).append(round(max(0.0, latency) * 1000, 2))
-        del hellos[:]
+                self.hellos[(f.get("role"), int(f.get("pid", 0)))] = _log_time(line)
+        table = self._table()
+        for role, (pid, wall, mono) in list(pending.items()):
+            row = table.get(role)
+            if row and row["state"] == "running" and row["pid"] and row["pid"] != pid:
+                hello_at = self.hellos.pop((role, row["pid"]), None) or time.time()
+                report.latencies_ms.setdefault(role, []).append(round(max(0.0, hello_at - wall) * 1000, 2))
+                del pending[role]
+            elif time.monotonic() - mono > RESTART_TIMEOUT and not self._vm_ended():
+                report.failures.append(f"{role} was not restarted within {RESTART_TIMEOUT:g} s of a kill")
+                del pending[role]
+                self.stopping.set()
 
     def _vcpu_retries(self) -> int:
         return sum(int(r.get("counters", {}).get("retries", 0)) for r in self._table().values()

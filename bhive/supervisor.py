@@ -512,9 +512,9 @@ class Supervisor:
                                 f"{proc.role} exited with status {code}")
             elif self._restart_allowed(proc, now):
                 proc.restarts += 1
-                proc.state = "restarting"
                 if proc.state != "running":
                     time.sleep(RESTART_BACKOFF)   # it died before serving: do not spin
+                proc.state = "restarting"
                 proc.died_at = now
                 self.log("restart", role=proc.role, count=proc.restarts)
                 self.spawn(proc)
