@@ -167,7 +167,7 @@ class Report:
     latencies_ms: dict = field(default_factory=dict)    # actor -> [kill -> successor serving]
     exits_in_flight: int = 0        # exits posted to a killed actor and applied by its successor
     exits_retried: int = 0          # ZeroMQ requests a vCPU sent again (its actor was down)
-    interrupts_resent: int = 0      # asserted lines a successor told the controllers again
+    interrupts_resent: int = 0      # line changes made again (a successor's replay, a retry), applied once
     guest_errors: list = field(default_factory=list)    # console lines
     failures: list = field(default_factory=list)        # what makes the run fail
     vm_state: str = "running"       # "running", or "stopped" with its status and reason
@@ -213,7 +213,7 @@ class Report:
             s = summary["all"]
             lines.append(f"{'all':<12} {s['n']:>6} {s['p50']:>8} {s['p99']:>8} {s['max']:>8}")
         lines.append(f"exits in flight taken over: {self.exits_in_flight}; exits retried: {self.exits_retried}; "
-                     f"interrupt lines re-sent: {self.interrupts_resent}")
+                     f"interrupt line changes re-sent (applied once): {self.interrupts_resent}")
         lines.append(f"guest errors seen: {len(self.guest_errors)}")
         lines += [f"  {line}" for line in self.guest_errors[:20]]
         for failure in self.failures:
@@ -421,9 +421,9 @@ class ChaosRun:
             for line in tail.lines():
                 parts = line.split()
                 if len(parts) > 2 and parts[2] == "restored":
-                    f = _fields(line)
-                    report.exits_in_flight += int(f.get("exits_in_flight", 0))
-                    report.interrupts_resent += int(f.get("lines_resent", 0))
+                    report.exits_in_flight += int(_fields(line).get("exits_in_flight", 0))
+                elif len(parts) > 2 and parts[2] == "line-replayed":
+                    report.interrupts_resent += 1
         report.exits_retried = max(report.exits_retried, self._vcpu_retries() - self.retries_before)
         report.guest_errors += [l.rstrip("\r") for l in console.lines() if _ERRORS.search(l)]
         info = self._vm_info()
