@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,8 @@ def main() -> int:
                 if " restarted " in line:
                     f = chaos_mod._fields(line)
                     latencies.setdefault(f["role"], []).append(float(f["latency_ms"]))
+            if ok:
+                shutil.rmtree(RunDir(name).path, ignore_errors=True)   # a failed boot's stays, for its logs
             print(f"boot {seed}: status {proc.returncode}, {report['total_kills'] if report else '?'} kills, "
                   f"{time.monotonic() - t0:.1f} s, {'ok' if ok else 'FAILED'}", file=sys.stderr)
     summary = {}
