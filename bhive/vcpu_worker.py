@@ -176,7 +176,7 @@ class ControlThread(threading.Thread):
             if now >= next_beat:
                 self.ctl.send(schema.encode(Heartbeat(w.role, os.getpid(),
                                                       {**w.vcpu.stats(), "msis": self.msis,
-                                                       "retries": sum(c.retries for c in w.clients.values()),
+                                                       "retries": sum(c.retries for c in list(w.clients.values())),
                                                        "last_exit": w.describe_last_exit()})))
                 next_beat = now + HEARTBEAT_INTERVAL
             if now - self.last_stats >= STATS_INTERVAL:
