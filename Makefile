@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CSRC   := $(wildcard bhive/accel/softvmm/csrc/*.c bhive/accel/softvmm/csrc/*.h) bhive/accel/softvmm/_build.py
 
-.PHONY: all deps run hello test test-all bench difftest softvmm clean
+.PHONY: all deps run hello test test-all bench difftest softvmm clean chaos
 
 all: deps
 
@@ -39,6 +39,11 @@ test: deps
 
 bench: deps
 	$(VPY) benchmarks/run.py
+
+# The chaos soak: Linux boots while every device actor is killed, >= 1000
+# kills in all; prints restart latency per actor (benchmarks/chaos.py).
+chaos: deps
+	$(VPY) benchmarks/chaos.py --kills 1000
 
 difftest: deps
 	$(VPY) -m bhive.difftest --cases 1000000

@@ -119,6 +119,8 @@ def run_foreground(cfg: config_mod.VmConfig, early: zygote.Zygote | None = None)
         if interactive:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     print(f"\nbhive: {cfg.name}: {sup.reason} (exit status {status})", file=sys.stderr)
+    if getattr(sup, "chaos_report", None) is not None:
+        print(sup.chaos_report.format(), file=sys.stderr)
     return status
 
 
@@ -398,6 +400,32 @@ def cmd_stop(args) -> int:
     return 0
 
 
+# -- chaos --------------------------------------------------------------------------
+
+def cmd_chaos(args) -> int:
+    """Kill actors of a running VM on a schedule; print the report (0: the
+    guest lost nothing, 1: a check failed, 2: bad flags)."""
+    from . import chaos, vm_control
+    from .config import ConfigError
+    table = {k: v for k, v in {"kill": args.kill, "every": args.every, "jitter": args.jitter,
+                               "for": args.duration, "count": args.count, "signal": args.signal,
+                               "seed": args.seed}.items() if v is not None}
+    try:
+        plan = chaos.parse_plan(table, where="bhive chaos:")
+        rd = vm_control.find_vm(args.vm)
+        if not rd.is_live():
+            raise LookupError(f"VM {args.vm!r} is not running")
+        info = rd.read_json("supervisor.json") or {}
+        devices = [r["role"] for r in rd.read_json("procs.json") or [] if r["kind"] == "actor"]
+        chaos.check_targets(plan, devices, (info.get("config") or {}).get("cpus", 1), where="bhive chaos:")
+    except (ConfigError, LookupError) as exc:
+        return error(str(exc))
+    run = chaos.ChaosRun(rd, plan)
+    report = run.run()          # Ctrl-C ends it early, still reporting
+    print(chaos.dumps(report) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bhive", description="A virtual-machine monitor built as a hive of processes.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -460,6 +488,17 @@ def parser() -> argparse.ArgumentParser:
     rm.set_defaults(func=cmd_rm)
     pr = sub.add_parser("prune", help="remove every ended VM's run directory")
     pr.set_defaults(func=cmd_prune)
+    c = sub.add_parser("chaos", help="kill a running VM's actors on a schedule and report what the guest saw")
+    c.add_argument("vm")
+    c.add_argument("--kill", help="ACTOR[,ACTOR...] (taken in turn), 'random' (default) or 'all-devices'")
+    c.add_argument("--every", help="interval between kills, e.g. 200ms (default)")
+    c.add_argument("--jitter", help="random +- added to each interval, e.g. 50ms")
+    c.add_argument("--for", dest="duration", help="run this long, e.g. 60s (default: until Ctrl-C)")
+    c.add_argument("--count", type=int, help="stop after N kills")
+    c.add_argument("--signal", help="KILL (default), TERM, or STOP/CONT (freeze for half an interval)")
+    c.add_argument("--seed", type=int, help="seed of the schedule (targets and intervals): reproducible runs")
+    c.add_argument("--json", action="store_true", help="the report as JSON")
+    c.set_defaults(func=cmd_chaos)
     st = sub.add_parser("stop", help="stop a VM")
     st.add_argument("vm")
     st.set_defaults(func=cmd_stop)

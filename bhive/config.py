@@ -34,6 +34,26 @@ GUESTKIT_PREFIX = "guestkit:"
 MSR_POLICIES = ("gp", "ignore")
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value, what: str) -> float:
+    """'200ms', '10s', '1.5m', 3 or 0.25 (seconds) -> seconds (>= 0)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: bad duration {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ConfigError(f"{what}: bad duration {value!r} (use e.g. 200ms, 10s or 1m)")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds < 0:
+        raise ConfigError(f"{what}: duration {value!r} is negative")
+    return seconds
+
+
 def parse_size(value, what: str) -> int:
     """'512M', '1G', '65536' or an int -> bytes."""
     if isinstance(value, bool):
@@ -92,6 +112,8 @@ class VmConfig:
     cpu: dict = field(default_factory=lambda: {"model": "max"})   # bhive.cpumodel.CpuModel.to_json()
     no_reboot: bool = False     # QEMU's -no-reboot: a guest reset ends the VM
     serial: str = "stdio"       # COM1's other end: stdio, null, file:PATH, unix:PATH,server[,nowait], pty
+    on_vcpu_loss: str = "continue"
+    chaos: dict | None = None   # a [chaos] table (bhive.chaos.Plan as JSON): `bhive run` starts a chaos run
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
@@ -100,9 +122,16 @@ class VmConfig:
         return [d for d in self.devices.values() if d.type == dtype]
 
 
-_TOP = {"vm", "boot", "msr", "devices", "cpu"}
-_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial"}
+_TOP = {"vm", "boot", "msr", "devices", "cpu", "chaos"}
+_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial", "on_vcpu_loss"}
 _CPU_KEYS = {"model", "vendor", "features"}
+# What a vCPU process that dies does to the VM ([vm] on_vcpu_loss):
+# "continue" (a SIGKILLed vCPU is a dead core, the others go on; any
+# other death ends the VM), "stop" (any vCPU death ends the VM, status 4,
+# naming the vCPU and its last exit).  "restart" (resuming the vCPU from
+# state in shared memory) is not implemented: softvmm keeps a vCPU's
+# architectural state in the process that dies.
+VCPU_LOSS_POLICIES = ("continue", "stop")
 # How port/MMIO exits reach actors: "shm" (default), the shared-memory channels
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
 # for comparison and debugging).  Either is safe because a device's IRQ line
@@ -126,6 +155,8 @@ def _typed(value, opt_kind: type, where: str):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if opt_kind is str and not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if opt_kind is float:          # a duration: seconds, or a string such as "10s"
+        return parse_duration(value, where)
     return value
 
 
@@ -256,6 +287,12 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
         raise ConfigError(f"[vm] watchdog: {watchdog!r} must be a number of seconds (0: none)")
     no_reboot = _typed(vm.get("no_reboot", False), bool, "[vm] no_reboot")
     serial = check_serial(_typed(vm.get("serial", "stdio"), str, "[vm] serial"), base_dir)
+    on_vcpu_loss = _typed(vm.get("on_vcpu_loss", "continue"), str, "[vm] on_vcpu_loss")
+    if on_vcpu_loss == "restart":
+        raise ConfigError("[vm] on_vcpu_loss: \"restart\" is not supported yet (a vCPU's state lives in its "
+                          "process); use \"continue\" or \"stop\"")
+    if on_vcpu_loss not in VCPU_LOSS_POLICIES:
+        raise ConfigError(f"[vm] on_vcpu_loss: {on_vcpu_loss!r} is not one of {', '.join(VCPU_LOSS_POLICIES)}")
     unknown_msr = _typed(msr.get("unknown", "gp"), str, "[msr] unknown")
     if unknown_msr not in MSR_POLICIES:
         raise ConfigError(f"[msr] unknown: {unknown_msr!r} is not one of {', '.join(MSR_POLICIES)}")
@@ -265,7 +302,7 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
                    kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
-                   watchdog=float(watchdog), no_reboot=no_reboot, serial=serial)
+                   watchdog=float(watchdog), no_reboot=no_reboot, serial=serial, on_vcpu_loss=on_vcpu_loss)
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -315,6 +352,13 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
         if d.options["max_cpus"] and d.options["max_cpus"] < cfg.cpus:
             raise ConfigError(f"[devices.{d.name}] max_cpus: {d.options['max_cpus']} is below the "
                               f"{cfg.cpus} vCPUs of the VM")
+    if "chaos" in raw:
+        from . import chaos
+        if not isinstance(raw["chaos"], dict):
+            raise ConfigError("[chaos] must be a table")
+        plan = chaos.parse_plan(raw["chaos"])
+        chaos.check_targets(plan, list(cfg.devices), cfg.cpus)
+        cfg.chaos = plan.to_json()
     return cfg
 
 
@@ -350,7 +394,7 @@ def to_json(cfg: VmConfig) -> dict:
         "kernel": str(cfg.kernel) if cfg.kernel else None, "initrd": [str(p) for p in cfg.initrd],
         "initrd_args": cfg.initrd_args,
         "append": cfg.append, "watchdog": cfg.watchdog, "cpu": cfg.cpu, "no_reboot": cfg.no_reboot,
-        "serial": cfg.serial,
+        "serial": cfg.serial, "on_vcpu_loss": cfg.on_vcpu_loss, "chaos": cfg.chaos,
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -372,4 +416,5 @@ def from_json(data: dict) -> VmConfig:
                     initrd=[Path(p) for p in data.get("initrd", [])],
                     initrd_args=data.get("initrd_args", []), append=data.get("append", ""),
                     watchdog=data.get("watchdog", 0.0), cpu=data.get("cpu", {"model": "max"}),
-                    no_reboot=data.get("no_reboot", False), serial=data.get("serial", "stdio"))
+                    no_reboot=data.get("no_reboot", False), serial=data.get("serial", "stdio"),
+                    on_vcpu_loss=data.get("on_vcpu_loss", "continue"), chaos=data.get("chaos"))

@@ -24,7 +24,7 @@ from .actors.host import DeviceHost
 
 @dataclass(frozen=True)
 class Option:
-    kind: type                # int, str or bool
+    kind: type                # int, str, bool or float (a duration: seconds or "10s")
     default: object
     choices: tuple = ()
     minimum: int | None = None
@@ -54,7 +54,12 @@ class DeviceType:
 COMMON_OPTIONS = {
     "type": Option(str, None),
     "restart": Option(str, "always", choices=("always", "never")),
-    "max_restarts": Option(int, 10, minimum=0, maximum=1000),
+    # The restart budget: at most `max_restarts` restarts within any
+    # `restart_window` (a sliding window), so a chaos run that kills the
+    # actor now and then goes on forever while a crash loop still ends the
+    # VM.  restart_window = 0: `max_restarts` over the VM's whole life.
+    "max_restarts": Option(int, 10, minimum=0, maximum=100000),
+    "restart_window": Option(float, 10.0, minimum=0, maximum=86400),
 }
 
 DEVICE_TYPES: dict[str, DeviceType] = {

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,10 @@ class Proc:
     counters: dict = field(default_factory=dict)
     policy: str = "always"
     max_restarts: int = 10
+    restart_window: float = 10.0   # seconds; 0: max_restarts over the VM's life
+    restart_times: deque = field(default_factory=deque)   # monotonic times of the restarts in the window
+    died_at: float | None = None   # when its death was noticed (until its successor says Hello)
+    last_exit: str = ""            # a vCPU's last exit, from its heartbeats
     spawned_by: str = ""           # "zygote" (forked by it) or "exec"
 
     @property
@@ -207,7 +212,8 @@ class Supervisor:
         for dev in self.cfg.devices.values():
             self.procs[dev.name] = Proc(dev.name, "actor",
                                         [python, "-m", "bhive.devices_worker", str(self.rundir.path), dev.name],
-                                        policy=dev.options["restart"], max_restarts=dev.options["max_restarts"])
+                                        policy=dev.options["restart"], max_restarts=dev.options["max_restarts"],
+                                        restart_window=dev.options["restart_window"])
         for i in range(self.cfg.cpus):
             self.procs[f"vcpu{i}"] = Proc(f"vcpu{i}", "vcpu",
                                           [python, "-m", "bhive.vcpu_worker", str(self.rundir.path), str(i)])
@@ -403,11 +409,14 @@ class Supervisor:
                 proc.state = "running"
                 proc.heartbeat = time.monotonic()
                 self.log("hello", role=proc.role, pid=msg.pid, restored=msg.restored)
+                if proc.died_at is not None:
+                    self._log_restart_latency(proc, msg.pid)
                 self._release_vcpus()
                 self.write_procs()
             elif isinstance(msg, Heartbeat) and proc is not None:
                 proc.heartbeat = time.monotonic()
                 proc.counters = msg.counters
+                proc.last_exit = msg.counters.get("last_exit", proc.last_exit)
             elif isinstance(msg, VmEvent):
                 self.on_event(msg)
 
@@ -457,6 +466,32 @@ class Supervisor:
         if self.status is None:
             self.status, self.reason = status, reason
 
+    # -- restarts -------------------------------------------------------------
+    def _restart_allowed(self, proc: Proc, now: float) -> bool:
+        """The restart budget: at most max_restarts restarts in any
+        restart_window seconds (a sliding window).  A steady chaos run
+        (one kill every few hundred ms, each restart done in tens of ms)
+        stays within it; an actor that dies as soon as it starts uses it
+        up within the window and ends the VM."""
+        if proc.policy != "always":
+            return False
+        times = proc.restart_times
+        if proc.restart_window > 0:
+            while times and now - times[0] > proc.restart_window:
+                times.popleft()
+        if len(times) >= proc.max_restarts:
+            return False
+        times.append(now)
+        return True
+
+    def _log_restart_latency(self, proc: Proc, pid: int) -> None:
+        """The successor said Hello (it has restored the committed state and
+        serves its channels and socket): log how long the actor was away,
+        from the moment its death was noticed."""
+        latency = time.monotonic() - proc.died_at
+        proc.died_at = None
+        self.log("restarted", role=proc.role, pid=pid, count=proc.restarts, latency_ms=f"{latency * 1000:.1f}")
+
     def check_children(self) -> None:
         now = time.monotonic()
         for proc in self.procs.values():
@@ -471,7 +506,14 @@ class Supervisor:
             self.log("died", role=proc.role, pid=proc.pid, status=code)
             if proc.kind == "vcpu":
                 proc.state = "exited" if code == 0 else "failed"
-                if code == -signal.SIGKILL and len(self.lost_cpus) + 1 < self.cfg.cpus:
+                if code != 0 and self.status is None and self.cfg.on_vcpu_loss == "stop":
+                    # [vm] on_vcpu_loss = "stop": a vCPU process that dies ends
+                    # the VM at once, naming it and what it was last doing.
+                    how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                    self.log("cpu-lost", role=proc.role, pid=proc.pid, policy="stop", last_exit=proc.last_exit)
+                    self.finish(STATUS_INTERNAL, f"{proc.role} (pid {proc.pid}) {how}; its last reported exit: "
+                                                 f"{proc.last_exit or 'none yet'} (on_vcpu_loss = \"stop\")")
+                elif code == -signal.SIGKILL and len(self.lost_cpus) + 1 < self.cfg.cpus:
                     # `bhive kill VM vcpuN` (or the OOM killer): the CPU is
                     # gone, as if it had failed in hardware.  The VM goes on
                     # with the others; interrupts aimed at it are dropped and
@@ -485,16 +527,20 @@ class Supervisor:
                 elif self.status is None:
                     self.finish(STATUS_INTERNAL if code not in (STATUS_GUEST_CRASH,) else code,
                                 f"{proc.role} exited with status {code}")
-            elif proc.policy == "always" and proc.restarts < proc.max_restarts:
+            elif self._restart_allowed(proc, now):
                 proc.restarts += 1
+                if proc.state != "running":
+                    time.sleep(RESTART_BACKOFF)   # it died before serving: do not spin
                 proc.state = "restarting"
-                time.sleep(RESTART_BACKOFF)
+                proc.died_at = now
                 self.log("restart", role=proc.role, count=proc.restarts)
                 self.spawn(proc)
             else:
                 proc.state = "failed"
-                self.finish(STATUS_INTERNAL, f"device {proc.role} died (status {code}) "
-                                             f"and its restart policy is exhausted")
+                budget = ("its restart policy is \"never\"" if proc.policy != "always" else
+                          f"it used its restart budget ({proc.max_restarts} restarts"
+                          + (f" in {proc.restart_window:g} s)" if proc.restart_window > 0 else ")"))
+                self.finish(STATUS_INTERNAL, f"device {proc.role} died (status {code}) and {budget}")
             self.write_procs()
 
     def loop(self) -> None:
@@ -600,6 +646,44 @@ class Supervisor:
         self._prepare()
         self.start()
 
+    # -- a chaos run started with the VM ([chaos] in its config) ---------------
+    def _start_chaos(self) -> None:
+        self.chaos_report = None
+        self._chaos = None
+        if self.cfg.chaos:
+            from . import chaos
+            plan = chaos.Plan(**self.cfg.chaos)
+            self._chaos = chaos.run_in_thread(self.rundir, plan, log=self.log)
+            self.log("chaos-start", **{k: v for k, v in self.cfg.chaos.items() if v is not None and k != "kill"},
+                     kill=",".join(plan.kill) if isinstance(plan.kill, list) else plan.kill)
+
+    def _halt_chaos(self) -> None:
+        """Before stop(): no more kills, and the last one's successor up,
+        so that every actor drains what the vCPUs posted to it."""
+        if getattr(self, "_chaos", None) is None:
+            return
+        run, thread, _ = self._chaos
+        run.stop()
+        thread.join(timeout=10)
+        deadline = time.monotonic() + STARTUP_TIMEOUT / 4
+        while time.monotonic() < deadline and any(
+                p.kind == "actor" and p.state in ("starting", "restarting") for p in self.procs.values()):
+            self._poll_ctl(5)
+            self.check_children()
+
+    def _end_chaos(self) -> None:
+        """After stop(): the report, with the VM's final status and console."""
+        if getattr(self, "_chaos", None) is None:
+            return
+        from . import chaos
+        run, _, out = self._chaos
+        if out:
+            if out[0].stopped_by == "interrupted":
+                out[0].stopped_by = "vm-ended"
+            run.collect(out[0])
+            self.chaos_report = out[0]
+            chaos.write_report(self.rundir, out[0])
+
     def write_procs(self) -> None:
         now = time.monotonic()
         table = [{"role": "supervisor", "kind": "supervisor", "pid": os.getpid(), "state": "running",
@@ -620,6 +704,7 @@ class Supervisor:
         try:
             try:
                 self.start()
+                self._start_chaos()
                 self.loop()
                 while self.reboot_reason is not None and self.status is None and not self.stop_requested:
                     self._reboot()
@@ -629,7 +714,9 @@ class Supervisor:
             if self.status is None:
                 self.finish(STATUS_STOPPED, "stopped by signal")
         finally:
+            self._halt_chaos()
             self.stop()
+            self._end_chaos()
             for s, h in old.items():
                 signal.signal(s, h)
         return self.status

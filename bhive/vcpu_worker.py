@@ -175,7 +175,9 @@ class ControlThread(threading.Thread):
             now = time.monotonic()
             if now >= next_beat:
                 self.ctl.send(schema.encode(Heartbeat(w.role, os.getpid(),
-                                                      {**w.vcpu.stats(), "msis": self.msis})))
+                                                      {**w.vcpu.stats(), "msis": self.msis,
+                                                       "retries": sum(c.retries for c in list(w.clients.values())),
+                                                       "last_exit": w.describe_last_exit()})))
                 next_beat = now + HEARTBEAT_INTERVAL
             if now - self.last_stats >= STATS_INTERVAL:
                 self.write_stats()
@@ -267,6 +269,13 @@ class VcpuWorker:
         self.exits_by_device: collections.Counter = collections.Counter()   # logged at stop
         self.unclaimed_seen: set[int] = set()
         self.latency = self._latency_log()
+        self.last_exit: tuple = ()      # (code, rip) of the last exit: what a lost vCPU was doing
+
+    def describe_last_exit(self) -> str:
+        if not self.last_exit:
+            return ""
+        code, rip = self.last_exit
+        return f"{getattr(code, 'name', code)} at rip={rip:#x}"
 
     def _open_port_lanes(self) -> None:
         """Let the accelerator serve a posted-write device's ports without
@@ -445,6 +454,7 @@ class VcpuWorker:
         while not self.stopping:
             ex = vcpu.vm_run()
             code = ex.code
+            self.last_exit = (code, ex.rip)
             t0 = time.perf_counter_ns() if latency is not None else 0
             if code == ExitCode.INOUT or code == ExitCode.INOUT_STR:
                 self.handle_inout(ex)

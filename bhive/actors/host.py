@@ -125,21 +125,29 @@ class DeviceHost:
     # State -----------------------------------------------------------------
     def state(self) -> dict:
         """What is committed after each request: the model's state, the
-        levels of this actor's lines and its MSI delivery counts."""
-        out = {"model": self.model.state(), "lines": [irq.level for irq in self.lines]}
+        levels of this actor's lines, the sequence number of its last line
+        change and its MSI delivery counts."""
+        out = {"model": self.model.state(), "lines": [irq.level for irq in self.lines],
+               "irq_seq": self._irq_bus.seq if self._irq_bus is not None else 0}
         if self.msi_out is not None:
             out["deliveries"] = self.msi_out.deliveries
         return out
 
     def restore(self, state: dict) -> None:
-        """Rebuild from a committed state (a restart), and tell the
-        controllers the committed levels again."""
+        """Rebuild from a committed state (a restart).  The line levels are
+        not sent again: a line change made after the last commit is made
+        again, with the same sequence number, by the request or timer that
+        made it (replayed from the channel, or due again), and a controller
+        that applied it already ignores it (`ActorRuntime.line_seqs`).  Sending the
+        committed level instead would undo such a change and let the
+        replay raise a second edge."""
         self.model = self.build_model(state["model"])
         if self.msi_out is not None:
             self.msi_out.deliveries = dict(state["deliveries"])
         for irq, level in zip(self.lines, state["lines"]):
             irq.level = level
-            irq.resend()
+        if self._irq_bus is not None:
+            self._irq_bus.seq = state.get("irq_seq", 0)
 
     def after_commit(self) -> None:
         """Runs once the state that covers the last request is durable."""

@@ -94,8 +94,9 @@ class IrqBus:
 class BusIrqLine:
     """An IRQ line (an `IrqLine` for a model) that reaches the
     interrupt-controller actors as messages over an `IrqBus`.  Its level
-    is part of the host's committed state, and sent again when the actor
-    restarts (`resend`)."""
+    is part of the host's committed state (with the bus's sequence number,
+    which controllers use to recognise a change made again after a
+    restart)."""
 
     def __init__(self, bus: IrqBus, line: int):
         self.bus = bus

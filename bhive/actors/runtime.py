@@ -41,6 +41,7 @@ class ActorRuntime:
         self.store = StateStore(rundir.shm / f"{role}.state")
         self.ctx = zmq.Context.instance()
         self.answered: dict[str, list] = {}   # source -> [req_id, answer]
+        self.line_seqs: dict[str, int] = {}   # device -> seq of the last line change applied (controllers)
         # Exit channels (bhive.bus.channel): source -> [consumed, answered_id, answer]
         self.channels: dict[str, channel.ChannelServer] = {}
         self.channel_state: dict[str, list] = {}
@@ -52,7 +53,7 @@ class ActorRuntime:
     # -- state ------------------------------------------------------------
     def commit(self) -> None:
         blob = msgpack.packb({"device": self.device.state(), "answered": self.answered,
-                              "channels": self.channel_state}, use_bin_type=True)
+                              "channels": self.channel_state, "line_seqs": self.line_seqs}, use_bin_type=True)
         self.store.commit(blob)
         self.device.after_commit()
         if self.channels:
@@ -66,6 +67,7 @@ class ActorRuntime:
             return False
         saved = msgpack.unpackb(blob, raw=False, strict_map_key=False)
         self.answered = saved["answered"]
+        self.line_seqs = saved.get("line_seqs", {})
         self.channel_state.update(saved.get("channels", {}))
         self.device.restore(saved["device"])
         return True
@@ -146,7 +148,16 @@ class ActorRuntime:
             taken = self._apply_once(msg.source, msg.req_id, lambda: dev.console_input(msg.data))
             return None if taken is None else Ack(msg.req_id, taken)
         if isinstance(msg, IrqLineLevel):
-            dev.irq_input(msg.source, msg.line, msg.level)   # a level: applying it twice is harmless
+            # Applied once per (source, seq): a device that died before
+            # committing a line change makes it again, with the same seq,
+            # when its successor replays what caused it (and the sender
+            # retries an unacknowledged one).  A change applied twice could
+            # be an extra edge: down (the successor's) then up (the replay).
+            if msg.seq <= self.line_seqs.get(msg.source, 0):
+                self.log("line-replayed", source=msg.source, seq=msg.seq, line=msg.line, level=msg.level)
+                return Ack(msg.seq, 1)
+            self.line_seqs[msg.source] = msg.seq
+            dev.irq_input(msg.source, msg.line, msg.level)
             self.commit()
             return Ack(msg.seq, 1)
         if isinstance(msg, EoiRequest):
@@ -176,7 +187,13 @@ class ActorRuntime:
         self._open_channels()
         restored = self._restore()
         if restored:
-            self.log("restored", commits=self.store.commits)
+            # What the predecessor left: exits posted to its channels and not
+            # committed (this actor applies them, once), and asserted
+            # interrupt lines told to the controllers again (`bhive chaos`
+            # counts both from this line).
+            in_flight = sum(server.words[channel.PUBLISHED] - self.channel_state[source][0]
+                            for source, server in self.channels.items())
+            self.log("restored", commits=self.store.commits, exits_in_flight=in_flight)
         else:
             self.commit()
             self.log("reset")
