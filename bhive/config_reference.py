@@ -36,6 +36,8 @@ SECTIONS = {
         "no_reboot": ("false", "true, false", "a guest reset ends the VM (status 0) instead of rebooting it; "
                       "`-no-reboot`"),
         "serial": ('"stdio"', ", ".join(C.SERIAL_BACKENDS), "COM1's other end; `-serial`"),
+        "on_vcpu_loss": ('"continue"', ", ".join(C.VCPU_LOSS_POLICIES),
+                         "a vCPU process that dies: the others go on, or the VM ends (status 4) naming it"),
     },
     "boot": {
         "kind": ('"kernel" if `kernel` is set, else "flat"', ", ".join(C.BOOT_KINDS),
@@ -53,6 +55,16 @@ SECTIONS = {
         "vendor": ("the model's", ", ".join(cpumodel.VENDORS), "the CPUID vendor string"),
         "features": ("[]", "a list (or comma-separated string) of `+name`/`-name` (QEMU's feature names)",
                      "features turned on or off: CPUID and what the CPU allows follow"),
+    },
+    "chaos": {
+        "kill": ('"random"', "actor names (a list or comma-separated), random, all-devices",
+                 "what `bhive run` kills while the VM runs (see `bhive chaos`)"),
+        "every": ('"200ms"', "a duration > 0", "time between kills"),
+        "jitter": (0, "a duration <= every", "uniform +- added to each interval"),
+        "for": ("-", "a duration", "stop killing after this long (default: until the VM ends)"),
+        "count": ("-", "an integer >= 1", "stop after this many kills"),
+        "signal": ('"KILL"', "KILL, TERM, STOP/CONT", "what each kill sends"),
+        "seed": ("-", "an integer", "seed of the schedule (targets, intervals): reproducible runs"),
     },
     "msr": {
         "unknown": ('"gp"', ", ".join(C.MSR_POLICIES), "an RDMSR/WRMSR of an MSR bhive does not model: #GP or "
