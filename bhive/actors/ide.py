@@ -766,7 +766,8 @@ class IdeChannel:
             self.log("bm-direction-change-while-active", channel=self.number)
             byte = (byte & ~BM_CMD_WRITE_MEMORY) | (old & BM_CMD_WRITE_MEMORY)
         self.bm_command = byte & (BM_CMD_START | BM_CMD_WRITE_MEMORY)
-        if byte & BM_CMD_START and not old & BM_CMD_START:
+        if byte & BM_CMD_START and not self.bm_status & BM_ST_ACTIVE:
+            # (re)starts the engine whenever it is not active (as QEMU does)
             self.bm_status |= BM_ST_ACTIVE
             self.run_dma()
         elif not byte & BM_CMD_START and old & BM_CMD_START:

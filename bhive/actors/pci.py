@@ -84,7 +84,7 @@ OWNER_BYTES = 32
 _HEADER = struct.Struct("<IIII")      # magic, CONFIG_ADDRESS, generation, functions
 _SLOT_HEAD = struct.Struct("<HBB32s6I6B2x")   # devfn, present, pad, owner, BAR sizes, BAR kinds
 SLOT_SIZE = _SLOT_HEAD.size + 2 * CONFIG_SIZE   # + config bytes + write mask
-TABLE_SIZE = 4096
+TABLE_SIZE = 8192
 assert _HEADER.size + MAX_FUNCTIONS * SLOT_SIZE <= TABLE_SIZE
 
 
