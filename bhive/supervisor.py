@@ -38,6 +38,7 @@ from pathlib import Path
 import zmq
 
 from . import accel as accel_mod
+from . import block
 from . import config as config_mod
 from . import loader
 from . import zygote as zygote_mod
@@ -167,6 +168,7 @@ class Supervisor:
         self.zygote = zygote
         self.subreaper_was: bool | None = None  # before _bind_zygote made this process one
         self.deferred: list[Proc] | None = None # spawns whose zygote answer is read later
+        self.image_locks: list[block.ImageLock] = []   # held for the VM's life
         self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
@@ -183,6 +185,7 @@ class Supervisor:
             self._prepare()
         except BaseException:
             self._stop_zygote()
+            block.release_all(self.image_locks)
             raise
 
     def _prepare(self) -> None:
@@ -195,6 +198,11 @@ class Supervisor:
             raise config_mod.ConfigError(f"[vm] accel: {self.cfg.accel} is not available here: {why}")
         image = loader.image_bytes(self.cfg)  # assembles .asm sources; fails early
         del image
+        try:
+            # Before any worker starts, so that an actor's restart never races it.
+            self.image_locks = block.lock_drives(self.cfg.drives)
+        except block.ImageError as exc:
+            raise config_mod.ConfigError(str(exc)) from None
         cache_bytecode()
         self.rundir.create()
         self.log = EventLog(self.rundir.log_path("supervisor"), "supervisor")
@@ -622,7 +630,8 @@ class Supervisor:
         info.update(state="stopped", status=self.status, reason=self.reason, ended=time.time())
         self.rundir.write_json("supervisor.json", info)
         self.log("stopped", status=self.status, reason=self.reason)
-        self.rundir.drop_shared_memory()
+        self.rundir.drop_shared_memory()        # with the snapshot overlays
+        block.release_all(self.image_locks)
 
     def write_procs(self) -> None:
         now = time.monotonic()
