@@ -111,6 +111,14 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "port": Option(int, FW_CFG_PORT, minimum=0, maximum=0xFFFE),
         "max_cpus": Option(int, 0, minimum=0, maximum=255),   # 0: the VM's vCPU count
     }),
+    # i440FX host bridge: configuration mechanism #1 at 0xCF8/0xCFC (and the
+    # PIIX3 reset control register at 0xCF9); bus 0's config spaces.
+    "pci": DeviceType("pci", 8, {
+        "port": Option(int, 0xCF8, choices=(0xCF8,)),
+    }),
+    # PIIX3 IDE (PCI 00:01.1): both channels in compatibility mode, the
+    # bus-master registers behind BAR4; drives come from [[drive]] (vm.drives).
+    "ide": DeviceType("ide", 0, {}, fixed_ports=((0x1F0, 8), (0x3F6, 1), (0x170, 8), (0x376, 1))),
 }
 
 

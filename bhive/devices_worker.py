@@ -20,7 +20,7 @@ import zmq
 
 from . import config as config_mod
 from . import worker
-from .actors import fw_cfg
+from .actors import fw_cfg, ide, pci
 from .actors.acpi_pm import AcpiPm
 from .actors.debug_exit import DebugExit
 from .actors.i8042 import I8042
@@ -35,7 +35,7 @@ from .actors.uart import Serial16550
 from .bus import schema
 from .bus.schema import Ack, EoiRequest, IrqLineLevel, Msi, PicOutput, VmEvent
 from .devices import DEVICE_TYPES, TESTDEV_LINES
-from .bus.shm import ConsoleRing
+from .bus.shm import ConsoleRing, SharedRegion
 from .rundir import RunDir
 
 
@@ -714,6 +714,122 @@ class FwCfgHost(HostedDevice):
         self.model = fw_cfg.FwCfg.from_state(state, self.items, log=self.log)
 
 
+# PCI functions other device types put on bus 0 (their config header).
+PCI_FUNCTIONS = {"ide": ide.pci_function}
+
+
+class PciHostDevice(HostedDevice):
+    """The i440FX host bridge and the PIIX3 ISA bridge.  Bus 0's config
+    spaces are the shared table (run directory shm/pci.config): built once,
+    re-attached by a restarted actor."""
+
+    def __init__(self, runtime, cfg, vm):
+        super().__init__(runtime)
+        self.base = cfg.options["port"]
+        path = runtime.rundir.shm / pci.TABLE_FILE
+        table = pci.ConfigTable.open(path)
+        if table is None:                  # first start (or killed while building it)
+            table = pci.ConfigTable.create(path)
+            functions = [(pci.HOST_BRIDGE, runtime.role), (pci.ISA_BRIDGE, runtime.role)]
+            functions += [(PCI_FUNCTIONS[d.type](), d.name) for d in vm.devices.values()
+                          if d.type in PCI_FUNCTIONS]
+            pci.build_table(table, functions)
+            table.seal()
+        self.table = table
+        self.model = pci.PciHost(table, reset=self._reset, log=self.log)
+
+    def _reset(self):
+        self.runtime.event(VmEvent(self.runtime.role, "reset", 0, "PIIX3 reset control register"))
+
+    def pio(self, port, size, is_write, data):
+        if is_write:
+            self.model.write(port - self.base, size, data)
+            return 0
+        return self.model.read(port - self.base, size)
+
+    def state(self):
+        return self.model.state()
+
+    def restore(self, state):
+        self.model = pci.PciHost.from_state(state, self.table, reset=self._reset, log=self.log)
+
+
+class IdeHost(HostedDevice):
+    """PIIX3 IDE: legacy ports on IRQ 14/15, the bus-master registers at
+    wherever BAR4 is now (the vCPUs route them here), DMA straight between
+    the images (vm.drives) and shared guest RAM."""
+
+    def __init__(self, runtime, cfg, vm):
+        super().__init__(runtime)
+        from . import block
+        from .loader import ram_slots
+        bus = IrqBus(runtime, interrupt_controllers(vm))
+        self.irqs = [BusIrqLine(runtime, irq, bus) for _, _, irq in ide.CHANNELS]
+        self.ram_region = SharedRegion(runtime.rundir.shm / "ram")
+        self.ram = ide.GuestRam(self.ram_region.view, ram_slots(vm.memory))
+        self.images: list = [None] * 4
+        for d in getattr(vm, "drives", []):
+            if d.interface != "ide" or not 0 <= d.index < 4:
+                continue
+            snap = runtime.rundir.snapshot_dir(d.index) if d.snapshot else None
+            try:
+                self.images[d.index] = block.open_image(d.file, readonly=d.readonly, snapshot_dir=snap)
+            except block.ImageError as exc:       # the supervisor checked it; it went away since
+                self.log("image-unavailable", index=d.index, error=str(exc))
+        self.table: pci.ConfigTable | None = None
+        self.model = ide.PiixIde(self.images, self.irqs, self.ram, self._bus_master, log=self.log)
+
+    def _pci(self) -> tuple[pci.ConfigTable, int] | tuple[None, None]:
+        if self.table is None:
+            self.table = pci.ConfigTable.open(self.runtime.rundir.shm / pci.TABLE_FILE)
+        if self.table is None:
+            return None, None
+        return self.table, self.table.slot_of(pci.devfn(1, 1))
+
+    def _bus_master(self) -> bool:
+        table, slot = self._pci()
+        return table is None or slot is None or bool(table.command(slot) & pci.CMD_BUS_MASTER)
+
+    def pio(self, port, size, is_write, data):
+        for ch, (cmd, ctl, _) in enumerate(ide.CHANNELS):
+            if cmd <= port < cmd + ide.CMD_BLOCK_SIZE:
+                if is_write:
+                    self.model.write(ch, port - cmd, size, data)
+                    return 0
+                return self.model.read(ch, port - cmd, size)
+            if port == ctl:
+                if is_write:
+                    self.model.control_write(ch, size, data)
+                    return 0
+                return self.model.control_read(ch, size)
+        table, slot = self._pci()
+        base = table.bar_base(slot, ide.BAR4) if slot is not None else None
+        if base is not None and base <= port < base + ide.BM_SIZE:
+            if is_write:
+                self.model.bm_write(port - base, size, data)
+                return 0
+            return self.model.bm_read(port - base, size)
+        self.log("ide-unclaimed-port", port=port, write=is_write)     # BAR4 moved under a retried access
+        return 0 if is_write else (1 << (8 * size)) - 1
+
+    def state(self):
+        return {"ide": self.model.state()}
+
+    def restore(self, state):
+        self.model = ide.PiixIde.from_state(state["ide"], self.images, self.irqs, self.ram, self._bus_master,
+                                            log=self.log)
+        for line, ch in zip(self.irqs, self.model.channels):
+            line.level = ch.line
+            line.resend()
+
+    def counters(self):
+        out = {}
+        for ch in self.model.channels:
+            for k, v in ch.counters.items():
+                out[f"{k}{ch.number}"] = v
+        return out
+
+
 class PlatformRuntime(ActorRuntime):
     """The actor runtime plus the platform's own messages: acknowledged
     EOIs (exactly once, like a PIO request) and the PIC output gate."""
@@ -746,6 +862,8 @@ HOSTS = {
     "acpi_pm": AcpiPmHost,
     "testdev": TestDevHost,
     "fw_cfg": FwCfgHost,
+    "pci": PciHostDevice,
+    "ide": IdeHost,
 }
 
 INTERRUPT_CONTROLLER_TYPES = tuple(name for name, t in DEVICE_TYPES.items() if t.irq_controller)

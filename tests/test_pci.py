@@ -139,8 +139,10 @@ def test_state_round_trip_keeps_config_in_the_table():
 
 def test_shared_table_survives_a_new_process_view(tmp_path):
     path = tmp_path / "pci.config"
-    t = pci.ConfigTable.open(path, create=True)
+    t = pci.ConfigTable.create(path)
     pci.build_table(t, [(pci.HOST_BRIDGE, "pci"), (ide.pci_function(), "ide")])
+    assert pci.ConfigTable.open(path) is None           # not sealed: readers wait
+    t.seal()
     h = pci.PciHost(t)
     cfg_write(h, 1, 1, 0x20, 0xE000)
     reader = pci.ConfigTable.open(path)

@@ -85,6 +85,7 @@ _HEADER = struct.Struct("<IIII")      # magic, CONFIG_ADDRESS, generation, funct
 _SLOT_HEAD = struct.Struct("<HBB32s6I6B2x")   # devfn, present, pad, owner, BAR sizes, BAR kinds
 SLOT_SIZE = _SLOT_HEAD.size + 2 * CONFIG_SIZE   # + config bytes + write mask
 TABLE_SIZE = 8192
+TABLE_FILE = "pci.config"      # in the run directory's shm/
 assert _HEADER.size + MAX_FUNCTIONS * SLOT_SIZE <= TABLE_SIZE
 
 
@@ -159,17 +160,31 @@ class ConfigTable:
         self.buf = region.map
 
     @classmethod
-    def open(cls, path: str | Path, create: bool = False) -> "ConfigTable | None":
+    def create(cls, path: str | Path) -> "ConfigTable":
+        """A fresh, empty table; readers ignore it until `seal()`."""
         from ..bus.shm import SharedRegion
         path = Path(path)
-        if create and not path.exists():
-            table = cls(SharedRegion(path, TABLE_SIZE, create=True))
-            _HEADER.pack_into(table.buf, 0, TABLE_MAGIC, 0, 0, 0)
-            return table
-        if not path.exists():
+        path.unlink(missing_ok=True)
+        table = cls(SharedRegion(path, TABLE_SIZE, create=True))
+        _HEADER.pack_into(table.buf, 0, 0, 0, 0, 0)
+        return table
+
+    def seal(self) -> None:
+        """Publish a table whose functions are all in place."""
+        struct.pack_into("<I", self.buf, 0, TABLE_MAGIC)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ConfigTable | None":
+        """The sealed table at `path`, or None (not there yet)."""
+        from ..bus.shm import SharedRegion
+        path = Path(path)
+        try:
+            region = SharedRegion(path)
+        except (FileNotFoundError, ValueError):
             return None
-        table = cls(SharedRegion(path))
-        if _HEADER.unpack_from(table.buf, 0)[0] != TABLE_MAGIC:
+        table = cls(region)
+        if region.size < TABLE_SIZE or _HEADER.unpack_from(table.buf, 0)[0] != TABLE_MAGIC:
+            region.close()
             return None
         return table
 
