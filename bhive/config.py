@@ -126,7 +126,7 @@ _VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no
 # of bhive.bus.channel, or "zmq", a ZeroMQ round trip per exit (slower; kept
 # for comparison and debugging).  Either is safe because a device's IRQ line
 # change is acknowledged by the controllers before the access that caused it
-# completes (bhive.devices_worker.IrqBus).
+# completes (bhive.actors.interrupts.IrqBus).
 EXIT_TRANSPORTS = ("shm", "zmq")
 _BOOT_KEYS = {"kind", "image", "load_address", "entry", "kernel", "initrd", "append"}
 _MSR_KEYS = {"unknown"}

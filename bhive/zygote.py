@@ -89,7 +89,6 @@ def main() -> None:
     from . import accel, worker
     from .bus import schema
     from .bus.schema import ZygoteBind, ZygoteSpawn, ZygoteSpawned
-    from .firmware import tables  # noqa: F401  (imported late by fw_cfg actors)
     from .log import EventLog
     from .rundir import RunDir
     try:

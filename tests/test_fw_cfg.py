@@ -22,7 +22,7 @@ class Recorder:
 def device(rec=None, cpus=4, max_cpus=8, ram=512 << 20, cmdline="console=ttyS0", files=None):
     files = files if files is not None else [("etc/e820", b"E" * 40), ("bootorder", b"/x\n")]
     items = fc.machine_items(cpus=cpus, max_cpus=max_cpus, ram_size=ram, cmdline=cmdline, files=files)
-    return FwCfg(items, log=rec.log if rec else fc._no_log)
+    return FwCfg(items, log=rec.log if rec else fc.no_log)
 
 
 def select(dev, key):
@@ -127,7 +127,7 @@ def test_long_file_names_refused():
 def test_host_items_describe_the_vm():
     """The actor's glue: CPU count, RAM and the e820 file from the VM config."""
     from bhive import config as config_mod
-    from bhive.devices_worker import fw_cfg_items
+    from bhive.actors.fw_cfg import fw_cfg_items
     from bhive.firmware import tables
     from conftest import REPO
     vm = config_mod.load(REPO / "configs" / "platform.toml", {"cpus": 3, "memory": "96M"})

@@ -28,9 +28,11 @@ from bhive.actors.ioapic import (
 class Msi:
     def __init__(self) -> None:
         self.sent: list[tuple[int, int]] = []
+        self.pins: list[int] = []    # the pin each MSI was sent for
 
-    def send_msi(self, addr: int, data: int) -> None:
+    def send_msi(self, addr: int, data: int, pin: int = -1) -> None:
         self.sent.append((addr, data))
+        self.pins.append(pin)
 
     def take(self) -> list[tuple[int, int]]:
         out, self.sent[:] = list(self.sent), []
@@ -102,6 +104,17 @@ def test_rte_reserved_and_read_only_bits(rig):
 def test_masked_pin_does_not_deliver(rig):
     rig.ioapic.set_irq(4, True)
     assert rig.msi.sent == []
+
+
+def test_each_delivery_names_the_pin_that_caused_it(rig):
+    """The MSI sender is told the pin (the host counts deliveries per pin
+    for `bhive stats`), without it being part of the message."""
+    rig.program(4, 0x31)
+    rig.program(9, 0x31)
+    rig.ioapic.set_irq(9, True)
+    rig.ioapic.set_irq(4, True)
+    assert rig.msi.take() == [fixed_msi(0x31), fixed_msi(0x31)]
+    assert rig.msi.pins == [9, 4]
 
 
 def test_edge_delivery_on_rising_edge_only(rig):

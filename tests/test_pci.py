@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 
 from bhive.actors import ide, pci
+from bhive.actors.base import no_log
 
 
 def host(logs=None):
     table = pci.ConfigTable.in_memory()
     pci.build_table(table, [(pci.HOST_BRIDGE, "pci"), (pci.ISA_BRIDGE, "pci"), (ide.pci_function(), "ide")])
-    log = (lambda ev, **f: logs.append((ev, f))) if logs is not None else pci._no_log
+    log = (lambda ev, **f: logs.append((ev, f))) if logs is not None else no_log
     return pci.PciHost(table, log=log)
 
 

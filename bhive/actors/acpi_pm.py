@@ -16,9 +16,12 @@ counter toggles; with TMR_EN it raises the SCI line.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from bhive.actors.base import IrqLine, NullIrqLine, no_log
+from bhive.actors.host import DeviceHost
+from bhive.bus.schema import VmEvent
 
 PM1_STS = 0x0  # 2 bytes, write 1 to clear
 PM1_EN = 0x2  # 2 bytes
@@ -44,10 +47,6 @@ CNT_WRITABLE = 0x1C06 | CNT_SCI_EN  # BM_RLD, GBL_RLS (write-only), SLP_TYP
 S5_SLP_TYP = 5  # must match \_S5 in the DSDT (bhive.firmware.acpi)
 
 
-def _no_log(event: str, **fields: Any) -> None:
-    pass
-
-
 def ticks(ns: int) -> int:
     return ns * PM_TIMER_HZ // NS_PER_S
 
@@ -58,7 +57,7 @@ class AcpiPm:
     def __init__(self, clock: Callable[[], int], sci: IrqLine | None = None,
                  poweroff: Callable[[], None] = lambda: None,
                  sleep: Callable[[int], None] = lambda typ: None,
-                 log: Callable[..., None] = _no_log) -> None:
+                 log: Callable[..., None] = no_log) -> None:
         self.clock = clock
         self.sci = sci if sci is not None else NullIrqLine()
         self.poweroff = poweroff
@@ -170,8 +169,33 @@ class AcpiPm:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], clock, sci=None, poweroff=lambda: None,
-                   sleep=lambda typ: None, log=_no_log) -> "AcpiPm":
+                   sleep=lambda typ: None, log=no_log) -> "AcpiPm":
         dev = cls(clock, sci, poweroff, sleep, log)
         for k, v in state.items():
             setattr(dev, k, v)
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class AcpiPmHost(DeviceHost):
+    """PM1a event/control and the PM timer at `port`, the SCI on `sci`;
+    SLP_TYP=5 + SLP_EN powers the VM off."""
+
+    def setup(self) -> None:
+        self.sci = self.connect_irq(self.cfg.options["sci"])
+
+    def model_args(self) -> dict:
+        return {"clock": time.monotonic_ns, "sci": self.sci, "poweroff": self._poweroff, "log": self.log}
+
+    def _poweroff(self) -> None:
+        self.runtime.event(VmEvent(self.runtime.role, "poweroff", 0, "ACPI S5 (SLP_EN)"))
+
+    def next_deadline(self):
+        ns = self.model.next_event_ns()
+        return None if ns is None else ns / 1e9
+
+    def on_timer(self, now):
+        self.model.advance(time.monotonic_ns())
+        self.runtime.commit()

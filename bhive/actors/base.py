@@ -12,6 +12,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+# MSI format (SDM 10.11.1, 10.11.2).
+MSI_ADDR_BASE = 0xFEE00000  # the LAPIC's MSI window
+MSI_ADDR_DEST_SHIFT = 12  # destination ID
+MSI_ADDR_DEST_LOGICAL = 1 << 2  # DM
+# RH.  bhyve's lapic_intr_msi (vm_lapic_msi) treats the destination as
+# logical only when RH and DM are both set, so a logical RTE sets both.
+MSI_ADDR_REDIRECTION_HINT = 1 << 3
+MSI_DATA_DELIVERY_MODE_SHIFT = 8  # same encoding as the RTE
+MSI_DATA_LEVEL_ASSERT = 1 << 14  # level-triggered message asserts
+MSI_DATA_TRIGGER_LEVEL = 1 << 15  # trigger mode
+
 
 class IrqLine(Protocol):
     """One interrupt line (an ISA IRQ or a GSI), injected into a device."""
@@ -21,9 +32,11 @@ class IrqLine(Protocol):
 
 
 class MsiSender(Protocol):
-    """Sends an MSI (address/data pair) towards the vCPUs."""
+    """Sends an MSI (address/data pair) towards the vCPUs.  `pin` says
+    which input of the sender caused it (an IOAPIC pin), for the host's
+    delivery counts (`bhive stats`); it is not part of the message."""
 
-    def send_msi(self, addr: int, data: int) -> None: ...
+    def send_msi(self, addr: int, data: int, pin: int = -1) -> None: ...
 
 
 class DeviceModel(Protocol):
@@ -45,3 +58,7 @@ class NullIrqLine:
 
     def set_level(self, asserted: bool) -> None:
         pass
+
+
+def no_log(event: str, **fields: Any) -> None:
+    """The `log` a model gets when its host gives none (unit tests)."""

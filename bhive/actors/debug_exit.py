@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bhive.actors.base import no_log
+from bhive.actors.host import DeviceHost
+from bhive.bus.schema import VmEvent
+
 DATA = 0  # the port; the device decodes `iosize` consecutive bytes from here
 VALID_IOSIZES = (1, 2, 4)  # QEMU accepts the same widths
 DEFAULT_IOSIZE = 4  # QEMU's default iosize
 DEFAULT_IOBASE = 0x501  # QEMU's default iobase, for the host's convenience
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DebugExit:
         self,
         exit: Callable[[int], None],
         iosize: int = DEFAULT_IOSIZE,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> None:
         if iosize not in VALID_IOSIZES:
             # A configuration error from the host, not guest garbage.
@@ -70,6 +70,23 @@ class DebugExit:
         cls,
         state: dict[str, Any],
         exit: Callable[[int], None],
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> "DebugExit":
         return cls(exit=exit, iosize=state["iosize"], log=log)
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class DebugExitHost(DeviceHost):
+    """isa-debug-exit at `port`: a guest write ends the VM with status (V << 1) | 1."""
+
+    def model_args(self) -> dict:
+        return {"exit": self._exit, "log": self.log}
+
+    def reset_args(self) -> dict:
+        return {"iosize": self.cfg.options["iosize"]}
+
+    def _exit(self, status: int) -> None:
+        self.log("guest-exit", status=status)
+        self.runtime.event(VmEvent(self.runtime.role, "exit", status, "isa-debug-exit write"))

@@ -23,6 +23,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bhive.actors.base import no_log
+from bhive.actors.host import DeviceHost
+from bhive.firmware import tables
+
 SELECTOR = 0  # 0x510: 16-bit write selects an item and rewinds it
 DATA = 1  # 0x511: 8-bit read returns the selected item's next byte
 PORT_COUNT = 2
@@ -53,10 +57,6 @@ SIGNATURE = b"QEMU"
 FILE_NAME_SIZE = 56
 FILE_ENTRY = struct.Struct(">IHH56s")  # size, select, reserved, name
 UNMAPPED_READ = 0xFF
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
 
 
 def file_dir(files: list[tuple[str, bytes]]) -> tuple[bytes, dict[int, bytes]]:
@@ -108,7 +108,7 @@ class FwCfgRegisters:
 class FwCfg:
     """Wiring: items {key: bytes} (see machine_items), log(event, **fields)."""
 
-    def __init__(self, items: dict[int, bytes], log: Callable[..., None] = _no_log) -> None:
+    def __init__(self, items: dict[int, bytes], log: Callable[..., None] = no_log) -> None:
         self.items = dict(items)
         self.log = log
         self.regs = FwCfgRegisters()
@@ -148,7 +148,31 @@ class FwCfg:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], items: dict[int, bytes],
-                   log: Callable[..., None] = _no_log) -> "FwCfg":
+                   log: Callable[..., None] = no_log) -> "FwCfg":
         dev = cls(items, log)
         dev.regs = FwCfgRegisters(state["selector"], state["offset"])
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+def fw_cfg_items(cfg, vm) -> dict[int, bytes]:
+    """What the VM's fw_cfg serves: its CPU count and RAM size, the
+    command line, and the files etc/e820 (the memory map, as the Multiboot
+    and PVH loaders describe it) and etc/boot-fail-wait (QEMU's default,
+    -1: never reboot)."""
+    e820 = b"".join(e.pack() for e in tables.e820(vm.memory))
+    files = [("etc/e820", e820), ("etc/boot-fail-wait", struct.pack("<i", -1))]
+    return machine_items(cpus=vm.cpus, max_cpus=cfg.options["max_cpus"] or vm.cpus,
+                         ram_size=vm.memory, cmdline=vm.append, files=files)
+
+
+class FwCfgHost(DeviceHost):
+    """QEMU's fw_cfg at `port` (0x510) and port+1, serving `fw_cfg_items`."""
+
+    def setup(self) -> None:
+        self.items = fw_cfg_items(self.cfg, self.vm)
+
+    def model_args(self) -> dict:
+        return {"items": self.items, "log": self.log}

@@ -34,7 +34,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from bhive.actors.base import IrqLine, NullIrqLine, no_log
+from bhive.actors.host import DeviceHost
+from bhive.bus.schema import VmEvent
 
 DATA = 0  # port 0x60
 COMMAND = 4  # port 0x64 (offset from 0x60)
@@ -132,15 +134,11 @@ AUX_NO_DEVICE = 0xFE  # the byte a controller returns when the AUX device does n
 OUT_QUEUE_MAX = 16
 
 
-def _no_log(event: str, **fields: Any) -> None:
-    pass
-
-
 class I8042:
     """Wiring: reset() ends the VM, kbd_irq (IRQ1), aux_irq (IRQ12), log(event, **fields)."""
 
     def __init__(self, reset: Callable[[], None] = lambda: None, kbd_irq: IrqLine | None = None,
-                 log: Callable[..., None] = _no_log, aux_irq: IrqLine | None = None) -> None:
+                 log: Callable[..., None] = no_log, aux_irq: IrqLine | None = None) -> None:
         self.reset = reset
         self.kbd_irq = kbd_irq if kbd_irq is not None else NullIrqLine()
         self.aux_irq = aux_irq if aux_irq is not None else NullIrqLine()
@@ -353,7 +351,7 @@ class I8042:
                 "scan_set": self.scan_set, "scanning": self.scanning, "leds": self.leds}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], reset=lambda: None, kbd_irq=None, log=_no_log,
+    def from_state(cls, state: dict[str, Any], reset=lambda: None, kbd_irq=None, log=no_log,
                    aux_irq=None) -> "I8042":
         dev = cls(reset, kbd_irq, log, aux_irq)
         dev.command_byte = state["command_byte"]
@@ -369,3 +367,22 @@ class I8042:
         dev.scanning = state["scanning"]
         dev.leds = state["leds"]
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class I8042Host(DeviceHost):
+    """Keyboard controller at `port` (0x60) and 0x64: the keyboard's line
+    (`irq`, IRQ1) and the AUX port's (`aux_irq`, IRQ12); its reset line
+    ends the VM with a "reset" event."""
+
+    def setup(self) -> None:
+        self.irq = self.connect_irq(self.cfg.options["irq"])
+        self.aux_irq = self.connect_irq(self.cfg.options["aux_irq"])
+
+    def model_args(self) -> dict:
+        return {"reset": self._reset, "kbd_irq": self.irq, "aux_irq": self.aux_irq, "log": self.log}
+
+    def _reset(self) -> None:
+        self.runtime.event(VmEvent(self.runtime.role, "reset", 0, "i8042 reset line pulsed"))

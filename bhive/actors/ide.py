@@ -31,7 +31,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from .base import IrqLine, NullIrqLine, no_log
+from .host import DeviceHost
 
 # --- command block registers (offsets from 0x1F0 / 0x170), ATA-6 7.x -----------
 REG_DATA = 0            # 16-bit PIO data (32-bit accesses move two words)
@@ -169,10 +170,6 @@ CHANNELS = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))
 
 MODEL = "BHIVE HARDDISK"
 FIRMWARE = "0.1"
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
 
 
 class Image(Protocol):
@@ -888,6 +885,32 @@ COMMANDS.update({
 })
 
 
+class ControlBlock:
+    """A channel's control block (0x3F6/0x376): alternate status / device control."""
+
+    def __init__(self, channel: IdeChannel):
+        self.channel = channel
+
+    def read(self, offset: int, size: int) -> int:
+        return self.channel.read_control(size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.channel.write_control(size, value)
+
+
+class BusMasterBlock:
+    """The 16 bus-master bytes behind BAR4 (channel 0 at 0, channel 1 at 8)."""
+
+    def __init__(self, ide: "PiixIde"):
+        self.ide = ide
+
+    def read(self, offset: int, size: int) -> int:
+        return self.ide.bm_read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.ide.bm_write(offset, size, value)
+
+
 class PiixIde:
     """The PIIX3 IDE function: two channels, four drive slots.
 
@@ -901,7 +924,7 @@ class PiixIde:
 
     def __init__(self, images: list[Image | None], irqs: list[IrqLine] | None = None,
                  ram: GuestRam | None = None, bus_master_enabled: Callable[[], bool] = lambda: True,
-                 log: Callable[..., None] = _no_log):
+                 log: Callable[..., None] = no_log):
         images = list(images) + [None] * (4 - len(images))
         irqs = irqs or [NullIrqLine(), NullIrqLine()]
         self.log = log
@@ -911,6 +934,8 @@ class PiixIde:
         for drive in self.drives:
             if drive.present:
                 drive.set_signature()
+        self.controls = [ControlBlock(ch) for ch in self.channels]
+        self.bus_master = BusMasterBlock(self)
 
     def read(self, channel: int, offset: int, size: int) -> int:
         return self.channels[channel].read(offset, size)
@@ -941,7 +966,7 @@ class PiixIde:
     @classmethod
     def from_state(cls, state: dict[str, Any], images, irqs=None, ram=None,
                    bus_master_enabled: Callable[[], bool] = lambda: True,
-                   log: Callable[..., None] = _no_log) -> "PiixIde":
+                   log: Callable[..., None] = no_log) -> "PiixIde":
         """Rebuild from state(); the lines are not re-driven (the host does)."""
         dev = cls(images, irqs, ram, bus_master_enabled, log)
         for ch, s in zip(dev.channels, state["channels"]):
@@ -961,3 +986,68 @@ def pci_function():
         # them, SIDETIM 0x44, the PIIX4 UDMA registers 0x48-0x4B.
         registers=((IDETIM_PRIMARY, 2, IDETIM_DECODE_ENABLE), (IDETIM_SECONDARY, 2, IDETIM_DECODE_ENABLE),
                    (0x44, 1, 0), (0x48, 4, 0)))
+
+
+class IdeHost(DeviceHost):
+    """PIIX3 IDE: legacy ports on IRQ 14/15, the bus-master registers
+    wherever BAR4 is now (the vCPUs route them here from the pci actor's
+    shared table), DMA straight between the images (vm.drives, opened with
+    bhive.block) and shared guest RAM."""
+
+    def setup(self) -> None:
+        from .. import block
+        from ..bus.shm import SharedRegion
+        from ..loader import ram_slots
+        self.irqs = [self.connect_irq(irq) for _, _, irq in CHANNELS]
+        self.ram_region = SharedRegion(self.runtime.rundir.shm / "ram")
+        self.ram = GuestRam(self.ram_region.view, ram_slots(self.vm.memory))
+        self.images: list = [None] * 4
+        for d in getattr(self.vm, "drives", []):
+            if d.interface != "ide" or not 0 <= d.index < 4:
+                continue
+            snap = self.runtime.rundir.snapshot_dir(d.index) if d.snapshot else None
+            try:
+                self.images[d.index] = block.open_image(d.file, readonly=d.readonly, snapshot_dir=snap)
+            except block.ImageError as exc:    # the supervisor checked it; it went away since
+                self.log("image-unavailable", index=d.index, error=str(exc))
+        self.table = None
+
+    def model_args(self) -> dict:
+        return {"images": self.images, "irqs": self.irqs, "ram": self.ram,
+                "bus_master_enabled": self._bus_master, "log": self.log}
+
+    def _function(self):
+        """(the pci actor's shared table, our slot in it), once it exists."""
+        from . import pci
+        if self.table is None:
+            self.table = pci.ConfigTable.open(self.runtime.rundir.shm / pci.TABLE_FILE)
+        if self.table is None:
+            return None, None
+        return self.table, self.table.slot_of(pci.devfn(1, 1))
+
+    def _bus_master(self) -> bool:
+        from . import pci
+        table, slot = self._function()
+        return table is None or slot is None or bool(table.command(slot) & pci.CMD_BUS_MASTER)
+
+    def port_target(self, port: int):
+        for ch, (cmd, ctl, _) in enumerate(CHANNELS):
+            if cmd <= port < cmd + CMD_BLOCK_SIZE:
+                return self.model.channels[ch], port - cmd
+            if port == ctl:
+                return self.model.controls[ch], 0
+        table, slot = self._function()
+        base = table.bar_base(slot, BAR4) if slot is not None else None
+        if base is not None and base <= port < base + BM_SIZE:
+            return self.model.bus_master, port - base
+        return None, 0
+
+    def pio(self, port: int, size: int, is_write: bool, data: int) -> int:
+        target, offset = self.port_target(port)
+        if target is None:      # BAR4 moved away under a retried access
+            self.log("ide-unclaimed-port", port=port, write=is_write)
+            return 0 if is_write else (1 << (8 * size)) - 1
+        return super().pio(port, size, is_write, data)
+
+    def counters(self) -> dict:
+        return {f"{k}{ch.number}": v for ch in self.model.channels for k, v in ch.counters.items()}

@@ -19,14 +19,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bhive.actors.base import MsiSender
+import zmq
 
-# MMIO offsets from the base (0xFEC00000 on a PC).
+from bhive.actors.base import (MSI_ADDR_BASE, MSI_ADDR_DEST_LOGICAL, MSI_ADDR_DEST_SHIFT,
+                               MSI_ADDR_REDIRECTION_HINT, MSI_DATA_DELIVERY_MODE_SHIFT, MSI_DATA_LEVEL_ASSERT,
+                               MSI_DATA_TRIGGER_LEVEL, MsiSender, no_log)
+from bhive.actors.host import DeviceHost
+from bhive.actors.interrupts import LineInputs, isa_to_gsi
+from bhive.bus import schema
+from bhive.bus.schema import PicOutput
+
+MMIO_BASE = 0xFEC00000  # where a PC puts the first IOAPIC (82093AA datasheet, 3.0)
+
+# MMIO offsets from MMIO_BASE.
 IOREGSEL = 0x00  # index of the register IOWIN reaches
 IOWIN = 0x10  # 32-bit window onto the selected register
 EOI = 0x40  # version 0x20: writing a vector acts like a LAPIC EOI broadcast
 MMIO_SIZE = 0x100  # the decoded window (the PC reserves 4 KiB)
-DEFAULT_BASE = 0xFEC00000  # for the host's convenience
 
 # Indirect registers (selected by IOREGSEL).
 REG_ID = 0x00  # bits 24-27: the IOAPIC's APIC ID
@@ -59,24 +68,8 @@ DELIVERY_LOWEST = 1
 DELIVERY_NMI = 4
 DELIVERY_EXTINT = 7
 
-# MSI format (SDM 10.11.1, 10.11.2).
-MSI_ADDR_BASE = 0xFEE00000  # the LAPIC's MSI window
-MSI_ADDR_DEST_SHIFT = 12  # destination ID
-MSI_ADDR_DEST_LOGICAL = 1 << 2  # DM
-# RH.  bhyve's lapic_intr_msi (vm_lapic_msi) treats the destination as
-# logical only when RH and DM are both set, so a logical RTE sets both.
-MSI_ADDR_REDIRECTION_HINT = 1 << 3
-MSI_DATA_DELIVERY_MODE_SHIFT = 8  # same encoding as the RTE
-MSI_DATA_LEVEL_ASSERT = 1 << 14  # level-triggered message asserts
-MSI_DATA_TRIGGER_LEVEL = 1 << 15  # trigger mode
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
-
-
 class _NoMsi:
-    def send_msi(self, addr: int, data: int) -> None:
+    def send_msi(self, addr: int, data: int, pin: int = -1) -> None:
         pass
 
 
@@ -112,7 +105,7 @@ class IoApic:
         self,
         msi: MsiSender | None = None,
         apic_id: int = 0,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> None:
         self.msi = msi if msi is not None else _NoMsi()
         self.log = log
@@ -255,7 +248,7 @@ class IoApic:
 
     def _deliver(self, pin: int) -> None:
         addr, data = rte_to_msi(self.regs.rtes[pin])
-        self.msi.send_msi(addr, data)
+        self.msi.send_msi(addr, data, pin)
 
     # --- snapshot -------------------------------------------------------
 
@@ -273,7 +266,7 @@ class IoApic:
         cls,
         state: dict[str, Any],
         msi: MsiSender | None = None,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> "IoApic":
         """Rebuild without delivering: remote IRR records what is in flight."""
         dev = cls(msi=msi, log=log)
@@ -295,3 +288,78 @@ class IoApicIrqLine:
 
     def set_level(self, asserted: bool) -> None:
         self.ioapic.set_irq(self.pin, asserted)
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class IoApicHost(DeviceHost):
+    """The I/O APIC actor: GSI lines in, MSIs out to the vCPU processes.
+
+    Every delivery is built from the RTE as it is at that moment (the
+    model never caches a destination: seed bug #5).  Each asserted line is
+    serviced when its message arrives, whatever other lines do (no
+    lowest-pin-wins loop: seed bug #6).  Sends never block (seed bug #7).
+    While every RTE is masked it tells the PIC actors to deliver instead
+    (`PicOutput`), as the PC's ExtINT wiring does.
+    """
+
+    def setup(self) -> None:
+        self.connect_msi("ioapic")
+        self.inputs = LineInputs()
+        self.pic_enabled = True
+        self.pic_socks = []
+        for dev in self.vm.devices.values():
+            if dev.type == "pic":
+                sock = self.runtime.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 100)
+                sock.connect(self.runtime.rundir.endpoint(dev.name))
+                self.pic_socks.append(sock)
+
+    def model_args(self) -> dict:
+        return {"msi": self.msi_out, "log": self.log}
+
+    def reset_args(self) -> dict:
+        return {"apic_id": self.cfg.options["id"]}
+
+    def mmio(self, gpa, size, is_write, data):
+        offset = gpa - self.mmio_base
+        if not 0 <= offset < MMIO_SIZE:
+            self.log("ioapic-unclaimed-offset", offset=offset, write=is_write)
+            return 0
+        if is_write:
+            self.model.write(offset, size, data)
+            self._update_pic_output()
+            return 0
+        return self.model.read(offset, size)
+
+    def irq_input(self, source, line, level):
+        gsi = isa_to_gsi(line) if line < 16 else line
+        self.model.set_irq(gsi, self.inputs.set(source, gsi, level))
+
+    def eoi(self, vector: int) -> int:
+        self.model.eoi(vector & 0xFF)
+        return 1
+
+    def _update_pic_output(self, force: bool = False) -> None:
+        """The PIC delivers ExtINT only while every RTE is masked."""
+        enabled = all(rte & RTE_MASKED for rte in self.model.regs.rtes)
+        if enabled == self.pic_enabled and not force:
+            return
+        self.pic_enabled = enabled
+        raw = schema.encode(PicOutput(self.runtime.role, enabled))
+        for sock in self.pic_socks:
+            try:
+                sock.send(raw, zmq.NOBLOCK)
+            except zmq.Again:
+                self.log("pic-output-dropped", enabled=enabled)
+
+    def state(self):
+        return {**super().state(), "inputs": self.inputs.levels, "pic_enabled": self.pic_enabled}
+
+    def restore(self, state):
+        super().restore(state)
+        self.inputs.levels = dict(state["inputs"])
+        self.pic_enabled = state["pic_enabled"]
+        self._update_pic_output(force=True)

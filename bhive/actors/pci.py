@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .base import no_log
+from .host import DeviceHost
+
 # Configuration mechanism #1 ports (offsets from 0xCF8, the decoded window).
 CONFIG_ADDRESS = 0x0        # dword only: enable, bus, device, function, register
 RESET_CONTROL = 0x1         # byte 0xCF9: PIIX3 reset control register (RC)
@@ -87,10 +90,6 @@ SLOT_SIZE = _SLOT_HEAD.size + 2 * CONFIG_SIZE   # + config bytes + write mask
 TABLE_SIZE = 8192
 TABLE_FILE = "pci.config"      # in the run directory's shm/
 assert _HEADER.size + MAX_FUNCTIONS * SLOT_SIZE <= TABLE_SIZE
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
 
 
 def devfn(device: int, function: int) -> int:
@@ -335,7 +334,7 @@ class PciHost:
     """
 
     def __init__(self, table: ConfigTable, reset: Callable[[], None] | None = None,
-                 log: Callable[..., None] = _no_log):
+                 log: Callable[..., None] = no_log):
         self.table = table
         self.reset = reset
         self.log = log
@@ -443,7 +442,7 @@ class PciHost:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], table: ConfigTable, reset=None,
-                   log: Callable[..., None] = _no_log) -> "PciHost":
+                   log: Callable[..., None] = no_log) -> "PciHost":
         dev = cls(table, reset=reset, log=log)
         dev.reset_control = state["reset_control"]
         dev.garbage = state["garbage"]
@@ -461,3 +460,32 @@ def build_table(table: ConfigTable, functions: list[tuple[FunctionSpec, str]]) -
     `functions`' pci actor, named in the first entry) and the others."""
     for spec, owner in functions:
         table.add_function(spec, owner)
+
+
+class PciHostDevice(DeviceHost):
+    """The i440FX host bridge and the PIIX3 ISA bridge.  Bus 0's config
+    spaces are the shared table (run directory shm/pci.config): built once
+    from the registry (every configured device type with a `pci_function`),
+    re-attached by a restarted actor."""
+
+    def setup(self) -> None:
+        from ..devices import DEVICE_TYPES
+        path = self.runtime.rundir.shm / TABLE_FILE
+        table = ConfigTable.open(path)
+        if table is None:                  # first start (or killed while building it)
+            table = ConfigTable.create(path)
+            functions = [(HOST_BRIDGE, self.runtime.role), (ISA_BRIDGE, self.runtime.role)]
+            for dev in self.vm.devices.values():
+                spec = DEVICE_TYPES[dev.type].pci_function
+                if spec is not None:
+                    functions.append((spec(), dev.name))
+            build_table(table, functions)
+            table.seal()
+        self.table = table
+
+    def model_args(self) -> dict:
+        return {"table": self.table, "reset": self._reset, "log": self.log}
+
+    def _reset(self) -> None:
+        from ..bus.schema import VmEvent
+        self.runtime.event(VmEvent(self.runtime.role, "reset", 0, "PIIX3 reset control register"))

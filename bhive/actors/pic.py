@@ -21,6 +21,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from bhive.actors.base import MSI_ADDR_BASE, MSI_DATA_DELIVERY_MODE_SHIFT, no_log
+from bhive.actors.host import DeviceHost
+from bhive.actors.interrupts import LineInputs
+from bhive.actors.ioapic import DELIVERY_EXTINT
+
 # Port offsets within each chip (A0 line).
 COMMAND = 0  # ICW1, OCW2, OCW3 (write); IRR/ISR/poll word (read)
 DATA = 1  # ICW2-4, OCW1 (write); IMR (read)
@@ -77,10 +82,6 @@ BIOS_SLAVE_VECTOR = 0x70  # IRQ8-15 -> INT 70h-77h
 BIOS_IRQ_MASK = 0xFFFB  # SeaBIOS: everything masked but the cascade
 
 UNMAPPED_READ = 0xFF  # an undecoded ISA port floats high
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
 
 
 def _no_delivery(vector: int) -> None:
@@ -336,7 +337,7 @@ class DualPic:
     def __init__(
         self,
         deliver_extint: Callable[[int], None] = _no_delivery,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> None:
         self.deliver_extint = deliver_extint
         self.log = log
@@ -440,7 +441,7 @@ class DualPic:
         cls,
         state: dict[str, Any],
         deliver_extint: Callable[[int], None] = _no_delivery,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> "DualPic":
         """Rebuild without delivering anything: whatever was acknowledged
         before the snapshot was already handed to the vCPU."""
@@ -465,7 +466,7 @@ class PicIrqLine:
 class Elcr:
     """PIIX edge/level control registers at ELCR_BASE (2 ports)."""
 
-    def __init__(self, pic: DualPic, log: Callable[..., None] = _no_log) -> None:
+    def __init__(self, pic: DualPic, log: Callable[..., None] = no_log) -> None:
         self.pic = pic
         self.log = log
 
@@ -508,8 +509,57 @@ class Elcr:
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Any], pic: DualPic, log: Callable[..., None] = _no_log
+        cls, state: dict[str, Any], pic: DualPic, log: Callable[..., None] = no_log
     ) -> "Elcr":
         pic.master.regs.elcr = state["master"] & ELCR_WRITABLE[ELCR_MASTER]
         pic.slave.regs.elcr = state["slave"] & ELCR_WRITABLE[ELCR_SLAVE]
         return cls(pic, log=log)
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class PicHost(DeviceHost):
+    """Dual 8259A + ELCR.  Acknowledged vectors go to the BSP as ExtINT MSIs
+    (delivery mode 7), while the IOAPIC says the PIC's output is in use."""
+
+    def setup(self) -> None:
+        self.connect_msi("pic")
+        self.inputs = LineInputs()
+
+    def model_args(self) -> dict:
+        return {"deliver_extint": self._extint, "log": self.log}
+
+    def build_model(self, state=None):
+        model = super().build_model(state)
+        if state is None:
+            model.bios_setup()  # we are the firmware: leave it as a BIOS would
+        self.elcr = Elcr(model, log=self.log)
+        return model
+
+    def _extint(self, vector: int) -> None:
+        base = self.model.master.regs.vector_base
+        pin = vector - base if (vector & 0xF8) == base else 8 + (vector & 7)
+        # Physical destination 0: the BSP.
+        self.msi_out.send_msi(MSI_ADDR_BASE, vector | (DELIVERY_EXTINT << MSI_DATA_DELIVERY_MODE_SHIFT), pin)
+
+    def port_target(self, port):
+        if MASTER_BASE <= port < MASTER_BASE + 2:
+            return self.model.master_io, port - MASTER_BASE
+        if SLAVE_BASE <= port < SLAVE_BASE + 2:
+            return self.model.slave_io, port - SLAVE_BASE
+        return self.elcr, port - ELCR_BASE
+
+    def irq_input(self, source, line, level):
+        if 0 <= line < 16:
+            self.model.set_irq(line, self.inputs.set(source, line, level))
+
+    def pic_output(self, enabled: bool) -> None:
+        self.model.set_output_enabled(enabled)
+
+    def state(self):
+        return {**super().state(), "inputs": self.inputs.levels}
+
+    def restore(self, state):
+        super().restore(state)
+        self.inputs.levels = dict(state["inputs"])

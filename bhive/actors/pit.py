@@ -18,10 +18,12 @@ datasheet says.  BCD counting is logged and counted in binary.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from bhive.actors.base import IrqLine, NullIrqLine, no_log
+from bhive.actors.host import DeviceHost
 
 # Port offsets from 0x40.
 COUNTER0 = 0  # channel 0: system timer, OUT0 drives IRQ0
@@ -64,6 +66,8 @@ MODE_SQUARE = 3  # square wave
 MODE_SW_STROBE = 4  # software triggered strobe
 MODE_HW_STROBE = 5  # hardware triggered strobe
 
+PORTB_PORT = 0x61  # ISA port of system control port B (PC/AT technical reference)
+
 # Port 0x61 (system control port B) bits.
 PORTB_GATE2 = 0x01  # gate of channel 2
 PORTB_SPEAKER = 0x02  # speaker data enable
@@ -73,10 +77,6 @@ PORTB_OUT2 = 0x20  # OUT of channel 2
 PORTB_WRITABLE = PORTB_GATE2 | PORTB_SPEAKER | PORTB_CHECKS
 
 UNMAPPED_READ = 0xFF  # an undecoded port, or the write-only control word
-
-
-def _no_log(event: str, **fields: Any) -> None:
-    pass
 
 
 def ticks_between(start_ns: int, end_ns: int) -> int:
@@ -127,7 +127,7 @@ class Pit8254:
         self,
         clock: Callable[[], int],
         irq: IrqLine | None = None,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> None:
         self.clock = clock
         self.irq = irq if irq is not None else NullIrqLine()
@@ -364,7 +364,7 @@ class Pit8254:
         state: dict[str, Any],
         clock: Callable[[], int],
         irq: IrqLine | None = None,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> "Pit8254":
         """Rebuild; the clock must be the same timeline (load times are
         absolute clock() values)."""
@@ -388,7 +388,7 @@ class SystemControlPortB:
     """Port 0x61 (one port, offset 0): channel 2 gate, speaker enable, OUT2
     status, and the refresh bit that flips on every read."""
 
-    def __init__(self, pit: Pit8254, log: Callable[..., None] = _no_log) -> None:
+    def __init__(self, pit: Pit8254, log: Callable[..., None] = no_log) -> None:
         self.pit = pit
         self.log = log
         self.regs = PortBRegisters()
@@ -421,8 +421,53 @@ class SystemControlPortB:
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Any], pit: Pit8254, log: Callable[..., None] = _no_log
+        cls, state: dict[str, Any], pit: Pit8254, log: Callable[..., None] = no_log
     ) -> "SystemControlPortB":
         dev = cls(pit, log=log)
         dev.regs = PortBRegisters(**state)
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class PitHost(DeviceHost):
+    """8254 at `port` (0x40) + port B at 0x61.  IRQ0 edges come from the
+    runtime's timer hook."""
+
+    def setup(self) -> None:
+        self.irq = self.connect_irq(self.cfg.options["irq"])
+        self.ticks = 0
+
+    def model_args(self) -> dict:
+        return {"clock": time.monotonic_ns, "irq": self.irq, "log": self.log}
+
+    def build_model(self, state=None):
+        model = super().build_model(state)
+        self.portb = SystemControlPortB(model, log=self.log)
+        return model
+
+    def port_target(self, port):
+        if port == PORTB_PORT:
+            return self.portb, 0
+        return self.model, port - self.port_base
+
+    def next_deadline(self):
+        ns = self.model.next_event_ns()
+        return None if ns is None else ns / 1e9
+
+    def on_timer(self, now):
+        if self.model.advance(time.monotonic_ns()):
+            self.ticks += 1
+        self.runtime.commit()
+
+    def state(self):
+        return {**super().state(), "portb": self.portb.state(), "ticks": self.ticks}
+
+    def restore(self, state):
+        super().restore(state)
+        self.portb = SystemControlPortB.from_state(state["portb"], self.model, log=self.log)
+        self.ticks = state["ticks"]
+
+    def counters(self):
+        return {"irq0_ticks": self.ticks}

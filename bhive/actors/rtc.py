@@ -19,10 +19,12 @@ edge-triggered IRQ8 input of the PC's slave PIC needs to see a new edge.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from bhive.actors.base import IrqLine, NullIrqLine, no_log
+from bhive.actors.host import DeviceHost
 
 # Port offsets from 0x70.
 INDEX = 0  # write: bit 7 masks NMI, bits 0-6 select the CMOS byte
@@ -97,10 +99,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-def _no_log(event: str, **fields: Any) -> None:
-    pass
-
-
 def _bcd(value: int) -> int:
     return (value // 10) << 4 | value % 10
 
@@ -154,7 +152,7 @@ class Rtc:
         irq: IrqLine | None = None,
         ram_size: int = 0,
         pci_hole_start: int = DEFAULT_PCI_HOLE_START,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> None:
         self.wallclock = wallclock
         self.irq = irq if irq is not None else NullIrqLine()
@@ -430,7 +428,7 @@ class Rtc:
         state: dict[str, Any],
         wallclock: Callable[[], int],
         irq: IrqLine | None = None,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> "Rtc":
         dev = cls(wallclock=wallclock, irq=irq, log=log)
         dev.regs = CmosRegisters(
@@ -443,3 +441,30 @@ class Rtc:
             irq_asserted=state["irq_asserted"],
         )
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class RtcHost(DeviceHost):
+    """MC146818 at `port` (0x70/0x71) on the host's wall clock, IRQ8 driven
+    as a level."""
+
+    def setup(self) -> None:
+        self.irq = self.connect_irq(self.cfg.options["irq"])
+
+    def model_args(self) -> dict:
+        return {"wallclock": time.time_ns, "irq": self.irq, "log": self.log}
+
+    def reset_args(self) -> dict:
+        return {"ram_size": self.vm.memory}
+
+    def next_deadline(self):
+        ns = self.model.next_event_ns()
+        if ns is None:
+            return None
+        return time.monotonic() + max(0, ns - time.time_ns()) / 1e9
+
+    def on_timer(self, now):
+        self.model.advance(time.time_ns())
+        self.runtime.commit()

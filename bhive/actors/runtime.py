@@ -23,73 +23,14 @@ import zmq
 
 from .. import worker
 from ..bus import channel, schema
-from ..bus.schema import (Ack, ConsoleInput, Control, Heartbeat, Hello, IrqLineLevel,
-                          MmioRequest, MmioResponse, PioRequest, PioResponse)
+from ..bus.schema import (Ack, ConsoleInput, Control, EoiRequest, Heartbeat, Hello, IrqLineLevel,
+                          MmioRequest, MmioResponse, PicOutput, PioRequest, PioResponse)
 from ..bus.shm import StateStore
 from ..log import EventLog
 from ..rundir import RunDir
+from .host import DeviceHost
 
 HEARTBEAT_INTERVAL = 1.0
-
-
-class HostedDevice:
-    """Glue between one device model and the actor runtime.
-
-    Subclasses (in `bhive.devices_worker`) build the model, translate
-    requests into `read`/`write` calls, and may keep extra durable state
-    (e.g. the console position) next to the model's own.
-    """
-
-    def __init__(self, runtime: "ActorRuntime"):
-        self.runtime = runtime
-        self.log = runtime.log
-
-    # Requests ----------------------------------------------------------
-    def pio(self, port: int, size: int, is_write: bool, data: int) -> int:
-        raise NotImplementedError
-
-    def mmio(self, gpa: int, size: int, is_write: bool, data: int) -> int:
-        self.log("unexpected-mmio", gpa=gpa, size=size, write=is_write)
-        return (1 << (8 * size)) - 1 if not is_write else 0
-
-    def console_input(self, data: bytes) -> int:
-        self.log("unexpected-console-input", bytes=len(data))
-        return 0
-
-    def irq_line(self, source: str, line: int, level: bool) -> None:
-        self.log("unexpected-irq-line", source=source, line=line)
-
-    # State ---------------------------------------------------------------
-    def state(self) -> dict:
-        raise NotImplementedError
-
-    def restore(self, state: dict) -> None:
-        raise NotImplementedError
-
-    def after_commit(self) -> None:
-        """Runs once the state that covers the last request is durable."""
-
-    def busy(self) -> bool:
-        """True while the device cannot take another request: the rest stay
-        in the channel (flow control; the vCPU waits when its ring fills)
-        until a timer (next_deadline) finds it ready and calls
-        runtime.serve_channels()."""
-        return False
-
-    def mirror_value(self) -> int | None:
-        """The register the device type mirrors (`DeviceType.mirror_offset`),
-        if a guest read of it now would have no side effect; else None."""
-        return None
-
-    # Time ----------------------------------------------------------------
-    def next_deadline(self) -> float | None:
-        return None
-
-    def on_timer(self, now: float) -> None:
-        pass
-
-    def counters(self) -> dict:
-        return {}
 
 
 class ActorRuntime:
@@ -106,7 +47,7 @@ class ActorRuntime:
         self.doorbell: int | None = None
         self.requests = 0
         self.stopping = False
-        self.device: HostedDevice | None = None
+        self.device: DeviceHost | None = None
 
     # -- state ------------------------------------------------------------
     def commit(self) -> None:
@@ -205,9 +146,17 @@ class ActorRuntime:
             taken = self._apply_once(msg.source, msg.req_id, lambda: dev.console_input(msg.data))
             return None if taken is None else Ack(msg.req_id, taken)
         if isinstance(msg, IrqLineLevel):
-            dev.irq_line(msg.source, msg.line, msg.level)   # a level: applying it twice is harmless
+            dev.irq_input(msg.source, msg.line, msg.level)   # a level: applying it twice is harmless
             self.commit()
             return Ack(msg.seq, 1)
+        if isinstance(msg, EoiRequest):
+            # Acknowledged and applied exactly once, like a port write.
+            done = self._apply_once(msg.source, msg.req_id, lambda: dev.eoi(msg.vector))
+            return None if done is None else Ack(msg.req_id, done)
+        if isinstance(msg, PicOutput):
+            dev.pic_output(msg.enabled)
+            self.commit()
+            return None
         self.log("unexpected-message", type=type(msg).__name__)
         return None
 
@@ -269,6 +218,7 @@ class ActorRuntime:
                         self.stopping = True
         if self.channels:
             self.serve_channels()     # what the vCPUs posted before they stopped
+        self.device.on_stop()
         self.log("stopped", requests=self.requests)
         server.close()
         ctl.close()

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from bhive.actors.base import IrqLine, NullIrqLine, no_log
+from bhive.actors.host import DeviceHost
 
 IOPORT = 0xE0  # 4-byte latch
 FLUSH = 0xE4  # 4-byte write: flush a guest page
@@ -40,10 +41,6 @@ IOMEM_PAGE = 0x1000  # iomem is kept (and committed) per page written
 UNMAPPED_READ = 0xFF
 
 
-def _no_log(event: str, **fields: Any) -> None:
-    pass
-
-
 class TestDev:
     """Wiring: lines[n] (IrqLine) for n in 0..23, log(event, **fields).
 
@@ -52,7 +49,7 @@ class TestDev:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, lines: list[IrqLine] | None = None, log: Callable[..., None] = _no_log,
+    def __init__(self, lines: list[IrqLine] | None = None, log: Callable[..., None] = no_log,
                  irq_base: int = IRQ_BASE) -> None:
         self.lines = list(lines) if lines is not None else [NullIrqLine() for _ in range(NUM_LINES)]
         self.log = log
@@ -131,7 +128,7 @@ class TestDev:
                 "iomem": [[index, bytes(page)] for index, page in sorted(self.iomem.items())]}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], lines=None, log: Callable[..., None] = _no_log,
+    def from_state(cls, state: dict[str, Any], lines=None, log: Callable[..., None] = no_log,
                    irq_base: int = IRQ_BASE) -> "TestDev":
         dev = cls(lines, log, irq_base)
         dev.levels = state["levels"]
@@ -140,3 +137,26 @@ class TestDev:
         dev.last_flush = state.get("last_flush", 0)
         dev.iomem = {index: bytearray(page) for index, page in state.get("iomem", [])}
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+
+class TestDevHost(DeviceHost):
+    """pc-testdev: IRQ lines at `port`+n, the latch/flush ports at
+    0xE0-0xEB, and the 64 KiB iomem window at `mmio`."""
+
+    def setup(self) -> None:
+        self.irqs = [self.connect_irq(n) for n in range(NUM_LINES)]
+
+    def model_args(self) -> dict:
+        return {"lines": self.irqs, "irq_base": self.port_base, "log": self.log}
+
+    def port_target(self, port):
+        return self.model, port  # the model decodes its two port ranges itself
+
+    def mmio(self, gpa, size, is_write, data):
+        if is_write:
+            self.model.mmio_write(gpa - self.mmio_base, size, data)
+            return 0
+        return self.model.mmio_read(gpa - self.mmio_base, size)

@@ -21,11 +21,14 @@ even though the interrupt logic keeps running and IIR still reports it.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bhive.actors.base import IrqLine, NullIrqLine
+from bhive.actors.base import IrqLine, NullIrqLine, no_log
+from bhive.actors.host import DeviceHost
+from bhive.bus.shm import ConsoleRing
 
 # Register offsets from the base port (section 8.1, table II).
 RBR_THR = 0  # receiver buffer (read) / transmitter holding (write)
@@ -106,10 +109,6 @@ DEFAULT_DIVISOR = 12  # 9600 baud from the 1.8432 MHz clock, like vm-superio
 UNMAPPED_READ = 0xFF  # an undecoded ISA port floats high
 
 
-def _no_log(event: str, **fields: Any) -> None:
-    pass
-
-
 def _always_sent(byte: int) -> bool:
     return True
 
@@ -152,7 +151,7 @@ class Serial16550:
         self,
         irq: IrqLine | None = None,
         tx: Callable[[int], bool] = _always_sent,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> None:
         self.irq = irq if irq is not None else NullIrqLine()
         self.tx = tx
@@ -470,7 +469,7 @@ class Serial16550:
         state: dict[str, Any],
         irq: IrqLine | None = None,
         tx: Callable[[int], bool] = _always_sent,
-        log: Callable[..., None] = _no_log,
+        log: Callable[..., None] = no_log,
     ) -> "Serial16550":
         """Rebuild a device from state().  The IRQ line is not re-driven: the
         level recorded is the one the line was last left at."""
@@ -491,3 +490,76 @@ class Serial16550:
             irq_asserted=state["irq_asserted"],
         )
         return dev
+
+
+# --- the actor: the model hosted in its own process ---------------------------
+
+TX_STALL_POLL = 0.005  # seconds between looks at a full console ring
+
+
+class UartHost(DeviceHost):
+    """A 16550 whose transmitter feeds the VM's console ring (`console`
+    option), on the `irq` line."""
+
+    def setup(self) -> None:
+        self.irq = self.connect_irq(self.cfg.options["irq"])
+        self.ring = None
+        if self.cfg.options["console"]:
+            self.ring = ConsoleRing(self.runtime.rundir.shm / f"{self.runtime.role}.console")
+        self.written = 0  # console bytes produced, committed with the state
+        self.tx_blocked = False
+
+    def model_args(self) -> dict:
+        return {"irq": self.irq, "tx": self._tx, "log": self.log}
+
+    def _tx(self, byte: int) -> bool:
+        if self.ring is None:
+            return True
+        if self.ring.space(self.written) <= 0:
+            self.tx_blocked = True
+            return False
+        self.ring.put(self.written, byte)
+        self.written += 1
+        return True
+
+    def _resume_tx(self) -> None:
+        if self.tx_blocked and self.ring.space(self.written) > 0:
+            self.tx_blocked = False
+            self.model.tx_drained()
+
+    def busy(self) -> bool:
+        # The console is not taking bytes and the TX FIFO is full: leave the
+        # guest's next writes in the channel rather than drop them.
+        self._resume_tx()
+        return self.model.tx_fifo_full()
+
+    def next_deadline(self):
+        return time.monotonic() + TX_STALL_POLL if self.tx_blocked else None
+
+    def on_timer(self, now):
+        self._resume_tx()
+        self.runtime.commit()
+        self.runtime.serve_channels()
+
+    def pio(self, port, size, is_write, data):
+        self._resume_tx()
+        return super().pio(port, size, is_write, data)
+
+    def console_input(self, data: bytes) -> int:
+        return self.model.receive(data)
+
+    def state(self):
+        return {**super().state(), "written": self.written}
+
+    def restore(self, state):
+        self.written = state["written"]
+        super().restore(state)
+        if self.ring is not None:
+            self.ring.publish(self.written)
+
+    def after_commit(self):
+        if self.ring is not None:
+            self.ring.publish(self.written)
+
+    def mirror_value(self):
+        return self.model.lsr_mirror()
