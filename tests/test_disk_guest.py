@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import os
+import time
+from pathlib import Path
 import re
 import sys
 
@@ -22,7 +26,7 @@ import pytest
 from bhive import guestkit
 from bhive.guestkit import bootrun, debian
 from bhive.guestkit.cpio import CpioWriter
-from conftest import REPO
+from conftest import REPO, wait_for
 
 KERNEL = "bookworm-generic"
 MODULES = ("scsi_common scsi_mod libata ata_piix crct10dif_common crct10dif_generic crc-t10dif crc64 "
@@ -45,13 +49,24 @@ done
 i=0
 while [ ! -b /dev/sda ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 echo "DISK-XFER $(cat /sys/class/ata_device/dev1.0/xfer_mode 2>&1)"
-dd if=/dev/urandom of=/tmp/pattern bs=1M count={PATTERN_MIB} 2>/dev/null
-echo "DISK-SUM-WRITTEN $(md5sum < /tmp/pattern)"
-dd if=/tmp/pattern of=/dev/sda bs=1M seek=1 oflag=direct conv=fsync 2>&1
-sync
-echo 3 > /proc/sys/vm/drop_caches
-dd if=/dev/sda of=/tmp/back bs=1M skip=1 count={PATTERN_MIB} iflag=direct 2>&1
-echo "DISK-SUM-READ $(md5sum < /tmp/back)"
+rounds=1
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in bhive.disk_rounds=*) rounds=${{arg#*=}} ;; esac
+done
+n=0
+while [ $n -lt $rounds ]; do
+	dd if=/dev/urandom of=/tmp/pattern bs=1M count={PATTERN_MIB} 2>/dev/null
+	w=$(md5sum < /tmp/pattern | cut -d' ' -f1)
+	dd if=/tmp/pattern of=/dev/sda bs=1M seek=1 oflag=direct conv=fsync 2>&1
+	sync
+	echo 3 > /proc/sys/vm/drop_caches
+	dd if=/dev/sda of=/tmp/back bs=1M skip=1 count={PATTERN_MIB} iflag=direct 2>&1
+	r=$(md5sum < /tmp/back | cut -d' ' -f1)
+	echo "DISK-ROUND $n written=$w read=$r"
+	n=$((n+1))
+done
+echo "DISK-SUM-WRITTEN $w"
+echo "DISK-SUM-READ $r"
 echo "DISK-IRQ14 $(grep '^ *14:' /proc/interrupts)"
 dmesg | grep -E "ata[0-9]|ata_piix|sd 0:"
 cpus=$(grep -c '^processor' /proc/cpuinfo)
@@ -96,7 +111,7 @@ def kit(tmp_path_factory):
     return kernel, initrd
 
 
-def vm_config(path, kernel, initrd, image, smp: int) -> None:
+def vm_config(path, kernel, initrd, image, smp: int, append: str = "") -> None:
     platform = (REPO / "configs" / "disk.toml").read_text()
     platform = platform.split("[devices.uart]", 1)[1]
     path.write_text(f"""[vm]
@@ -107,7 +122,7 @@ memory = "512M"
 [boot]
 kernel = "{kernel}"
 initrd = "{initrd}"
-append = "console=ttyS0 panic=-1"
+append = "console=ttyS0 panic=-1 {append}"
 
 [devices.uart]{platform}
 [[drive]]
@@ -144,3 +159,44 @@ def test_linux_reads_and_writes_the_ide_disk_with_dma(kit, tmp_path, smp):
     with open(image, "rb") as f:
         f.seek(1 << 20)
         assert hashlib.md5(f.read(PATTERN_MIB << 20)).hexdigest() == written
+
+
+def test_dma_survives_the_ide_actor_being_killed(kit, tmp_path, bhive):
+    """SIGKILL the ide actor again and again while the guest moves data by
+    DMA: each successor finishes or re-runs the access its predecessor did
+    not commit (the command in flight is in the committed state), so every
+    round reads back what it wrote, libata sees no error, and the image
+    holds the last pattern."""
+    kernel, initrd = kit
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(DISK_MIB << 20)
+    cfg = tmp_path / "vm.toml"
+    rounds, kills = 6, 5
+    vm_config(cfg, kernel, initrd, image, 2, append=f"bhive.disk_rounds={rounds}")
+    name = "disk-2"
+    started = bhive.run("run", str(cfg), "--detach", "--watchdog", str(TIMEOUT - 30), timeout=60)
+    assert started.returncode == 0, started.stderr
+    rd = Path(os.environ["BHIVE_RUN_ROOT"]) / name
+    console = rd / "logs" / "console.log"
+    wait_for(lambda: console.exists() and b"DISK-XFER" in console.read_bytes(), TIMEOUT, 0.1, "the disk")
+    for _ in range(kills):
+        killed = bhive.run("kill", name, "ide")
+        assert killed.returncode == 0, killed.stderr
+        time.sleep(0.7)
+
+    def ended():
+        info = json.loads((rd / "supervisor.json").read_text())
+        return info if info.get("state") == "stopped" else None
+    info = wait_for(ended, TIMEOUT, 0.2, "the VM to finish")
+    out = console.read_text(errors="replace")
+    assert info["status"] == 1, out[-3000:]
+    done = re.findall(r"DISK-ROUND (\d+) written=([0-9a-f]{32}) read=([0-9a-f]{32})", out)
+    assert len(done) == rounds, out[-3000:]
+    assert all(w == r for _, w, r in done), done
+    assert not ATA_ERRORS.search(out), ATA_ERRORS.findall(out)
+    restarts = (rd / "logs" / "ide.log").read_text().count(" restored ")
+    assert restarts >= kills, restarts
+    with open(image, "rb") as f:
+        f.seek(1 << 20)
+        assert hashlib.md5(f.read(PATTERN_MIB << 20)).hexdigest() == done[-1][1]
