@@ -1,4 +1,4 @@
-"""`bhive`: a thin command line over `bhive.supervisor` and friends.
+"""`bhive`: a thin command line over `bhive.supervisor` and `bhive.vm_control`.
 
 `bhive run` starts the fork server (`bhive.zygote`) before anything else,
 so that its imports overlap the CLI's own: this module imports the
@@ -108,7 +108,7 @@ def run_foreground(cfg: config_mod.VmConfig, early: zygote.Zygote | None = None)
 
 def run_detached(cfg: config_mod.VmConfig) -> int:
     from . import config as config_mod
-    from . import supervisor as sup_mod
+    from . import vm_control
     fd, path = tempfile.mkstemp(prefix="bhive-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config_mod.to_json(cfg), f)
@@ -116,7 +116,7 @@ def run_detached(cfg: config_mod.VmConfig) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "bhive.supervisor", path], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.PIPE, start_new_session=True)
     rd = RunDir(cfg.name)
-    info = sup_mod.wait_running(rd, proc.pid)
+    info = vm_control.wait_running(rd, proc.pid)
     os.unlink(path)
     if info.get("pid") != proc.pid or info.get("state") not in ("running", "stopped"):
         proc.wait(5)
@@ -135,13 +135,13 @@ def _uptime(seconds: float) -> str:
 
 
 def cmd_ps(args) -> int:
-    from . import supervisor as sup_mod
+    from . import vm_control
     vms = [RunDir(args.vm)] if args.vm else all_vms()
     rows = []
     for rd in vms:
         if not args.all and not rd.is_live():
             continue
-        for row in sup_mod.process_table(rd):
+        for row in vm_control.process_table(rd):
             rows.append((rd.name, row))
     if args.json:
         print(json.dumps([{"vm": vm, **row} for vm, row in rows], indent=1))
@@ -156,17 +156,17 @@ def cmd_ps(args) -> int:
 # -- stats ------------------------------------------------------------------------
 
 def cmd_stats(args) -> int:
-    from . import stats as stats_mod
-    from . import supervisor as sup_mod
+    from . import interrupt_stats
+    from . import vm_control
     try:
-        rd = sup_mod.find_vm(args.vm)
+        rd = vm_control.find_vm(args.vm)
     except LookupError as exc:
         return error(str(exc), 1)
-    data = stats_mod.interrupt_stats(rd)
+    data = interrupt_stats.interrupt_stats(rd)
     if args.json:
         print(json.dumps(data, indent=1))
     else:
-        print(stats_mod.format_table(data))
+        print(interrupt_stats.format_table(data))
     return 0
 
 
@@ -183,9 +183,9 @@ def _log_files(rd: RunDir, actor: str | None) -> list[Path]:
 
 
 def cmd_logs(args) -> int:
-    from . import supervisor as sup_mod
+    from . import vm_control
     try:
-        rd = sup_mod.find_vm(args.vm)
+        rd = vm_control.find_vm(args.vm)
         files = _log_files(rd, args.actor)
     except LookupError as exc:
         return error(str(exc), 1)
@@ -230,9 +230,9 @@ def cmd_logs(args) -> int:
 # -- kill / stop --------------------------------------------------------------------
 
 def cmd_kill(args) -> int:
-    from . import supervisor as sup_mod
+    from . import vm_control
     try:
-        pid = sup_mod.kill_actor(args.vm, args.actor)
+        pid = vm_control.kill_actor(args.vm, args.actor)
     except LookupError as exc:
         return error(str(exc), 1)
     print(f"killed {args.actor} (pid {pid}) of {args.vm}")
@@ -240,9 +240,9 @@ def cmd_kill(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from . import supervisor as sup_mod
+    from . import vm_control
     try:
-        sup_mod.stop_vm(args.vm)
+        vm_control.stop_vm(args.vm)
     except LookupError as exc:
         return error(str(exc), 1)
     return 0

@@ -60,9 +60,6 @@ COMMON_OPTIONS = {
     "max_restarts": Option(int, 10, minimum=0, maximum=1000),
 }
 
-ACPI_PM_BASE = 0x600          # PM1a_EVT_BLK; PM1a_CNT_BLK +4; PM_TMR_BLK +8 (the FADT says so)
-FW_CFG_PORT = 0x510           # QEMU fw_cfg: selector 0x510, data 0x511
-
 DEVICE_TYPES: dict[str, DeviceType] = {
     # Posted writes: THR output needs no answer, and the LSR read that
     # paces it comes after the writes on the same channel.  LSR is
@@ -102,8 +99,8 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "aux_irq": Option(int, 12, minimum=0, maximum=23),
     }, fixed_ports=((0x64, 1),)),
     # ACPI PM1a event/control blocks and the PM timer (12 ports from `port`).
-    "acpi_pm": DeviceType("acpi_pm", acpi_pm.AcpiPm, acpi_pm.AcpiPmHost, 12, {
-        "port": Option(int, ACPI_PM_BASE, minimum=0x100, maximum=0xFFF0),
+    "acpi_pm": DeviceType("acpi_pm", acpi_pm.AcpiPm, acpi_pm.AcpiPmHost, acpi_pm.PORT_COUNT, {
+        "port": Option(int, acpi_pm.PM_BASE, minimum=0x100, maximum=0xFFF0),
         "sci": Option(int, 9, minimum=0, maximum=23),
     }),
     # QEMU's pc-testdev: OUT 1/0 to 0x2000+n raises/lowers line n; a
@@ -116,7 +113,7 @@ DEVICE_TYPES: dict[str, DeviceType] = {
     # QEMU's firmware configuration interface (selector and data ports):
     # signature, ID, CPU count, RAM size, max CPUs, the file directory.
     "fw_cfg": DeviceType("fw_cfg", fw_cfg.FwCfg, fw_cfg.FwCfgHost, fw_cfg.PORT_COUNT, {
-        "port": Option(int, FW_CFG_PORT, minimum=0, maximum=0xFFFE),
+        "port": Option(int, fw_cfg.PORT_BASE, minimum=0, maximum=0xFFFE),
         "max_cpus": Option(int, 0, minimum=0, maximum=255),   # 0: the VM's vCPU count
     }),
     # i440FX host bridge: configuration mechanism #1 at 0xCF8/0xCFC (and the

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import worker
+from . import worker_lifecycle
 from .actors.runtime import ActorRuntime
 from .devices import DEVICE_TYPES
 from .rundir import RunDir
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bhive.devices_worker RUN_DIR ACTOR", file=sys.stderr)
         return 2
     run_path, role = Path(argv[0]), argv[1]
-    worker.name_process(role)
+    worker_lifecycle.name_process(role)
     rundir = RunDir(run_path.name, run_path.parent)
     vm = config_mod.from_json(rundir.read_json("supervisor.json")["config"])
     dev_cfg = vm.devices[role]
@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    worker.exit_now(main())     # without the interpreter's teardown
+    worker_lifecycle.exit_now(main())     # without the interpreter's teardown

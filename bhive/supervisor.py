@@ -9,19 +9,12 @@ says Hello, and runs its first guest instruction only when the
 supervisor sends it VcpuGo, once every actor has said Hello and the image
 is loaded.  From then on it:
 
-* relays the console rings to the terminal and to logs/console.log;
+* relays the console (`bhive.console_relay`);
 * restarts a device actor that dies, as its restart policy says;
 * ends the VM on a guest event (isa-debug-exit, triple fault, ...) or
   on SIGTERM/SIGINT, and leaves no process behind.
 
-Exit statuses of `bhive run`:
-    0           the guest halted or was stopped
-    (V<<1)|1    the guest wrote V to isa-debug-exit (QEMU's convention)
-    2           bad config or image (nothing was started)
-    3           the guest crashed (triple fault, unhandled instruction,
-                a kernel panic on the console)
-    4           bhive itself failed (a process died, an actor gave up)
-    124         the watchdog ([vm] watchdog, --watchdog) expired first
+The exit status of `bhive run` is the supervisor's (`bhive.exit_status`).
 """
 
 from __future__ import annotations
@@ -43,16 +36,13 @@ from . import config as config_mod
 from . import loader
 from . import zygote as zygote_mod
 from .bus import channel, schema
-from .bus.schema import ConsoleInput, Control, Heartbeat, Hello, VcpuGo, VmEvent
-from .bus.shm import ConsoleRing, SharedRegion
+from .bus.schema import Control, Heartbeat, Hello, VcpuGo, VmEvent
+from .bus.shm import SharedRegion
+from .console_relay import ConsoleRelay
+from .exit_status import (STATUS_CONFIG, STATUS_GUEST_CRASH, STATUS_INTERNAL, STATUS_STOPPED,
+                          STATUS_WATCHDOG)
 from .log import EventLog
-from .rundir import RunDir, pid_alive
-
-STATUS_STOPPED = 0
-STATUS_CONFIG = 2
-STATUS_GUEST_CRASH = 3
-STATUS_INTERNAL = 4
-STATUS_WATCHDOG = 124     # as timeout(1) says it
+from .rundir import RunDir
 
 STARTUP_TIMEOUT = 20.0
 HEARTBEAT_TIMEOUT = 10.0
@@ -60,11 +50,6 @@ STOP_GRACE = 2.0
 RESTART_BACKOFF = 0.05
 ZYGOTE_TIMEOUT = 10.0     # a zygote that does not answer a request by then is replaced by exec
 HALT_GRACE = 0.3          # all vCPUs halted: wait this long for a pending exit event
-# A guest kernel that panics prints this and then spins or halts with
-# interrupts on, which no CPU-level event reveals: the console does.
-PANIC_MARKER = b"Kernel panic - not syncing"
-PANIC_GRACE = 1.0         # let the panic's backtrace reach the console first
-ESCAPE = 0x01  # Ctrl-A, then 'x' quits (like QEMU's -nographic)
 
 
 class VmStartError(RuntimeError):
@@ -146,6 +131,7 @@ class Supervisor:
         without one, prepare() starts it."""
         self.cfg = cfg
         self.rundir = RunDir(cfg.name)
+        self.console = None                     # a ConsoleRelay, once the run directory exists
         self.console_out = console_out          # binary stream or None
         self.console_in_fd = console_in_fd
         self.procs: dict[str, Proc] = {}
@@ -156,13 +142,6 @@ class Supervisor:
         self.halted: set[str] = set()
         self.lost_cpus: set[str] = set()       # vCPUs killed from outside (SIGKILL)
         self.all_halted_at: float | None = None
-        self.rings: list[tuple[str, ConsoleRing, list[int]]] = []
-        self.escape_pending = False
-        self.console_req = 0
-        self.pending_input = b""
-        self.console_tail = b""                 # the last bytes, for markers split across reads
-        self.panic_at: float | None = None
-        self.panic_line = ""
         self.actors_up = False                  # every actor has said Hello (once)
         self.released: set[str] = set()         # vCPUs that were sent VcpuGo
         self.zygote = zygote
@@ -210,12 +189,10 @@ class Supervisor:
         SharedRegion(self.rundir.shm / "platform",
                      max(4096, accel.platform_shm_size(self.cfg.cpus, self.cfg.memory)),
                      create=True).close()
-        for dev in self.cfg.devices.values():
-            if dev.type == "uart" and dev.options["console"]:
-                ring = ConsoleRing(self.rundir.shm / f"{dev.name}.console", create=True)
-                self.rings.append((dev.name, ring, [0]))
+        self.console = ConsoleRelay(self.rundir, self.log, self.finish, self.console_out, self.console_in_fd)
+        self.console.create([d.name for d in self.cfg.devices.values()
+                             if d.type == "uart" and d.options["console"]])
         self.fds = self._create_channels()
-        self.console_log = open(self.rundir.logs / "console.log", "ab", buffering=0)
         self.rundir.write_json("supervisor.json", {
             "pid": os.getpid(), "name": self.cfg.name, "state": "starting", "started": time.time(),
             "config": config_mod.to_json(self.cfg), "boot": None,
@@ -362,7 +339,7 @@ class Supervisor:
         err = open(self.rundir.logs / f"{proc.role}.stderr", "ab")
         # No preexec_fn (it would make subprocess fork this whole process
         # instead of vfork): the worker arms its parent-death signal itself
-        # (bhive.worker.die_with_supervisor).
+        # (bhive.worker_lifecycle.die_with_supervisor).
         proc.popen = subprocess.Popen(proc.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                       env=self._worker_env(), close_fds=True,
                                       pass_fds=tuple(self.fds.values()))
@@ -390,13 +367,9 @@ class Supervisor:
     def start(self) -> None:
         """Wait for every process spawned by prepare() to say Hello,
         releasing the vCPUs as soon as every actor has."""
-        self.console_sock = None
         actors = [p.role for p in self.procs.values() if p.kind == "actor"]
         self._wait_ready(list(self.procs))
-        if self.rings:
-            self.console_sock = self.ctx.socket(zmq.DEALER)
-            self.console_sock.setsockopt(zmq.LINGER, 0)
-            self.console_sock.connect(self.rundir.endpoint(self.rings[0][0]))
+        self.console.connect(self.ctx)
         info = self.rundir.read_json("supervisor.json")
         info["state"] = "running"
         self.rundir.write_json("supervisor.json", info)
@@ -515,80 +488,18 @@ class Supervisor:
                                              f"and its restart policy is exhausted")
             self.write_procs()
 
-    def pump_console(self) -> None:
-        for _, ring, pos in self.rings:
-            end = ring.published
-            if end == pos[0]:
-                continue
-            data = ring.read(pos[0], end)
-            pos[0] = end
-            ring.consume(end)
-            self.console_log.write(data)
-            if self.console_out is not None:
-                self.console_out.write(data)
-                self.console_out.flush()
-            self.watch_console(data)
-
-    def watch_console(self, data: bytes) -> None:
-        """Notice a guest kernel panic on the console."""
-        text = self.console_tail + data
-        self.console_tail = text[-512:]
-        if self.panic_at is None:
-            k = text.find(PANIC_MARKER)
-            if k >= 0:
-                self.panic_at = time.monotonic()
-                self.panic_line = text[k:].split(b"\n")[0].decode(errors="replace").strip()
-                self.log("guest-panic", line=self.panic_line)
-
-    def pump_input(self) -> None:
-        if self.console_in_fd is None:
-            return
-        r, _, _ = select.select([self.console_in_fd], [], [], 0)
-        if not r:
-            return
-        data = os.read(self.console_in_fd, 1024)
-        if not data:
-            self.console_in_fd = None
-            return
-        out = bytearray()
-        for b in data:
-            if self.escape_pending:
-                self.escape_pending = False
-                if b in (ord("x"), ord("X")):
-                    self.finish(STATUS_STOPPED, "quit from the console (Ctrl-A x)")
-                    return
-                out.append(b)
-            elif b == ESCAPE:
-                self.escape_pending = True
-            else:
-                out.append(b)
-        self.pending_input += bytes(out)
-
-    def flush_input(self) -> None:
-        """Hands typed bytes to the console UART, keeping what it cannot take."""
-        if not self.pending_input or self.console_sock is None:
-            return
-        self.console_req += 1
-        self.console_sock.send(schema.encode(ConsoleInput("supervisor", self.console_req,
-                                                          self.pending_input[:256])))
-        if self.console_sock.poll(200):
-            reply = schema.decode(self.console_sock.recv())
-            if reply.req_id == self.console_req:
-                self.pending_input = self.pending_input[reply.accepted:]
-
     def loop(self) -> None:
         next_table = time.monotonic() + 1.0
         while self.status is None and not self.stop_requested:
             self._poll_ctl(5)
-            self.pump_console()
-            self.pump_input()
-            self.flush_input()
+            self.console.pump_output()
+            self.console.pump_input()
             self.check_children()
             now = time.monotonic()
             if self.all_halted_at is not None and now - self.all_halted_at > HALT_GRACE:
                 self.finish(STATUS_STOPPED, "all vCPUs halted with interrupts disabled")
-            elif self.panic_at is not None and now - self.panic_at > PANIC_GRACE:
-                self.finish(STATUS_GUEST_CRASH, f"guest kernel panic: {self.panic_line}")
+            elif (panic := self.console.panic_reason(now)) is not None:
+                self.finish(STATUS_GUEST_CRASH, panic)
             elif self.cfg.watchdog and now - self.t0 > self.cfg.watchdog:
                 self.finish(STATUS_WATCHDOG, f"watchdog: the guest did not end within {self.cfg.watchdog:g} s")
             if time.monotonic() > next_table:
@@ -624,7 +535,7 @@ class Supervisor:
             for proc in procs:
                 proc.state = "exited"
         self._stop_zygote()
-        self.pump_console()
+        self.console.pump_output()
         self.write_procs()
         info = self.rundir.read_json("supervisor.json") or {}
         info.update(state="stopped", status=self.status, reason=self.reason, ended=time.time())
@@ -661,68 +572,6 @@ class Supervisor:
             for s, h in old.items():
                 signal.signal(s, h)
         return self.status
-
-
-# -- library calls behind the CLI -------------------------------------------
-
-def find_vm(name: str) -> RunDir:
-    rd = RunDir(name)
-    if not (rd.path / "supervisor.json").exists():
-        raise LookupError(f"no VM named {name!r}")
-    return rd
-
-
-def process_table(rd: RunDir) -> list[dict]:
-    table = rd.read_json("procs.json") or []
-    live = rd.is_live()
-    for row in table:
-        if not live or not row.get("pid") or not pid_alive(row["pid"]):
-            row["state"] = "exited" if row["state"] != "failed" else "failed"
-    return table
-
-
-def kill_actor(name: str, role: str) -> int:
-    rd = find_vm(name)
-    if not rd.is_live():
-        raise LookupError(f"VM {name!r} is not running")
-    for row in rd.read_json("procs.json") or []:
-        if row["role"] == role:
-            if row["kind"] == "supervisor":
-                raise LookupError("use `bhive stop` to stop the supervisor")
-            try:
-                os.kill(row["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                raise LookupError(f"{role} of VM {name!r} is not running (pid {row['pid']} is gone)") from None
-            return row["pid"]
-    raise LookupError(f"VM {name!r} has no actor {role!r}")
-
-
-def stop_vm(name: str, timeout: float = 10.0) -> None:
-    rd = find_vm(name)
-    pid = rd.supervisor_pid()
-    if not pid or not pid_alive(pid):
-        raise LookupError(f"VM {name!r} is not running")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-
-
-def wait_running(rd: RunDir, pid: int, timeout: float = STARTUP_TIMEOUT + 5) -> dict:
-    """For --detach: wait until the supervisor reports the VM running."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = rd.read_json("supervisor.json")
-        if info and info.get("pid") == pid and info.get("state") in ("running", "stopped"):
-            return info
-        if not pid_alive(pid):
-            break
-        time.sleep(0.02)
-    return rd.read_json("supervisor.json") or {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ import zmq
 
 from . import accel as accel_mod
 from . import config as config_mod
-from . import worker
+from . import worker_lifecycle
 from .accel.base import ExitCode, GuestMemory, SuspendHow, VmExit, VmReg
 from .bus import channel, schema
 from .bus.schema import (Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VcpuGo,
@@ -43,6 +43,7 @@ from .bus.schema import (Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi
 from .bus.shm import SharedRegion
 from .actors import pci
 from .devices import DEVICE_TYPES
+from .exit_status import STATUS_GUEST_CRASH, STATUS_INTERNAL
 from .loader import BootState, ram_slots
 from .log import EventLog
 from .rundir import RunDir
@@ -52,14 +53,10 @@ GIVE_UP_AFTER_S = 30.0         # ... and after this long the VM is failed
 HEARTBEAT_INTERVAL = 1.0
 STATS_INTERVAL = 0.25          # stats-vcpuN.json refresh
 # BHIVE_PROFILE=N: sample the guest RIP every N instructions (softvmm) into
-# <rundir>/profile-vcpuK.bin for `python -m bhive.profile`.
+# <rundir>/profile-vcpuK.bin for `python -m bhive.guest_profile`.
 PROFILE_ENV = "BHIVE_PROFILE"
 # BHIVE_NO_PORT_LANES=1: every port access exits to Python (for comparison).
 NO_LANES_ENV = "BHIVE_NO_PORT_LANES"
-
-# Exit status conventions shared with the supervisor.
-STATUS_GUEST_CRASH = 3
-STATUS_INTERNAL = 4
 
 
 class ActorUnavailable(RuntimeError):
@@ -235,7 +232,7 @@ class VcpuWorker:
         self.role = f"vcpu{vcpuid}"
         self.log = EventLog(rundir.log_path(self.role), self.role)
         info = rundir.read_json("supervisor.json")
-        worker.die_with_supervisor(info.get("pid"))
+        worker_lifecycle.die_with_supervisor(info.get("pid"))
         self.cfg = config_mod.from_json(info["config"])
         self.ctx = zmq.Context.instance()
         self.stopping = False
@@ -517,11 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bhive.vcpu_worker RUN_DIR VCPUID", file=sys.stderr)
         return 2
     run_path = Path(argv[0])
-    worker.name_process(f"vcpu{argv[1]}")
+    worker_lifecycle.name_process(f"vcpu{argv[1]}")
     sys.setswitchinterval(0.0005)  # the MSI thread must not wait on a busy main thread
     vcpu = VcpuWorker(RunDir(run_path.name, run_path.parent), int(argv[1]))
     return vcpu.run()
 
 
 if __name__ == "__main__":
-    worker.exit_now(main())
+    worker_lifecycle.exit_now(main())

@@ -86,7 +86,7 @@ def main() -> None:
 
     import importlib
     mains = {m: importlib.import_module(m).main for m in MODULES}
-    from . import accel, worker
+    from . import accel, worker_lifecycle
     from .bus import schema
     from .bus.schema import ZygoteBind, ZygoteSpawn, ZygoteSpawned
     from .log import EventLog
@@ -95,7 +95,7 @@ def main() -> None:
         accel.get("softvmm")      # the default accelerator's C core
     except ImportError:
         pass
-    worker.name_process(ROLE)
+    worker_lifecycle.name_process(ROLE)
 
     # The VM this zygote is for.
     raw, fds = b"", []
@@ -209,7 +209,7 @@ def _fork_worker(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor
 def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, go: int) -> None:
     """In the forked worker: become `python -m MODULE ARGS...`, run `main`,
     exit with its status.  Never returns."""
-    from . import worker
+    from . import worker_lifecycle
     status = 1
     try:
         # Wait for the zygote's go (the intermediate is gone by then: this
@@ -226,7 +226,7 @@ def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, go:
         os.environ.clear()
         os.environ.update(msg.env)
         sys.argv = [sys.modules[msg.module].__file__, *msg.args]
-        worker.name_process(msg.role)
+        worker_lifecycle.name_process(msg.role)
         set_cmdline(room, argv)
         status = main(list(msg.args))
     except SystemExit as exc:
@@ -240,7 +240,7 @@ def _become(msg, main, argv, out_fd, doorbells, room, sock, log, supervisor, go:
     elif not isinstance(status, int):
         print(status, file=sys.stderr)      # as sys.exit("message") does
         status = 1
-    worker.exit_now(status)
+    worker_lifecycle.exit_now(status)
 
 
 def _arrange_fds(out_fd: int, doorbells: dict[int, int]) -> None:

@@ -30,7 +30,7 @@ MUTS = {
  "fwait_no_mf": ("x87.c", "    if (c->fpu.fsw & FSW_ES) raise_exc(c, EX_MF, 0, 0);\n}", "}"),
  "xm_as_ud": ("sse.c", "    if (c->cr4 & CR4_OSXMMEXCPT) raise_exc(c, EX_XM, 0, 0);", "    ;"),
  "nm_x87_no_ts": ("x87.c", "    if (unlikely(c->cr0 & (CR0_EM | CR0_TS))) raise_exc(c, EX_NM, 0, 0);", "    if (unlikely(c->cr0 & CR0_EM)) raise_exc(c, EX_NM, 0, 0);"),
- "bound_never": ("intext.c", "    if (x < lo || x > hi) raise_exc(c, EX_BR, 0, 0);", "    (void)lo; (void)hi; (void)x;"),
+ "bound_never": ("gp_extensions.c", "    if (x < lo || x > hi) raise_exc(c, EX_BR, 0, 0);", "    (void)lo; (void)hi; (void)x;"),
  "into_never": ("control.c", "    else if (i->op == 0xce) { if (!cond(c, 0)) return;", "    else if (i->op == 0xce) { return;"),
  "sysenter_bad_ss": ("system.c", "    set_flat(c, S_SS, (cs & 0xfffc) + 8, 0xc093);", "    set_flat(c, S_SS, (cs & 0xfffc) + 16, 0xc093);"),
  "farjmp_no_priv": ("control.c", "        if ((hi & 0x400) ? dpl > c->cpl : (rpl > c->cpl || dpl != c->cpl)) raise_gp(c, es);", "        ;"),

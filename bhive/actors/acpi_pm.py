@@ -23,6 +23,9 @@ from bhive.actors.base import IrqLine, NullIrqLine, no_log
 from bhive.actors.host import DeviceHost
 from bhive.bus.schema import VmEvent
 
+PM_BASE = 0x600  # QEMU's ICH9 PMBASE; the FADT gives the guest the blocks below
+
+# Offsets from PM_BASE.
 PM1_STS = 0x0  # 2 bytes, write 1 to clear
 PM1_EN = 0x2  # 2 bytes
 PM1_CNT = 0x4  # 2 bytes

@@ -27,6 +27,9 @@ from bhive.actors.base import no_log
 from bhive.actors.host import DeviceHost
 from bhive.firmware import tables
 
+PORT_BASE = 0x510  # QEMU's FW_CFG_IO_BASE on a PC
+
+# Port offsets from PORT_BASE.
 SELECTOR = 0  # 0x510: 16-bit write selects an item and rewinds it
 DATA = 1  # 0x511: 8-bit read returns the selected item's next byte
 PORT_COUNT = 2

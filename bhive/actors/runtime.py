@@ -21,7 +21,7 @@ import time
 import msgpack
 import zmq
 
-from .. import worker
+from .. import worker_lifecycle
 from ..bus import channel, schema
 from ..bus.schema import (Ack, ConsoleInput, Control, EoiRequest, Heartbeat, Hello, IrqLineLevel,
                           MmioRequest, MmioResponse, PicOutput, PioRequest, PioResponse)
@@ -166,7 +166,7 @@ class ActorRuntime:
 
     # -- main loop --------------------------------------------------------
     def run(self, device_factory) -> int:
-        worker.die_with_supervisor(self.rundir.supervisor_pid())
+        worker_lifecycle.die_with_supervisor(self.rundir.supervisor_pid())
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         ctl = self.ctl = self.ctx.socket(zmq.DEALER)
         ctl.setsockopt(zmq.LINGER, 200)
@@ -183,8 +183,9 @@ class ActorRuntime:
         server = self.ctx.socket(zmq.ROUTER)
         server.setsockopt(zmq.LINGER, 0)
         server.bind(self.rundir.endpoint(self.role))
-        ctl.send(schema.encode(Hello(self.role, os.getpid(), restored)))
+        # Logged before Hello: once the supervisor lists the actor as running, its log says so too.
         self.log("ready", pid=os.getpid(), cpu=f"{time.process_time():.3f}")   # CPU seconds to get here
+        ctl.send(schema.encode(Hello(self.role, os.getpid(), restored)))
 
         poller = zmq.Poller()
         poller.register(server, zmq.POLLIN)

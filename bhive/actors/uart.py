@@ -528,8 +528,9 @@ class UartHost(DeviceHost):
             self.model.tx_drained()
 
     def busy(self) -> bool:
-        # The console is not taking bytes and the TX FIFO is full: leave the
-        # guest's next writes in the channel rather than drop them.
+        # Asked before each request from a channel.  The console is not
+        # taking bytes and the TX FIFO is full: leave the guest's next writes
+        # in the channel rather than drop them.
         self._resume_tx()
         return self.model.tx_fifo_full()
 
@@ -540,10 +541,6 @@ class UartHost(DeviceHost):
         self._resume_tx()
         self.runtime.commit()
         self.runtime.serve_channels()
-
-    def pio(self, port, size, is_write, data):
-        self._resume_tx()
-        return super().pio(port, size, is_write, data)
 
     def console_input(self, data: bytes) -> int:
         return self.model.receive(data)

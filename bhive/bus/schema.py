@@ -26,8 +26,7 @@ class MsgType(enum.IntEnum):
     MMIO_RESPONSE = 4
     MSI = 5
     IRQ_LINE = 6
-    EOI = 7
-    INIT_SIPI = 8
+    # 7 and 8 were the EOI and INIT/SIPI messages, never sent: not to be reused.
     CONTROL = 9
     HELLO = 10
     HEARTBEAT = 11
@@ -153,15 +152,6 @@ class IrqLineLevel:
     level: bool
 
 
-@message(MsgType.EOI)
-class Eoi:
-    """A vCPU's local APIC EOId a level-triggered vector (to the IOAPIC)."""
-
-    TYPE: ClassVar[MsgType]
-    source: str
-    vector: int
-
-
 @message(MsgType.EOI_REQUEST)
 class EoiRequest:
     """vCPU -> IOAPIC actor: the local APIC EOId level-triggered `vector`.
@@ -185,14 +175,6 @@ class PicOutput:
     TYPE: ClassVar[MsgType]
     source: str
     enabled: bool
-
-
-@message(MsgType.INIT_SIPI)
-class InitSipi:
-    TYPE: ClassVar[MsgType]
-    target: int        # APIC id
-    kind: str          # "init" or "sipi"
-    vector: int        # SIPI start page
 
 
 # --- Control plane: every process <-> supervisor -------------------------

@@ -18,6 +18,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..actors import acpi_pm, ioapic
+
 FIRMWARE_BASE = 0xE0000
 FIRMWARE_SIZE = 0x20000
 RSDP_ADDR = 0xE0000
@@ -51,9 +53,9 @@ def sdt(signature: bytes, body: bytes, revision: int = 1) -> bytes:
 @dataclass
 class Platform:
     cpus: int
-    ioapic_addr: int = 0xFEC00000
+    ioapic_addr: int = ioapic.MMIO_BASE
     ioapic_id: int = 0
-    pm_base: int = 0x600
+    pm_base: int = acpi_pm.PM_BASE
     reset_via_i8042: bool = True
     pci: bool = False           # an i440FX host bridge on bus 0 (bhive.actors.pci)
 

@@ -7,7 +7,7 @@ cloud kernel (CONFIG_DEVPORT is off there).  The helper calls
 ioperm(0xf4, 4, 1) and then writes the port; it exits 0 if the write
 returned (no device: the write is ignored) and 1 if ioperm failed.
 Made from bytes here so the kit needs neither nasm nor a C compiler;
-tests/test_guestkit.py checks the code against its source below with nasm
+tests/boot/test_guestkit.py checks the code against its source below with nasm
 when nasm is present.
 """
 
