@@ -26,7 +26,7 @@ import pytest
 from bhive import guestkit
 from bhive.guestkit import bootrun, debian
 from bhive.guestkit.cpio import CpioWriter
-from conftest import REPO, wait_for
+from support import REPO, wait_for
 
 KERNEL = "bookworm-generic"
 MODULES = ("scsi_common scsi_mod libata ata_piix crct10dif_common crct10dif_generic crc-t10dif crc64 "
