@@ -124,8 +124,7 @@ def one_line_error(proc, expected: str) -> None:
     assert proc.stdout == b""
 
 
-@pytest.mark.parametrize("case", ["missing-file", "directory", "virtio", "duplicate-index", "index-range",
-                                  "bad-key", "qcow2"])
+@pytest.mark.parametrize("case", sorted(DRIVE_ERRORS))
 def test_drive_config_error_cli(vmdir, bhive, case):
     body, expected = DRIVE_ERRORS[case]
     one_line_error(bhive.run("run", write(vmdir, body), timeout=30), expected.format(d=vmdir))
