@@ -335,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
                    help="attach a disk image: file=IMG,format=raw,if=ide[,index=N][,readonly=on][,snapshot=on]")
     for letter, index in zip("abcd", range(4)):
         r.add_argument(f"--hd{letter}", f"-hd{letter}", dest="drives", action=_AppendFlag, metavar="IMG",
-                       help=f"attach a raw image as IDE drive {index}" if letter == "a" else argparse.SUPPRESS)
+                       help="attach a raw image as IDE drive 0 (-hdb, -hdc, -hdd: 1, 2, 3)" if letter == "a"
+                       else argparse.SUPPRESS)
     r.add_argument("--snapshot", "-snapshot", action="store_true",
                    help="every drive writes to a throw-away overlay; the images are not touched")
     r.add_argument("--device", "-device", action="append", metavar="SPEC",
