@@ -81,16 +81,16 @@ def load_config(args) -> config_mod.VmConfig:
     it.  ConfigError on any mistake."""
     from . import config as config_mod
     from . import qemuopts
-    accel = qemuopts.accelerator(args.accel) if args.accel else None
+    accel = qemuopts.accelerator(args.accel) if args.accel is not None else None
     if args.enable_kvm:
         if accel not in (None, "kvm"):
             raise config_mod.ConfigError(f"-enable-kvm and -accel {accel} disagree")
         accel = "kvm"
     if args.serial is not None:
         qemuopts.serial(args.serial)
-    overrides = {"name": qemuopts.name(args.name) if args.name else None,
-                 "cpus": qemuopts.smp(args.smp) if args.smp else None,
-                 "memory": qemuopts.memory(args.memory) if args.memory else None,
+    overrides = {"name": qemuopts.name(args.name) if args.name is not None else None,
+                 "cpus": qemuopts.smp(args.smp) if args.smp is not None else None,
+                 "memory": qemuopts.memory(args.memory) if args.memory is not None else None,
                  "watchdog": args.watchdog, "accel": accel, "no_reboot": args.no_reboot}
     boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
     if args.kernel:

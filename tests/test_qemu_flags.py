@@ -151,6 +151,7 @@ CLI_ERRORS = [
     (["-m", "lots"], "[vm] memory: bad size 'lots'"),
     (["-m", "512M,slots=2"], "-m 512M,slots=2: 'slots' is not supported"),
     (["-smp", "many"], "-smp cpus=many: not a number"),
+    (["-smp", ""], "-smp : empty option"),
     (["-smp", "4,sockets=3"], "-smp 4,sockets=3: the topology makes 3 CPUs, not 4"),
     (["-smp", "2,maxcpus=4"], "maxcpus must equal cpus"),
     (["-smp", "99"], "[vm] cpus: 99 is outside"),
