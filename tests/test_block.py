@@ -226,6 +226,27 @@ def test_snapshot_survives_sigkill_of_its_writer(tmp_path):
     assert path.read_bytes() == bytes(MiB)
 
 
+def test_snapshot_drive_lives_and_goes_with_the_run_directory(tmp_path):
+    from bhive.config import DriveConfig
+    from bhive.rundir import RunDir
+    path = sparse_image(tmp_path / "base.img", MiB)
+    rd = RunDir("snapvm", base=tmp_path / "run")
+    rd.create()
+    with block.open_drive(DriveConfig(path, index=2, snapshot=True), rd) as img:
+        img.write(0, b"s" * 512)
+    assert (rd.shm / "snapshot" / "drive2" / block.OVERLAY_MAP).exists()
+    with block.open_drive(DriveConfig(path, index=2, snapshot=True), rd) as img:
+        out = bytearray(512)
+        img.readinto(0, out)
+        assert out == b"s" * 512
+    with block.open_drive(DriveConfig(path, index=2), rd) as img:        # not a snapshot: the image itself
+        img.readinto(0, out)
+        assert out == bytes(512)
+    rd.drop_shared_memory()                                  # the VM ended
+    assert not (rd.shm / "snapshot").exists()
+    assert path.read_bytes() == bytes(MiB)
+
+
 def test_snapshot_overlay_belongs_to_one_image_and_one_process(tmp_path):
     a = sparse_image(tmp_path / "a.img", MiB)
     b = sparse_image(tmp_path / "b.img", MiB)
