@@ -9,6 +9,7 @@ The IDE actor uses only this API:
     img.flush()                 # fdatasync: what the guest's FLUSH CACHE promises
     img.close()
 
+(`open_drive(drive, rundir)` opens a config's DriveConfig that way.)
 Every failure is an `ImageError` whose message is one line.
 
 Raw images stay sparse: holes read as zeros without being filled, and a
@@ -349,6 +350,14 @@ def open_image(path, readonly: bool = False, snapshot_dir=None) -> RawImage | Sn
     if snapshot_dir is not None and not readonly:
         return SnapshotImage(path, Path(snapshot_dir))
     return RawImage(path, readonly=readonly)
+
+
+def open_drive(drive, rundir) -> RawImage | SnapshotImage:
+    """Open a VM's drive (a `config.DriveConfig`) as its config says: a
+    snapshot drive's overlay is the run directory's (`RunDir.snapshot_dir`),
+    so the actor's successor reopens the same one."""
+    return open_image(drive.file, readonly=drive.readonly,
+                      snapshot_dir=rundir.snapshot_dir(drive.index) if drive.snapshot else None)
 
 
 # -- locks held by the supervisor -----------------------------------------------

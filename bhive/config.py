@@ -191,7 +191,7 @@ def _bhyve_missing() -> str | None:
 def _drives(tables: list[tuple[str, dict, Path]], snapshot_all: bool) -> list[DriveConfig]:
     """Validate drive tables, each (where, table, base directory): explicit
     indexes first, then the others on the lowest free index in order."""
-    parsed: list[tuple[str, dict, int | None]] = []
+    parsed: list[tuple[str, DriveConfig, int | None]] = []
     for where, table, base_dir in tables:
         if not isinstance(table, dict):
             raise ConfigError(f"{where} must be a table")

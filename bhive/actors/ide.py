@@ -1005,9 +1005,8 @@ class IdeHost(DeviceHost):
         for d in getattr(self.vm, "drives", []):
             if d.interface != "ide" or not 0 <= d.index < 4:
                 continue
-            snap = self.runtime.rundir.snapshot_dir(d.index) if d.snapshot else None
             try:
-                self.images[d.index] = block.open_image(d.file, readonly=d.readonly, snapshot_dir=snap)
+                self.images[d.index] = block.open_drive(d, self.runtime.rundir)
             except block.ImageError as exc:    # the supervisor checked it; it went away since
                 self.log("image-unavailable", index=d.index, error=str(exc))
         self.table = None
