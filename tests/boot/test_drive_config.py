@@ -12,7 +12,7 @@ import pytest
 from bhive import cli, config
 from bhive.config import DriveConfig
 
-HELLO = Path(__file__).resolve().parent.parent / "configs" / "hello.toml"
+HELLO = Path(__file__).resolve().parents[2] / "configs" / "hello.toml"
 IMAGE = (HELLO.parent.parent / "guests" / "hello" / "hello.asm").resolve()
 
 BASE = f"""

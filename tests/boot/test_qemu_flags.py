@@ -12,7 +12,7 @@ import pytest
 from bhive import cli, config
 from bhive.rundir import RunDir
 
-HELLO = Path(__file__).resolve().parent.parent / "configs" / "hello.toml"
+HELLO = Path(__file__).resolve().parents[2] / "configs" / "hello.toml"
 MiB = 1 << 20
 
 
