@@ -292,3 +292,26 @@ def build_initramfs(init: Path | None = None, compress: bool = True, out: Path |
         shutil.copyfile(cached, out)
         return Path(out)
     return cached
+
+
+# -- the Debian disk images (images.py) -----------------------------------------
+
+IMAGE_ASSET_SUFFIXES = {"": "vmlinuz", "-initrd": "initrd", "-disk": "disk"}
+
+
+def image_asset_names() -> list[str]:
+    from .images import IMAGES
+    return [n + sfx for n in IMAGES for sfx in IMAGE_ASSET_SUFFIXES]
+
+
+def image_asset(name: str) -> Path | None:
+    """guestkit:debian-13 (the image's kernel), guestkit:debian-13-initrd
+    (its initramfs-tools initramfs), guestkit:debian-13-disk (the image
+    itself: attach it with snapshot, or every boot changes the cached
+    image); built on first use.  None if `name` is no image asset."""
+    from .images import IMAGES, build_image
+    for sfx, field in IMAGE_ASSET_SUFFIXES.items():
+        base = name.removesuffix(sfx) if sfx else name
+        if (not sfx or name.endswith(sfx)) and base in IMAGES:
+            return getattr(build_image(base), field)
+    return None

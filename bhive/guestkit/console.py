@@ -267,7 +267,7 @@ class GuestConsole:
             self._fail(f"{command!r} exited {r.status}; it printed:\n{output}")
         return r
 
-    def run_script(self, text: str, timeout: float = 600, check: bool = False,
+    def run_script(self, text: str, args: str = "", timeout: float = 600, check: bool = False,
                    interpreter: str = "sh") -> CommandResult:
         """Copy a multi-line script into the guest and run it there.  It goes
         as base64 in lines of CHUNK characters, each one a command whose
@@ -281,7 +281,7 @@ class GuestConsole:
         for i in range(0, len(data), self.CHUNK):
             self.run(f"printf %s '{data[i:i + self.CHUNK]}' >> {path}.b64", check=True)
         self.run(f"base64 -d {path}.b64 > {path}", check=True)
-        return self.run(f"{interpreter} {path}", timeout=timeout, check=check)
+        return self.run(f"{interpreter} {path} {args}".rstrip(), timeout=timeout, check=check)
 
     CHUNK = 768
 
