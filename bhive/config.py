@@ -30,7 +30,8 @@ MAX_CPUS = 64
 # format (Linux bzImage, Multiboot) the loader recognises from its bytes.
 BOOT_KINDS = ("flat", "kernel")
 # A [boot] kernel/initrd of "guestkit:NAME" is fetched (and cached) by
-# bhive.guestkit: a Debian kernel name, or "initramfs" for the busybox one.
+# bhive.guestkit: a Debian kernel name, "initramfs" for the busybox one, or
+# a disk image's kernel, initrd or disk (debian-13, debian-13-initrd, debian-13-disk).
 GUESTKIT_PREFIX = "guestkit:"
 MSR_POLICIES = ("gp", "ignore")
 # Drives ([[drive]] tables; -drive/-hda.. on the command line), as QEMU's pc
@@ -158,9 +159,12 @@ def _asset(spec: str, base_dir: Path, where: str) -> Path:
         try:
             if name == "initramfs":
                 return guestkit.build_initramfs()
+            image_file = guestkit.image_asset(name)     # debian-13, debian-13-initrd, debian-13-disk
+            if image_file is not None:
+                return image_file
             if name not in guestkit.KERNELS:
-                raise ConfigError(f"{where}: unknown guest-kit asset {name!r} "
-                                  f"(known: initramfs, {', '.join(guestkit.KERNELS)})")
+                raise ConfigError(f"{where}: unknown guest-kit asset {name!r} (known: initramfs, "
+                                  f"{', '.join(list(guestkit.KERNELS) + guestkit.image_asset_names())})")
             return guestkit.fetch_kernel(name).vmlinuz
         except guestkit.FetchError as exc:
             raise ConfigError(f"{where}: {spec}: {exc}") from None
