@@ -6,13 +6,12 @@ DMA.  After power-off the image on the host holds exactly what the guest
 wrote.  Nothing is mocked: real vCPU processes, real actors, the real bus.
 
 The modules (ata_piix, libata, scsi_mod, sd_mod and their dependencies) come
-from the kernel's own Debian package, fetched once and cached beside the
-kernel (test-local until the guest kit's initramfs carries them).
+from the kernel's own Debian package through the guest kit
+(guestkit.fetch_modules), loaded by this test's own /init.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -25,12 +24,9 @@ import pytest
 
 from bhive import guestkit
 from bhive.guestkit import bootrun, debian
-from bhive.guestkit.cpio import CpioWriter
 from support import REPO, wait_for
 
 KERNEL = "bookworm-generic"
-MODULES = ("scsi_common scsi_mod libata ata_piix crct10dif_common crct10dif_generic crc-t10dif crc64 "
-           "crc64_rocksoft_generic crc64-rocksoft t10-pi sd_mod").split()
 PATTERN_MIB = 8
 DISK_MIB = 64
 TIMEOUT = 600
@@ -43,9 +39,9 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in {' '.join(MODULES)}; do
-	insmod /lib/modules/$m.ko || echo "DISK-INSMOD-FAIL $m"
-done
+while read -r m; do
+	insmod "/lib/modules/$(uname -r)/$m" || echo "DISK-INSMOD-FAIL $m"
+done < "/lib/modules/$(uname -r)/modules.bhive"
 i=0
 while [ ! -b /dev/sda ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 echo "DISK-XFER $(cat /sys/class/ata_device/dev1.0/xfer_mode 2>&1)"
@@ -77,37 +73,18 @@ poweroff -f
 """
 
 
-def ata_modules(kernel: str):
-    """{name: .ko bytes} of MODULES from `kernel`'s Debian package, cached."""
-    d = guestkit.cache_root() / "modules" / kernel
-    if not all((d / f"{m}.ko").is_file() for m in MODULES):
-        k = guestkit.fetch_kernel(kernel)
-        info = (k.vmlinuz.parent / "info.json").read_text()
-        import json
-        meta = json.loads(info)
-        apt = debian.AptSuite(guestkit.cache_root(), meta["suite"])
-        deb = apt.download(meta["package"])
-        names = {f"{m}.ko" for m in MODULES}
-        debian.extract_members(deb, lambda p: p.startswith("lib/modules/") and p.rsplit("/", 1)[-1] in names, d)
-        deb.unlink()
-    return {m: (d / f"{m}.ko").read_bytes() for m in MODULES}
-
-
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    cached = (guestkit.cache_root() / "modules" / KERNEL / "sd_mod.ko").is_file()
+    """The kernel and an initramfs with INIT and the kernel's disk modules
+    (ata_piix, libata, scsi_mod, sd_mod and what they need; the guest kit's)."""
+    cached = (guestkit.cache_root() / "kernels" / KERNEL / "modules" / "modules.bhive").is_file()
     ok, why = debian.mirror_reachable()
     if not ok and not cached:
-        pytest.skip(f"Debian package mirror unreachable and the ATA modules are not cached: {why}")
+        pytest.skip(f"Debian package mirror unreachable and the kernel's modules are not cached: {why}")
     kernel = guestkit.kernel_path(KERNEL)
-    base = guestkit.initramfs_bytes(guestkit.fetch_busybox(), INIT.encode())
-    w = CpioWriter()
-    w.dir("lib")
-    w.dir("lib/modules")
-    for name, blob in ata_modules(KERNEL).items():
-        w.file(f"lib/modules/{name}.ko", blob)
     initrd = tmp_path_factory.mktemp("initrd") / "initrd.gz"
-    initrd.write_bytes(base + gzip.compress(w.getvalue(), 6, mtime=0))   # concatenated cpio archives
+    initrd.write_bytes(guestkit.initramfs_bytes(guestkit.fetch_busybox(), INIT.encode(),
+                                                modules=[guestkit.fetch_modules(KERNEL)]))
     return kernel, initrd
 
 
