@@ -369,8 +369,9 @@ class PciHost:
             self._garbage("pci-unaligned-read", reg=start, size=size)
         value = 0
         for i in range(size):
-            byte = cfg[start + i] if start + i < CONFIG_SIZE else 0xFF
-            value |= byte << (8 * i)
+            # bytes past 0xCFF are other ports (0xD00...): nobody answers
+            inside = offset - CONFIG_DATA + i < 4
+            value |= (cfg[start + i] if inside else 0xFF) << (8 * i)
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
@@ -398,8 +399,8 @@ class PciHost:
         ignored = 0
         for i in range(size):
             at = start + i
-            if at >= CONFIG_SIZE:
-                break
+            if offset - CONFIG_DATA + i >= 4:
+                break           # past 0xCFF: another port, not this register
             byte = (value >> (8 * i)) & 0xFF
             old = cfg[at]
             if STATUS <= at < STATUS + 2:

@@ -114,7 +114,11 @@ def test_garbage_is_logged_and_harmless():
     assert cfg_read(h, 1, 1, 0x00) == 0x70108086
     h.write(0, 4, 0x80000000 | 1 << 11 | 1 << 8)
     assert h.read(4 + 1, 2) == 0x1080                  # unaligned: bytes 1-2, as the bus gives them
-    h.write(4 + 3, 2, 0xFFFF)                          # straddles the end of the dword
+    command = cfg_read(h, 1, 1, 0x04, 2)
+    h.write(0, 4, 0x80000000 | 1 << 11 | 1 << 8)
+    h.write(4 + 3, 2, 0xFFFF)                          # straddles 0xCFF: the high byte is port 0xD00
+    assert h.read(4 + 3, 2) == 0xFF70                   # device ID high byte, then nothing
+    assert cfg_read(h, 1, 1, 0x04, 2) == command        # COMMAND (offset 4) untouched
     assert h.read(1, 1) == 0 and h.read(2, 2) == 0xFFFF   # not the address register
     kinds = {ev for ev, _ in logs}
     assert {"pci-readonly-write", "pci-unaligned-read", "pci-unaligned-write",
