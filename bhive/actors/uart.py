@@ -543,7 +543,10 @@ class UartHost(DeviceHost):
         self.runtime.serve_channels()
 
     def console_input(self, data: bytes) -> int:
-        return self.model.receive(data)
+        # The relay keeps what is not taken and sends it again: take only
+        # what fits, so held-back input is never an overrun (LSR.OE, which
+        # Linux turns into a NUL that makes agetty start over).
+        return self.model.receive(data[:self.model.rx_room()])
 
     def state(self):
         return {**super().state(), "written": self.written}
