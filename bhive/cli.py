@@ -29,6 +29,29 @@ def error(msg: str, status: int = 2) -> int:
     return status
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and status 2, not the usage."""
+
+    def error(self, message: str):
+        print(f"bhive: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+class _Unsupported(argparse.Action):
+    """A QEMU option bhive does not have: refused by name."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: a QEMU option bhive does not have")
+
+
+class _AppendFlag(argparse.Action):
+    """Collects (flag, value) in command-line order (-drive, -hda, ...)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest) or []
+        setattr(namespace, self.dest, [*items, (option_string, values)])
+
+
 # -- run ----------------------------------------------------------------------
 
 # `bhive run` with no config: Debian's kernel and the busybox initramfs
@@ -64,6 +87,40 @@ def _cli_serial(spec: str | None) -> str | None:
     return spec
 
 
+def load_config(args) -> config_mod.VmConfig:
+    """The VmConfig `bhive run ARGS` runs: the config file (or the default
+    one) with the command line's flags, in bhive's or QEMU's spelling, over
+    it.  ConfigError on any mistake."""
+    from . import config as config_mod
+    from . import qemuopts
+    accel = qemuopts.accelerator(args.accel) if args.accel is not None else None
+    if args.enable_kvm:
+        if accel not in (None, "kvm"):
+            raise config_mod.ConfigError(f"-enable-kvm and -accel {accel} disagree")
+        accel = "kvm"
+    overrides = {"name": qemuopts.name(args.name) if args.name is not None else None,
+                 "cpus": qemuopts.smp(args.smp) if args.smp is not None else None,
+                 "memory": qemuopts.memory(args.memory) if args.memory is not None else None,
+                 "watchdog": args.watchdog, "accel": accel, "no_reboot": args.no_reboot,
+                 "cpu": args.cpu, "serial": _cli_serial(args.serial)}
+    boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
+    if args.kernel:
+        boot["kind"] = "kernel"
+        if args.initrd is None:
+            boot["initrd"] = ""            # the config's initrd belongs to the config's kernel
+    drives = []
+    for flag, value in args.drives or []:
+        if flag in ("-drive", "--drive"):
+            table = qemuopts.drive(value)
+        else:                                       # -hda..-hdd: the path as it is, no QemuOpts
+            table = {"file": value, "index": "abcd".index(flag[-1])}
+        table["file"] = str(Path(table["file"]).expanduser().absolute())
+        drives.append((f"{flag} {value}", table))
+    devices = [qemuopts.device(value) for value in args.device or []]
+    return config_mod.load(args.config or DEFAULT_CONFIG, overrides, boot, drives=drives,
+                           snapshot=args.snapshot, device_overrides=devices)
+
+
 def cmd_run(args) -> int:
     early = None
     if not args.detach and not os.environ.get(zygote.NO_ZYGOTE_ENV):
@@ -72,16 +129,8 @@ def cmd_run(args) -> int:
         except OSError:
             pass
     from . import config as config_mod
-    overrides = {"name": args.name, "cpus": args.smp, "memory": args.memory, "watchdog": args.watchdog,
-                 "accel": args.accel, "cpu": args.cpu, "no_reboot": args.no_reboot or None,
-                 "serial": _cli_serial(args.serial)}
-    boot = {"kernel": _cli_path(args.kernel), "initrd": _cli_path(args.initrd), "append": args.append}
-    if args.kernel:
-        boot["kind"] = "kernel"
-        if args.initrd is None:
-            boot["initrd"] = ""            # the config's initrd belongs to the config's kernel
     try:
-        cfg = config_mod.load(args.config or DEFAULT_CONFIG, overrides, boot)
+        cfg = load_config(args)
         if RunDir(cfg.name).is_live():
             raise config_mod.ConfigError(f"a VM named {cfg.name!r} is already running "
                                          f"(bhive stop {cfg.name}, or pick --name)")
@@ -426,32 +475,62 @@ def cmd_chaos(args) -> int:
     return 0 if report.ok else 1
 
 
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("bhive")
+    except metadata.PackageNotFoundError:       # run from a checkout without `make deps`
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bhive", description="A virtual-machine monitor built as a hive of processes.")
+    p = Parser(prog="bhive", description="A virtual-machine monitor built as a hive of processes.",
+               allow_abbrev=False)
+    p.add_argument("--version", action="version", version=f"bhive {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a VM (console on this terminal; Ctrl-A x quits)")
+    # Each flag in bhive's spelling (--smp) and QEMU's (-smp); abbreviations
+    # are off so that no QEMU option is taken for a prefix of another.
+    r = sub.add_parser("run", help="run a VM (console on this terminal; Ctrl-A x quits)", allow_abbrev=False)
     r.add_argument("config", nargs="?",
                    help="VM config (TOML); default: configs/default.toml, Debian Linux to a shell")
-    r.add_argument("--kernel", help="kernel to boot: a Linux bzImage, a Multiboot v1 image (ELF32 or a.out kludge) "
+    r.add_argument("--kernel", "-kernel",
+                   help="kernel to boot: a Linux bzImage, a Multiboot v1 image (ELF32 or a.out kludge) "
                         "or a PVH ELF (e.g. vmlinux); the format comes from the image")
-    r.add_argument("--initrd", help="Linux initramfs; for Multiboot/PVH, modules separated by commas, "
+    r.add_argument("--initrd", "-initrd", help="Linux initramfs; for Multiboot/PVH, modules separated by commas, "
                         "each 'PATH [ARGS]'")
-    r.add_argument("--append", help="kernel command line")
-    r.add_argument("--name", help="VM name (default: from the config)")
+    r.add_argument("--append", "-append", help="kernel command line")
+    r.add_argument("--name", "-name", help="VM name (default: from the config); QEMU's guest=NAME too")
     r.add_argument("--detach", "-d", action="store_true", help="run in the background")
-    r.add_argument("--smp", type=int, help="number of vCPUs")
-    r.add_argument("-m", "--memory", help="guest RAM, e.g. 512M")
-    r.add_argument("--accel", help="accelerator: softvmm (default), kvm or bhyve")
+    r.add_argument("--smp", "-smp", metavar="N", help="number of vCPUs: N, cpus=N, or N,sockets=S,cores=C,threads=T")
+    r.add_argument("-m", "--memory", metavar="SIZE",
+                   help="guest RAM: 512M, 1G, or a bare number of MiB as QEMU reads it (-m 512)")
+    r.add_argument("--accel", "-accel", metavar="NAME", help="accelerator: softvmm (default), kvm, bhyve")
+    r.add_argument("--enable-kvm", "-enable-kvm", action="store_true", help="the same as -accel kvm")
+    r.add_argument("--drive", "-drive", dest="drives", action=_AppendFlag, metavar="SPEC",
+                   help="attach a disk image: file=IMG,format=raw,if=ide[,index=N][,readonly=on][,snapshot=on]")
+    for letter, index in zip("abcd", range(4)):
+        r.add_argument(f"--hd{letter}", f"-hd{letter}", dest="drives", action=_AppendFlag, metavar="IMG",
+                       help="attach a raw image as IDE drive 0 (-hdb, -hdc, -hdd: 1, 2, 3)" if letter == "a"
+                       else argparse.SUPPRESS)
+    r.add_argument("--snapshot", "-snapshot", action="store_true",
+                   help="every drive writes to a throw-away overlay; the images are not touched")
+    r.add_argument("--device", "-device", action="append", metavar="SPEC",
+                   help="isa-debug-exit,iobase=PORT,iosize=N (the other devices are in the config)")
+    r.add_argument("--no-reboot", "-no-reboot", action="store_const", const=True, default=None,
+                   help="a guest reset ends the VM (status 0) instead of rebooting it, as with QEMU")
+    r.add_argument("--nographic", "-nographic", action="store_true",
+                   help="accepted for QEMU's sake: bhive has no display, the console is this terminal")
+    r.add_argument("--serial", "-serial", metavar="BACKEND",
+                   help="COM1's other end, as QEMU spells it: stdio (the default), null, file:PATH, "
+                        "unix:PATH,server,nowait, pty (its name is printed); logs/console.log has it all anyway")
     r.add_argument("-cpu", "--cpu", metavar="MODEL[,vendor=V][,+F|-F...]",
                    help="CPU model as QEMU spells it: max (default) or qemu64, vendor=GenuineIntel|AuthenticAMD, "
                         "+feature/-feature (bhive.cpumodel)")
     r.add_argument("--watchdog", type=float, metavar="SECONDS",
                    help="end the VM with status 124 if the guest has not ended by then (for tests)")
-    r.add_argument("--no-reboot", "-no-reboot", action="store_true",
-                   help="a guest reset ends the VM (status 0) instead of rebooting it, as with QEMU")
-    r.add_argument("--serial", "-serial", metavar="BACKEND",
-                   help="COM1's other end, as QEMU spells it: stdio (the default), null, file:PATH, "
-                        "unix:PATH,server,nowait, pty (its name is printed); logs/console.log has it all anyway")
+    from . import qemuopts
+    for flag, takes_value in qemuopts.UNSUPPORTED.items():
+        r.add_argument(flag, action=_Unsupported, nargs=None if takes_value else 0, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("ps", help="list VMs and their processes")
     s.add_argument("vm", nargs="?")

@@ -7,6 +7,7 @@ any process starts.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,20 @@ MAX_CPUS = 64
 # format (Linux bzImage, Multiboot) the loader recognises from its bytes.
 BOOT_KINDS = ("flat", "kernel")
 # A [boot] kernel/initrd of "guestkit:NAME" is fetched (and cached) by
-# bhive.guestkit: a Debian kernel name, or "initramfs" for the busybox one.
+# bhive.guestkit: a Debian kernel name, "initramfs" for the busybox one, or
+# a disk image's kernel, initrd or disk (debian-13, debian-13-initrd, debian-13-disk).
 GUESTKIT_PREFIX = "guestkit:"
 MSR_POLICIES = ("gp", "ignore")
+# Drives ([[drive]] tables; -drive/-hda.. on the command line), as QEMU's pc
+# machine has them: index 0/1 primary master/slave, 2/3 secondary.
+DRIVE_FORMATS = ("raw",)
+DRIVE_INTERFACES = ("ide",)
+# QEMU's other interfaces and image formats: named as "not supported yet"
+# rather than "unknown", so a QEMU user knows the spelling was right.
+QEMU_DRIVE_INTERFACES = ("virtio", "scsi", "floppy", "pflash", "mtd", "sd", "none", "xen")
+QEMU_DRIVE_FORMATS = ("qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "dmg", "parallels", "luks")
+IDE_INDEXES = range(4)
+_DRIVE_KEYS = {"file", "format", "if", "index", "readonly", "snapshot"}
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
@@ -91,6 +103,16 @@ class DeviceConfig:
 
 
 @dataclass
+class DriveConfig:
+    file: Path                  # absolute
+    format: str = "raw"
+    interface: str = "ide"
+    index: int = 0              # IDE: 0/1 primary master/slave, 2/3 secondary master/slave
+    readonly: bool = False
+    snapshot: bool = False      # writes go to a throw-away overlay in the run directory
+
+
+@dataclass
 class VmConfig:
     name: str
     cpus: int
@@ -114,6 +136,7 @@ class VmConfig:
     serial: str = "stdio"       # COM1's other end: stdio, null, file:PATH, unix:PATH,server[,nowait], pty
     on_vcpu_loss: str = "continue"
     chaos: dict | None = None   # a [chaos] table (bhive.chaos.Plan as JSON): `bhive run` starts a chaos run
+    drives: list[DriveConfig] = field(default_factory=list)   # by index
 
     def port_owners(self) -> dict[int, str]:
         return {p: d.name for d in self.devices.values() for p in d.ports}
@@ -122,7 +145,7 @@ class VmConfig:
         return [d for d in self.devices.values() if d.type == dtype]
 
 
-_TOP = {"vm", "boot", "msr", "devices", "cpu", "chaos"}
+_TOP = {"vm", "boot", "msr", "devices", "drive", "cpu", "chaos"}
 _VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial", "on_vcpu_loss"}
 _CPU_KEYS = {"model", "vendor", "features"}
 # What a vCPU process that dies does to the VM ([vm] on_vcpu_loss):
@@ -191,24 +214,97 @@ def _asset(spec: str, base_dir: Path, where: str) -> Path:
         try:
             if name == "initramfs":
                 return guestkit.build_initramfs()
+            image_file = guestkit.image_asset(name)     # debian-13, debian-13-initrd, debian-13-disk
+            if image_file is not None:
+                return image_file
             if name not in guestkit.KERNELS:
-                raise ConfigError(f"{where}: unknown guest-kit asset {name!r} "
-                                  f"(known: initramfs, {', '.join(guestkit.KERNELS)})")
+                raise ConfigError(f"{where}: unknown guest-kit asset {name!r} (known: initramfs, "
+                                  f"{', '.join(list(guestkit.KERNELS) + guestkit.image_asset_names())})")
             return guestkit.fetch_kernel(name).vmlinuz
         except guestkit.FetchError as exc:
             raise ConfigError(f"{where}: {spec}: {exc}") from None
+    return _file(spec, base_dir, where)
+
+
+def _file(spec: str, base_dir: Path, where: str) -> Path:
+    """An existing regular file, relative to `base_dir`."""
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = (base_dir / path).resolve()
+    if path.is_dir():
+        raise ConfigError(f"{where}: {path}: is a directory")
     if not path.is_file():
-        raise ConfigError(f"{where}: {path}: no such file")
+        raise ConfigError(f"{where}: {path}: no such file" if not path.exists() else
+                          f"{where}: {path}: not a regular file")
     return path
 
 
-def load(path: str | Path, overrides: dict | None = None, boot_overrides: dict | None = None) -> VmConfig:
+def _bhyve_missing() -> str | None:
+    """bhyve needs FreeBSD's vmm (vmm.ko: /dev/vmmctl, or /dev/vmm on
+    older releases); None if it is there."""
+    if os.path.exists("/dev/vmmctl") or os.path.isdir("/dev/vmm"):
+        return None
+    return "bhyve needs FreeBSD's vmm (vmm.ko, /dev/vmmctl), which this host does not have"
+
+
+def _drives(tables: list[tuple[str, dict, Path]], snapshot_all: bool) -> list[DriveConfig]:
+    """Validate drive tables, each (where, table, base directory): explicit
+    indexes first, then the others on the lowest free index in order."""
+    parsed: list[tuple[str, DriveConfig, int | None]] = []
+    for where, table, base_dir in tables:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        _reject_unknown(table, _DRIVE_KEYS, where)
+        if "file" not in table:
+            raise ConfigError(f"{where}: file: missing (the disk image to attach)")
+        file = _file(_typed(table["file"], str, f"{where} file"), base_dir, f"{where} file")
+        fmt = _typed(table.get("format", "raw"), str, f"{where} format")
+        if fmt not in DRIVE_FORMATS:
+            raise ConfigError(f"{where} format: {fmt!r} is " +
+                              ("not supported (bhive reads raw images only; qemu-img convert -O raw makes one)"
+                               if fmt in QEMU_DRIVE_FORMATS else
+                               f"unknown (known: {', '.join(DRIVE_FORMATS)})"))
+        interface = _typed(table.get("if", "ide"), str, f"{where} if")
+        if interface not in DRIVE_INTERFACES:
+            raise ConfigError(f"{where} if: {interface!r} is " +
+                              ("not supported yet (bhive has ide only)" if interface in QEMU_DRIVE_INTERFACES
+                               else f"unknown (known: {', '.join(DRIVE_INTERFACES)})"))
+        index = table.get("index")
+        if index is not None:
+            index = _typed(index, int, f"{where} index")
+            if index not in IDE_INDEXES:
+                raise ConfigError(f"{where} index: {index} is outside {IDE_INDEXES[0]}..{IDE_INDEXES[-1]} "
+                                  f"(primary master, slave, secondary master, slave)")
+        drive = DriveConfig(file=file, format=fmt, interface=interface,
+                            readonly=_typed(table.get("readonly", False), bool, f"{where} readonly"),
+                            snapshot=_typed(table.get("snapshot", False), bool, f"{where} snapshot") or snapshot_all)
+        parsed.append((where, drive, index))
+    taken: dict[int, str] = {}
+    for where, drive, index in sorted(parsed, key=lambda p: p[2] is None):
+        if index is None:
+            free = [i for i in IDE_INDEXES if i not in taken]
+            if not free:
+                raise ConfigError(f"{where}: no IDE index is free (there are {len(IDE_INDEXES)})")
+            index = free[0]
+        elif index in taken:
+            raise ConfigError(f"{where} index: {index} is already used by {taken[index]}")
+        taken[index] = where
+        drive.index = index
+    drives = sorted((d for _, d, _ in parsed), key=lambda d: d.index)
+    for i, a in enumerate(drives):
+        for b in drives[i + 1:]:
+            if os.path.samefile(a.file, b.file) and not all(d.readonly or d.snapshot for d in (a, b)):
+                raise ConfigError(f"{taken[b.index]} file: {b.file} is also attached by {taken[a.index]} "
+                                  f"(drives may share an image only read-only or with snapshot)")
+    return drives
+
+
+def load(path: str | Path, overrides: dict | None = None, boot_overrides: dict | None = None,
+         **cli) -> VmConfig:
     """Read and validate a config file.  `overrides` are CLI settings
     (``{"name": ..., "cpus": ..., "memory": ...}``) that win over the file;
-    `boot_overrides` likewise for [boot] (``kernel``, ``initrd``, ``append``)."""
+    `boot_overrides` likewise for [boot] (``kernel``, ``initrd``, ``append``);
+    `cli` the other command-line additions from_dict takes."""
     import tomllib      # here: every worker imports this module, only `bhive run` parses TOML
     path = Path(path)
     if not path.is_file():
@@ -220,12 +316,19 @@ def load(path: str | Path, overrides: dict | None = None, boot_overrides: dict |
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
     return from_dict(raw, base_dir=path.parent, default_name=path.stem, overrides=overrides, source=path,
-                     boot_overrides=boot_overrides)
+                     boot_overrides=boot_overrides, **cli)
 
 
 def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
               overrides: dict | None = None, source: Path | None = None,
-              boot_overrides: dict | None = None) -> VmConfig:
+              boot_overrides: dict | None = None,
+              drives: list[tuple[str, dict]] | None = None, snapshot: bool = False,
+              device_overrides: list[tuple[str, dict]] | None = None) -> VmConfig:
+    """`drives`: drives from the command line, each (the flag that gave it,
+    a [[drive]]-shaped table with an absolute file); `snapshot`: -snapshot,
+    for every drive; `device_overrides`: (device type, options) that win
+    over the options of the config's device of that type (added if it has
+    none), e.g. -device isa-debug-exit,iobase=0xf4."""
     _reject_unknown(raw, _TOP, "config")
     vm = raw.get("vm", {})
     boot = raw.get("boot", {})
@@ -237,6 +340,15 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     _reject_unknown(vm, _VM_KEYS, "[vm]")
     _reject_unknown(boot, _BOOT_KEYS, "[boot]")
     _reject_unknown(msr, _MSR_KEYS, "[msr]")
+    drive_tables = raw.get("drive", [])
+    if not isinstance(drive_tables, list):
+        raise ConfigError("[drive] must be an array of tables: write [[drive]]")
+    if device_overrides:
+        devices = {n: dict(t) if isinstance(t, dict) else t for n, t in devices.items()}
+        for dtype, opts in device_overrides:
+            names = [n for n, t in devices.items() if isinstance(t, dict) and t.get("type", n) == dtype]
+            target = names[0] if names else dtype
+            devices[target] = {**devices.get(target, {}), **opts}
     vm = {**vm, **{k: v for k, v in (overrides or {}).items() if v is not None}}
 
     name = vm.get("name", default_name)
@@ -249,6 +361,9 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     accel_name = _typed(vm.get("accel", "softvmm"), str, "[vm] accel")
     if accel_name not in accel.NAMES:
         raise ConfigError(f"[vm] accel: unknown accelerator {accel_name!r} (known: {', '.join(accel.NAMES)})")
+    if accel_name == "bhyve" and (why := _bhyve_missing()):
+        raise ConfigError(f"[vm] accel: {why}")
+    no_reboot = _typed(vm.get("no_reboot", False), bool, "[vm] no_reboot")
 
     boot = {**boot, **{k: v for k, v in (boot_overrides or {}).items() if v is not None}}
     kind = _typed(boot.get("kind", "kernel" if "kernel" in boot else "flat"), str, "[boot] kind")
@@ -303,6 +418,8 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
                    kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
                    watchdog=float(watchdog), no_reboot=no_reboot, serial=serial, on_vcpu_loss=on_vcpu_loss)
+    cfg.drives = _drives([(f"[[drive]] #{n}", t, base_dir) for n, t in enumerate(drive_tables, 1)] +
+                         [(where, t, base_dir) for where, t in drives or []], snapshot)
     owners: dict[int, str] = {}
     windows: list[tuple[int, int, str]] = []
     for dev_name, table in devices.items():
@@ -395,6 +512,8 @@ def to_json(cfg: VmConfig) -> dict:
         "initrd_args": cfg.initrd_args,
         "append": cfg.append, "watchdog": cfg.watchdog, "cpu": cfg.cpu, "no_reboot": cfg.no_reboot,
         "serial": cfg.serial, "on_vcpu_loss": cfg.on_vcpu_loss, "chaos": cfg.chaos,
+        "drives": [{"file": str(d.file), "format": d.format, "interface": d.interface, "index": d.index,
+                    "readonly": d.readonly, "snapshot": d.snapshot} for d in cfg.drives],
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
                         "mmio": [list(w) for w in d.mmio]}
                     for n, d in cfg.devices.items()},
@@ -417,4 +536,5 @@ def from_json(data: dict) -> VmConfig:
                     initrd_args=data.get("initrd_args", []), append=data.get("append", ""),
                     watchdog=data.get("watchdog", 0.0), cpu=data.get("cpu", {"model": "max"}),
                     no_reboot=data.get("no_reboot", False), serial=data.get("serial", "stdio"),
-                    on_vcpu_loss=data.get("on_vcpu_loss", "continue"), chaos=data.get("chaos"))
+                    on_vcpu_loss=data.get("on_vcpu_loss", "continue"), chaos=data.get("chaos"),
+                    drives=[DriveConfig(**{**d, "file": Path(d["file"])}) for d in data.get("drives", [])])

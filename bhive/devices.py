@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .actors import acpi_pm, debug_exit, fw_cfg, i8042, ioapic, pic, pit, port92, rtc, testdev, uart
+from .actors import acpi_pm, debug_exit, fw_cfg, i8042, ide, ioapic, pci, pic, pit, port92, rtc, testdev, uart
 from .actors.host import DeviceHost
 
 
@@ -48,6 +48,9 @@ class DeviceType:
     # lets softvmm serve the device's hot ports without exits.
     mirror_offset: int = -1
     neutral_writes: tuple = ()
+    # A function on PCI bus 0: () -> bhive.actors.pci.FunctionSpec, its
+    # config header; the pci actor puts it on the bus, owned by this actor.
+    pci_function: object = None
 
 
 # Keys every device table accepts.
@@ -122,6 +125,19 @@ DEVICE_TYPES: dict[str, DeviceType] = {
         "port": Option(int, fw_cfg.PORT_BASE, minimum=0, maximum=0xFFFE),
         "max_cpus": Option(int, 0, minimum=0, maximum=255),   # 0: the VM's vCPU count
     }),
+    # i440FX host bridge: configuration mechanism #1 at 0xCF8/0xCFC (and the
+    # PIIX3 reset control register at 0xCF9); bus 0's config spaces, in
+    # shared memory for the functions' own actors and the vCPUs.
+    "pci": DeviceType("pci", pci.PciHost, pci.PciHostDevice, pci.PORT_COUNT, {
+        "port": Option(int, pci.PORT_BASE, choices=(pci.PORT_BASE,)),
+    }),
+    # PIIX3 IDE (PCI 00:01.1): both channels in compatibility mode (IRQ 14
+    # and 15), the bus-master registers behind BAR4 (routed by the vCPUs);
+    # drives come from [[drive]] (vm.drives).
+    "ide": DeviceType("ide", ide.PiixIde, ide.IdeHost, 0, {},
+                      fixed_ports=tuple((cmd, ide.CMD_BLOCK_SIZE) for cmd, _, _ in ide.CHANNELS) +
+                      tuple((ctl, 1) for _, ctl, _ in ide.CHANNELS),
+                      pci_function=ide.pci_function),
 }
 
 

@@ -185,7 +185,8 @@ def place_firmware(cfg: VmConfig, ram: memoryview) -> list[tuple[int, int]]:
     plat = tables.Platform(cpus=cfg.cpus, ioapic_addr=ioapics[0].options["mmio"],
                            ioapic_id=ioapics[0].options["id"],
                            pm_base=pm[0].options["port"] if pm else 0x600,
-                           reset_via_i8042=any(d.type == "i8042" for d in cfg.devices.values()))
+                           reset_via_i8042=any(d.type == "i8042" for d in cfg.devices.values()),
+                           pci=any(d.type == "pci" for d in cfg.devices.values()))
     written = []
     for gpa, blob in tables.build(plat):
         ram[gpa:gpa + len(blob)] = blob

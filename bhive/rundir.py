@@ -5,6 +5,7 @@
     <root>/<vm>/sock/*.ipc        ZeroMQ endpoints
     <root>/<vm>/logs/<role>.log   one structured log per actor
     <root>/<vm>/shm/*             guest RAM, platform and actor state
+    <root>/<vm>/shm/snapshot/driveN/   drive N's -snapshot overlay (bhive.block)
 
 The root is on tmpfs (/dev/shm) so guest RAM is never written to disk.
 """
@@ -52,6 +53,11 @@ class RunDir:
     @property
     def shm(self) -> Path:
         return self.path / "shm"
+
+    def snapshot_dir(self, index: int) -> Path:
+        """Where drive `index`'s -snapshot overlay lives (block.open_image's
+        snapshot_dir): under shm/, so it goes when the VM ends, with guest RAM."""
+        return self.shm / "snapshot" / f"drive{index}"
 
     def endpoint(self, role: str) -> str:
         return f"ipc://{self.sock / role}.ipc"

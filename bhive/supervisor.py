@@ -32,6 +32,7 @@ from pathlib import Path
 import zmq
 
 from . import accel as accel_mod
+from . import block
 from . import config as config_mod
 from . import loader
 from . import zygote as zygote_mod
@@ -157,6 +158,7 @@ class Supervisor:
         self.paused = False                     # the vCPU processes are stopped (bhive pause)
         self.pause_wanted = False               # what the last SIGUSR1/SIGUSR2 asked for
         self.reboots = 0
+        self.image_locks: list[block.ImageLock] = []   # held for the VM's life
         self.t0 = time.monotonic()
 
     # -- start ------------------------------------------------------------
@@ -173,6 +175,7 @@ class Supervisor:
             self._prepare()
         except BaseException:
             self._stop_zygote()
+            block.release_all(self.image_locks)
             raise
 
     def _prepare(self) -> None:
@@ -189,6 +192,11 @@ class Supervisor:
             raise config_mod.ConfigError(f"[vm] accel: {self.cfg.accel} is not available here: {why}")
         image = loader.image_bytes(self.cfg)  # assembles .asm sources; fails early
         del image
+        try:
+            # Before any worker starts, so that an actor's restart never races it.
+            self.image_locks = block.lock_drives(self.cfg.drives)
+        except block.ImageError as exc:
+            raise config_mod.ConfigError(str(exc)) from None
         cache_bytecode()
         rebooting = self.console is not None
         self.rundir.create(keep_logs=rebooting)
@@ -599,7 +607,8 @@ class Supervisor:
         info.update(state="stopped", status=self.status, reason=self.reason, ended=time.time())
         self.rundir.write_json("supervisor.json", info)
         self.log("stopped", status=self.status, reason=self.reason)
-        self.rundir.drop_shared_memory()
+        self.rundir.drop_shared_memory()        # with the snapshot overlays
+        block.release_all(self.image_locks)
 
     # -- pause (bhive pause / resume) ---------------------------------------
     def _apply_pause(self) -> None:

@@ -41,6 +41,7 @@ from .bus import channel, schema
 from .bus.schema import (Control, EoiRequest, Heartbeat, Hello, MmioRequest, Msi, PioRequest, VcpuGo,
                          VmEvent)
 from .bus.shm import SharedRegion
+from .actors import pci
 from .devices import DEVICE_TYPES
 from .exit_status import STATUS_GUEST_CRASH, STATUS_INTERNAL
 from .loader import BootState, ram_slots
@@ -268,6 +269,12 @@ class VcpuWorker:
         self.level_eois: dict[int, int] = {}
         self.exits_by_device: collections.Counter = collections.Counter()   # logged at stop
         self.unclaimed_seen: set[int] = set()
+        # PCI BARs move at the guest's will: an address no device claims
+        # statically is looked up in the pci actor's shared config table.
+        self.has_pci = any(d.type == "pci" for d in self.cfg.devices.values())
+        self.pci_table: pci.ConfigTable | None = None
+        self.pci_routes: dict[tuple[str, int], ActorClient | None] = {}   # for pci_generation
+        self.pci_generation = -1
         self.latency = self._latency_log()
         self.last_exit: tuple = ()      # (code, rip) of the last exit: what a lost vCPU was doing
 
@@ -339,8 +346,27 @@ class VcpuWorker:
         self.control_events.send(schema.encode(VmEvent(self.role, kind, status, detail)))
 
     # -- exits --------------------------------------------------------------
+    def bar_owner(self, space: str, addr: int) -> ActorClient | None:
+        """The client of the actor whose enabled PCI BAR decodes `addr`
+        ("io" port or "mem" gpa); the slow path of unclaimed addresses."""
+        if not self.has_pci:
+            return None
+        table = self.pci_table
+        if table is None:
+            table = self.pci_table = pci.ConfigTable.open(self.rundir.shm / pci.TABLE_FILE)
+            if table is None:
+                return None
+        if table.generation != self.pci_generation or len(self.pci_routes) > 4096:
+            self.pci_generation = table.generation
+            self.pci_routes.clear()
+        key = (space, addr)
+        if key not in self.pci_routes:
+            name = table.port_owner(addr) if space == "io" else table.mmio_owner(addr)
+            self.pci_routes[key] = self._client(name) if name in self.cfg.devices else None
+        return self.pci_routes[key]
+
     def handle_inout(self, ex: VmExit) -> None:
-        client = self.port_owner[ex.port]
+        client = self.port_owner[ex.port] or self.bar_owner("io", ex.port)
         self.exits_by_device[client.role if client is not None else "unclaimed-port"] += 1
         if client is None:
             # Nothing decodes this port: reads float high, writes vanish,
@@ -360,6 +386,12 @@ class VcpuWorker:
                 value = client.mmio(ex.gpa, ex.size, ex.is_write, ex.data if ex.is_write else 0)
                 self.vcpu.vm_complete_mmio(ex, value)
                 return
+        client = self.bar_owner("mem", ex.gpa)
+        if client is not None:
+            self.exits_by_device[client.role] += 1
+            value = client.mmio(ex.gpa, ex.size, ex.is_write, ex.data if ex.is_write else 0)
+            self.vcpu.vm_complete_mmio(ex, value)
+            return
         if ex.gpa not in self.unclaimed_seen:
             self.unclaimed_seen.add(ex.gpa)
             self.log("unclaimed-mmio", gpa=ex.gpa, size=ex.size, write=ex.is_write)

@@ -70,10 +70,19 @@ def wait_running(rd: RunDir, pid: int, timeout: float = STARTUP_TIMEOUT + 5) -> 
         info = rd.read_json("supervisor.json")
         if info and info.get("pid") == pid and info.get("state") in ("running", "stopped"):
             return info
-        if not pid_alive(pid):
+        if not pid_alive(pid) or _exited_child(pid):
             break
         time.sleep(0.02)
     return rd.read_json("supervisor.json") or {}
+
+
+def _exited_child(pid: int) -> bool:
+    """A child of ours that has exited (a zombie, which kill(0) still
+    finds), without reaping it: its Popen reads the status."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
 
 
 # -- pause, wait, remove ---------------------------------------------------------

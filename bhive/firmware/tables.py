@@ -29,6 +29,7 @@ OEM_TABLE_ID = b"BHIVEVM "
 LAPIC_ADDR = 0xFEE00000
 SCI_IRQ = 9
 S5_SLP_TYP = 5          # bhive.actors.acpi_pm.S5_SLP_TYP
+MP_PCI_BUS = 1          # MP bus id of PCI bus 0 (ISA is MP bus 0)
 
 
 def checksum(data: bytes) -> int:
@@ -56,6 +57,7 @@ class Platform:
     ioapic_id: int = 0
     pm_base: int = acpi_pm.PM_BASE
     reset_via_i8042: bool = True
+    pci: bool = False           # an i440FX host bridge on bus 0 (bhive.actors.pci)
 
 
 # --- AML for the DSDT -----------------------------------------------------------
@@ -79,8 +81,102 @@ def aml_s5() -> bytes:
     return b"\x08" + b"\\_S5_" + package
 
 
-def dsdt() -> bytes:
-    return sdt(b"DSDT", aml_s5(), revision=2)
+# AML opcodes (ACPI 6.5 chapter 20.2).
+AML_ZERO, AML_ONE = 0x00, 0x01
+AML_BYTE, AML_WORD, AML_DWORD = 0x0A, 0x0B, 0x0C
+AML_NAME, AML_SCOPE, AML_BUFFER, AML_PACKAGE = 0x08, 0x10, 0x11, 0x12
+AML_DEVICE = b"\x5B\x82"
+
+
+def aml_int(n: int) -> bytes:
+    if n in (0, 1):
+        return bytes([n])
+    for op, fmt, limit in ((AML_BYTE, "<B", 0xFF), (AML_WORD, "<H", 0xFFFF), (AML_DWORD, "<I", 0xFFFFFFFF)):
+        if n <= limit:
+            return bytes([op]) + struct.pack(fmt, n)
+    return b"\x0E" + struct.pack("<Q", n)
+
+
+def aml_name(name: str, value: bytes) -> bytes:
+    return bytes([AML_NAME]) + name.encode() + value
+
+
+def aml_package(elements: list[bytes]) -> bytes:
+    body = bytes([len(elements)]) + b"".join(elements)
+    return bytes([AML_PACKAGE]) + _pkg_length(len(body)) + body
+
+
+def aml_buffer(data: bytes) -> bytes:
+    body = aml_int(len(data)) + data
+    return bytes([AML_BUFFER]) + _pkg_length(len(body)) + body
+
+
+def aml_scope(name: str, body: bytes) -> bytes:
+    return bytes([AML_SCOPE]) + _pkg_length(len(name) + len(body)) + name.encode() + body
+
+
+def aml_device(name: str, body: bytes) -> bytes:
+    return AML_DEVICE + _pkg_length(len(name) + len(body)) + name.encode() + body
+
+
+def eisa_id(text: str) -> int:
+    """EisaId("PNP0A03"): three 5-bit letters and a 16-bit product, big-endian in a dword."""
+    vendor = (ord(text[0]) - 0x40) << 10 | (ord(text[1]) - 0x40) << 5 | (ord(text[2]) - 0x40)
+    return int.from_bytes(struct.pack(">HH", vendor, int(text[3:], 16)), "little")
+
+
+# PCI root bridge resources (ACPI 6.5 6.4.3: word/dword address space descriptors).
+PCI_IO_HOLE = (0x0CF8, 8)                 # the config mechanism's own ports
+PCI_MMIO_WINDOW = (0xC0000000, 0xFEBFFFFF)  # bhive.loader.LOW_MEMORY_TOP up to the IOAPIC
+VGA_WINDOW = (0x000A0000, 0x000BFFFF)
+
+
+def _word_space(kind: int, lo: int, hi: int, type_flags: int = 0) -> bytes:
+    # tag 0x88, length 13, resource type, flags: MinFixed|MaxFixed, producer
+    return struct.pack("<BHBBBHHHHH", 0x88, 13, kind, 0x0C, type_flags, 0, lo, hi, 0, hi - lo + 1)
+
+
+def _dword_memory(lo: int, hi: int, cacheable: bool) -> bytes:
+    flags = 0x01 | (0x02 if cacheable else 0)          # read/write, cacheability
+    return struct.pack("<BHBBBIIIII", 0x87, 23, 0, 0x0C, flags, 0, lo, hi, 0, hi - lo + 1)
+
+
+def pci_crs() -> bytes:
+    """_CRS of the root bridge: bus 0-255, the 0xCF8 ports, I/O 0-0xCF7 and
+    0xD00-0xFFFF, the VGA window and the 32-bit MMIO hole."""
+    io_lo, io_n = PCI_IO_HOLE
+    out = _word_space(2, 0, 0xFF)                                             # bus numbers
+    out += struct.pack("<BBHHBB", 0x47, 1, io_lo, io_lo, 1, io_n)            # IO(Decode16, 0xCF8, 8)
+    out += _word_space(1, 0, io_lo - 1, 3)                                    # I/O below, entire range
+    out += _word_space(1, 0x0D00, 0xFFFF, 3)
+    out += _dword_memory(*VGA_WINDOW, cacheable=True)
+    out += _dword_memory(*PCI_MMIO_WINDOW, cacheable=False)
+    return out + b"\x79\x00"                                                 # end tag
+
+
+def pci_prt() -> bytes:
+    """_PRT: INTx of slot s, pin p wired to GSI 16 + (s + p) % 4 (p: 0 = INTA)
+    (bhive.actors.pci.intx_gsi), no link devices."""
+    from ..actors.pci import intx_gsi
+    entries = [aml_package([aml_int((slot << 16) | 0xFFFF), aml_int(pin), aml_int(0),
+                            aml_int(intx_gsi(slot, pin + 1))])
+               for slot in range(1, 32) for pin in range(4)]
+    return aml_package(entries)
+
+
+def aml_pci_root() -> bytes:
+    """Scope (\\_SB) { Device (PCI0) { _HID PNP0A03, _UID, _BBN, _CRS, _PRT } }"""
+    body = (aml_name("_HID", aml_int(eisa_id("PNP0A03"))) + aml_name("_UID", aml_int(0)) +
+            aml_name("_BBN", aml_int(0)) + aml_name("_CRS", aml_buffer(pci_crs())) +
+            aml_name("_PRT", pci_prt()))
+    return aml_scope("\\_SB_", aml_device("PCI0", body))
+
+
+def dsdt(p: Platform | None = None) -> bytes:
+    body = aml_s5()
+    if p is not None and p.pci:
+        body += aml_pci_root()
+    return sdt(b"DSDT", body, revision=2)
 
 
 def facs() -> bytes:
@@ -152,7 +248,7 @@ def acpi_tables(p: Platform, base: int = RSDP_ADDR) -> tuple[bytes, int]:
         out.extend(table)
         return addr
     facs_addr = place(facs())
-    dsdt_addr = place(dsdt())
+    dsdt_addr = place(dsdt(p))
     fadt_addr = place(fadt(p, facs_addr, dsdt_addr))
     madt_addr = place(madt(p))
     entries = [fadt_addr, madt_addr]
@@ -175,6 +271,9 @@ def mp_table(p: Platform, base: int = MP_FLOAT_ADDR) -> bytes:
         count += 1
     entries += struct.pack("<BB6s", 1, 0, b"ISA   ")        # bus 0: ISA
     count += 1
+    if p.pci:
+        entries += struct.pack("<BB6s", 1, MP_PCI_BUS, b"PCI   ")   # bus 1: PCI bus 0
+        count += 1
     entries += struct.pack("<BBBBI", 2, p.ioapic_id, 0x20, 1, p.ioapic_addr)
     count += 1
     for irq in range(16):                                   # ISA IRQ n -> pin n (IRQ0 -> pin 2)
@@ -184,6 +283,13 @@ def mp_table(p: Platform, base: int = MP_FLOAT_ADDR) -> bytes:
         flags = 0x000D if irq == SCI_IRQ else 0             # SCI: level, active high
         entries += struct.pack("<BBHBBBB", 3, 0, flags, 0, irq, p.ioapic_id, pin)
         count += 1
+    if p.pci:
+        from ..actors.pci import intx_gsi
+        for slot in range(1, 32):                          # INTx: level, active low, PIRQ -> GSI 16-19
+            for pin in range(4):
+                entries += struct.pack("<BBHBBBB", 3, 0, 0x000F, MP_PCI_BUS, slot << 2 | pin, p.ioapic_id,
+                                       intx_gsi(slot, pin + 1))
+                count += 1
     entries += struct.pack("<BBHBBBB", 3, 3, 0, 0, 0, p.ioapic_id, 0)   # ExtINT: PIC on pin 0
     entries += struct.pack("<BBHBBBB", 4, 3, 0, 0, 0, 0xFF, 0)          # LINT0: ExtINT, all CPUs
     entries += struct.pack("<BBHBBBB", 4, 1, 0, 0, 0, 0xFF, 1)          # LINT1: NMI, all CPUs

@@ -2,7 +2,9 @@
 
     fetch_kernel("bookworm-cloud")  -> Kernel (vmlinuz, config, version)
     fetch_busybox()                 -> path of a static busybox
-    build_initramfs()               -> path of a gzip newc cpio with /init
+    fetch_modules("trixie-generic") -> the kernel's IDE disk and ext4 modules (kmod.ModuleSet)
+    build_initramfs()               -> path of a gzip newc cpio with /init and
+                                       every kit kernel's disk modules
 
 Everything is cached under $BHIVE_CACHE/guestkit (default
 <repo>/.cache/guestkit); a second call costs nothing.  See `debian.py` for
@@ -21,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import exithelper
+from . import exithelper, kmod
 from .cpio import CpioWriter
 from .debian import AptSuite, FetchError, extract_members, mirror_reachable
 
@@ -35,10 +37,11 @@ KERNELS: dict[str, tuple[str, str]] = {
     "trixie-generic": ("trixie", "linux-image-amd64"),
 }
 BUSYBOX = ("bookworm", "busybox-static")
-INITRAMFS_LAYOUT = 2        # bump when initramfs_bytes changes: it is part of the cache key
+INITRAMFS_LAYOUT = 3        # bump when initramfs_bytes changes: it is part of the cache key
+MODULES_LAYOUT = 1          # bump when kmod's selection changes: kernels/NAME/modules is rebuilt
 
 __all__ = ["KERNELS", "Kernel", "FetchError", "cache_root", "fetch_kernel", "fetch_busybox",
-           "build_initramfs", "initramfs_bytes", "kernel_path", "mirror_reachable"]
+           "build_initramfs", "initramfs_bytes", "kernel_path", "mirror_reachable", "fetch_modules"]
 
 
 def cache_root() -> Path:
@@ -103,8 +106,51 @@ def fetch_kernel(name: str, refresh: bool = False) -> Kernel:
     info = {"name": name, "suite": suite, "metapackage": meta, "package": package, "version": version,
             "release": release, "vmlinuz": vmlinuz[0].name, "config": config[0].name, "deb": deb.name}
     (d / "info.json").write_text(json.dumps(info, indent=1) + "\n")
-    deb.unlink()          # the kernel .deb is ~70 MB of modules we never use
+    _extract_modules(d, deb)
+    deb.unlink()          # the kernel .deb is ~70 MB of modules, of which we keep a few
     return _kernel_from_info(d)
+
+
+def _extract_modules(d: Path, deb: Path) -> kmod.ModuleSet:
+    ms = kmod.from_deb(deb)
+    mdir = d / "modules"
+    if mdir.exists():
+        shutil.rmtree(mdir)
+    tmp = d / "modules.part"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    kmod.write(ms, tmp)
+    (tmp / "info.json").write_text(json.dumps({"layout": MODULES_LAYOUT, "release": ms.release,
+                                               "wanted": list(kmod.DISK_MODULES)}) + "\n")
+    os.replace(tmp, mdir)
+    return ms
+
+
+def fetch_modules(name: str) -> kmod.ModuleSet:
+    """The IDE disk and ext4 modules of kernel `name` with their
+    dependencies (see kmod.py), cached in kernels/NAME/modules.  A kernel
+    cached before the kit kept modules has its .deb fetched once more."""
+    k = fetch_kernel(name)
+    mdir = k.vmlinuz.parent / "modules"
+    try:
+        info = json.loads((mdir / "info.json").read_text())
+        if info["layout"] == MODULES_LAYOUT and info["release"] == k.release:
+            return kmod.read(mdir, k.release)
+    except (OSError, ValueError, KeyError):
+        pass
+    apt = AptSuite(cache_root(), KERNELS[name][0])
+    deb = _download_version(apt, k)
+    ms = _extract_modules(k.vmlinuz.parent, deb)
+    deb.unlink()
+    return ms
+
+
+def _download_version(apt: AptSuite, k: Kernel) -> Path:
+    if apt.show(k.package)["version"] != k.version:
+        raise FetchError(f"{k.package} {k.version} is no longer in the suite; refresh the kernel "
+                         f"(python -m bhive.guestkit fetch --refresh {k.name})")
+    return apt.download(k.package)
 
 
 def kallsyms(name: str) -> Path:
@@ -179,13 +225,27 @@ def applets(busybox: Path) -> list[str]:
     return names or list(FALLBACK_APPLETS)
 
 
-def initramfs_bytes(busybox: Path, init: bytes, compress: bool = True) -> bytes:
-    """A newc cpio: /bin/busybox, its applets as symlinks, /init, and the
-    directories and device nodes an early init needs."""
+def initramfs_bytes(busybox: Path, init: bytes, compress: bool = True,
+                    modules: list[kmod.ModuleSet] = ()) -> bytes:
+    """A newc cpio: /bin/busybox, its applets as symlinks, /init, the
+    directories and device nodes an early init needs, and for each module
+    set lib/modules/<release>/ with the modules, modules.dep and the load
+    list /init reads."""
     w = CpioWriter()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
-              "root", "etc", "mnt", "run", "var"):
+              "root", "etc", "mnt", "run", "var", "lib", "lib/modules"):
         w.dir(d, 0o1777 if d == "tmp" else 0o755)
+    for ms in sorted(modules, key=lambda m: m.release):
+        base = f"lib/modules/{ms.release}"
+        w.dir(base)
+        for p in sorted(ms.files):
+            parts = p.split("/")
+            for i in range(1, len(parts)):
+                if not w.has(f"{base}/{'/'.join(parts[:i])}"):
+                    w.dir(f"{base}/{'/'.join(parts[:i])}")
+            w.file(f"{base}/{p}", ms.files[p])
+        w.file(f"{base}/modules.dep", ms.modules_dep().encode())
+        w.file(f"{base}/{kmod.LOAD_LIST}", ("\n".join(ms.load_order()) + "\n").encode())
     w.chardev("dev/console", 5, 1)
     w.chardev("dev/null", 1, 3, 0o666)
     w.chardev("dev/ttyS0", 4, 64)
@@ -205,21 +265,53 @@ def initramfs_bytes(busybox: Path, init: bytes, compress: bool = True) -> bytes:
     return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
 
 
-def build_initramfs(init: Path | None = None, compress: bool = True, out: Path | None = None) -> Path:
-    """Build (or reuse) the initramfs; returns its path.  Cached by the
-    hash of busybox and the init script."""
+def build_initramfs(init: Path | None = None, compress: bool = True, out: Path | None = None,
+                    modules_for: tuple[str, ...] | None = None) -> Path:
+    """Build (or reuse) the initramfs; returns its path.  It carries the
+    disk modules of the kernels `modules_for` (default: every kit kernel;
+    () for none), so one initramfs serves them all.  Cached by the hash of
+    everything in it."""
     busybox = fetch_busybox()
     init_bytes = Path(init or INIT_SOURCE).read_bytes()
+    sets = [fetch_modules(n) for n in (KERNELS if modules_for is None else modules_for)]
+    mod_key = hashlib.sha256()
+    for ms in sorted(sets, key=lambda m: m.release):
+        mod_key.update(ms.release.encode() + b"\0" + ms.modules_dep().encode())
+        for p in sorted(ms.files):
+            mod_key.update(hashlib.sha256(ms.files[p]).digest())
     h = hashlib.sha256(b"layout%d\0" % INITRAMFS_LAYOUT + busybox.read_bytes() + b"\0" + init_bytes + b"\0" + exithelper.elf()
-                       + (b"gz" if compress else b"raw")).hexdigest()[:16]
+                       + mod_key.digest() + (b"gz" if compress else b"raw")).hexdigest()[:16]
     d = cache_root() / "initramfs"
     d.mkdir(parents=True, exist_ok=True)
     cached = d / f"initramfs-{h}.cpio{'.gz' if compress else ''}"
     if not cached.is_file():
         tmp = cached.with_suffix(".part")
-        tmp.write_bytes(initramfs_bytes(busybox, init_bytes, compress))
+        tmp.write_bytes(initramfs_bytes(busybox, init_bytes, compress, sets))
         os.replace(tmp, cached)
     if out:
         shutil.copyfile(cached, out)
         return Path(out)
     return cached
+
+
+# -- the Debian disk images (images.py) -----------------------------------------
+
+IMAGE_ASSET_SUFFIXES = {"": "vmlinuz", "-initrd": "initrd", "-disk": "disk"}
+
+
+def image_asset_names() -> list[str]:
+    from .images import IMAGES
+    return [n + sfx for n in IMAGES for sfx in IMAGE_ASSET_SUFFIXES]
+
+
+def image_asset(name: str) -> Path | None:
+    """guestkit:debian-13 (the image's kernel), guestkit:debian-13-initrd
+    (its initramfs-tools initramfs), guestkit:debian-13-disk (the image
+    itself: attach it with snapshot, or every boot changes the cached
+    image); built on first use.  None if `name` is no image asset."""
+    from .images import IMAGES, build_image
+    for sfx, field in IMAGE_ASSET_SUFFIXES.items():
+        base = name.removesuffix(sfx) if sfx else name
+        if (not sfx or name.endswith(sfx)) and base in IMAGES:
+            return getattr(build_image(base), field)
+    return None

@@ -3,7 +3,14 @@
   fetch [NAME ...|all] [--refresh]   fetch kernels (default: all) and busybox
   build [--init FILE] [--raw] [-o OUT]   build the initramfs, print its path
   path kernel NAME | path config NAME | path initramfs | path busybox
-  list                               the known kernels and what is cached
+  image debian-12|debian-13 [--rebuild]   build (or reuse) a Debian disk image, print its path
+  path image IMAGE | path kernel IMAGE | path initrd IMAGE
+                                     an image's disk, its kernel and its initramfs-tools
+                                     initrd (extracted for --kernel/--initrd); built if needed
+  list                               the known kernels, images and what is cached
+
+In configs: guestkit:debian-13 (kernel), guestkit:debian-13-initrd (initrd),
+guestkit:debian-13-disk (the image; attach it with snapshot).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import sys
 
 from . import (KERNELS, FetchError, _kernel_from_info, build_initramfs, cache_root, fetch_busybox,
                fetch_kernel)
+from .images import IMAGES, build_image, cached_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--raw", action="store_true", help="uncompressed cpio")
     b.add_argument("-o", "--output")
     p = sub.add_parser("path")
-    p.add_argument("what", choices=["kernel", "config", "initramfs", "busybox"])
+    p.add_argument("what", choices=["kernel", "config", "initramfs", "busybox", "image", "initrd"])
     p.add_argument("name", nargs="?")
+    im = sub.add_parser("image")
+    im.add_argument("name", choices=list(IMAGES))
+    im.add_argument("--rebuild", action="store_true")
     sub.add_parser("list")
     a = ap.parse_args(argv)
     try:
@@ -40,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"busybox: {fetch_busybox(refresh=a.refresh)}")
         elif a.cmd == "build":
             print(build_initramfs(a.init, compress=not a.raw, out=a.output))
+        elif a.cmd == "image":
+            print(build_image(a.name, rebuild=a.rebuild).disk)
+        elif a.cmd == "path" and (a.what in ("image", "initrd") or a.name in IMAGES):
+            if a.name not in IMAGES or a.what not in ("image", "kernel", "initrd"):
+                ap.error(f"path {a.what} takes an image name: {', '.join(IMAGES)}")
+            img = build_image(a.name)
+            print({"image": img.disk, "kernel": img.vmlinuz, "initrd": img.initrd}[a.what])
         elif a.cmd == "path":
             if a.what in ("kernel", "config"):
                 if not a.name:
@@ -54,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             for n, (suite, meta) in KERNELS.items():
                 k = _kernel_from_info(cache_root() / "kernels" / n)
                 print(f"{n:18} {suite}/{meta:24} {'cached: ' + k.release if k else 'not fetched'}")
+            for n, suite in IMAGES.items():
+                img = cached_image(n)
+                print(f"{n:18} {suite} disk image{'':14} {'built: ' + str(img.disk) if img else 'not built'}")
     except FetchError as exc:
         print(f"guestkit: {exc}", file=sys.stderr)
         return 1

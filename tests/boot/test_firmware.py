@@ -120,3 +120,41 @@ def test_dsdt_disassembles_with_iasl(tmp_path):
     proc = subprocess.run(["iasl", "-d", "dsdt.dat"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "_S5" in (tmp_path / "dsdt.dsl").read_text()
+
+
+def test_pci_root_bridge_in_the_dsdt_with_iasl(tmp_path):
+    """With a pci device the DSDT has \\_SB.PCI0 (PNP0A03) with its
+    resources and the hard-wired INTx routing (slot s, pin p -> GSI
+    16 + (s + p) % 4); iasl disassembles it back."""
+    dsdt = t.dsdt(t.Platform(cpus=1, pci=True))
+    (tmp_path / "dsdt.dat").write_bytes(dsdt)
+    proc = subprocess.run(["iasl", "-d", "dsdt.dat"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dsl = (tmp_path / "dsdt.dsl").read_text()
+    assert 'EisaId ("PNP0A03")' in dsl and "Device (PCI0)" in dsl and "Name (_PRT, Package (0x7C)" in dsl
+    assert "WordBusNumber" in dsl and "0x0CF8,             // Range Minimum" in dsl
+    assert "0xC0000000,         // Range Minimum" in dsl and "0xFEBFFFFF,         // Range Maximum" in dsl
+    # slot 3: INTA -> 19, INTB -> 16 (PIRQ[(3 + 1 - 1) % 4] = D, then A)
+    flat = " ".join(dsl.split())
+    assert "Package (0x04) { 0x0003FFFF, Zero, Zero, 0x13 }" in flat
+    assert "Package (0x04) { 0x0003FFFF, One, Zero, 0x10 }" in flat
+    assert t.dsdt() == t.dsdt(t.Platform(cpus=1)) and b"PCI0" not in t.dsdt()
+
+
+def test_mp_table_has_the_pci_bus_and_intx_entries():
+    table = t.mp_table(t.Platform(cpus=2, pci=True))
+    cfg = table[16:]
+    count = struct.unpack_from("<H", cfg, 34)[0]
+    off, buses, pci_ints = 44, {}, {}
+    for _ in range(count):
+        kind = cfg[off]
+        if kind == 1:
+            buses[cfg[off + 1]] = cfg[off + 2:off + 8]
+        if kind == 3 and cfg[off + 4] == t.MP_PCI_BUS:
+            flags, src, pin = struct.unpack_from("<H", cfg, off + 2)[0], cfg[off + 5], cfg[off + 7]
+            pci_ints[src] = (flags, pin)
+        off += 20 if kind == 0 else 8
+    assert off == len(cfg) and sum(cfg) & 0xFF == 0
+    assert buses == {0: b"ISA   ", t.MP_PCI_BUS: b"PCI   "}
+    assert len(pci_ints) == 31 * 4
+    assert pci_ints[3 << 2 | 0] == (0x000F, 19) and pci_ints[3 << 2 | 1] == (0x000F, 16)

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from bhive import guestkit
-from bhive.guestkit import cpio, debian, exithelper
+from bhive.guestkit import cpio, debian, exithelper, kmod
 
 from support import REPO
 
@@ -229,3 +229,66 @@ def test_kit_boots_under_qemu(online):
     assert r.cpus == 2
     assert r.exit_code == bootrun.DEBUG_EXIT_OK, r.console[-2000:]
     assert "CPU0" in r.console and "CPU1" in r.console           # the /proc/interrupts dump
+
+
+# -- the disk modules -----------------------------------------------------------
+
+def test_module_load_order_and_modules_dep():
+    ms = kmod.ModuleSet("6.0-test", {p: b"" for p in ("k/ata_piix.ko", "k/libata.ko", "k/scsi_mod.ko",
+                                                         "k/scsi_common.ko", "k/sd_mod.ko")},
+                        {"k/ata_piix.ko": ["k/libata.ko", "k/scsi_mod.ko"], "k/libata.ko": ["k/scsi_mod.ko"],
+                         "k/scsi_mod.ko": ["k/scsi_common.ko"], "k/scsi_common.ko": [],
+                         "k/sd_mod.ko": ["k/scsi_mod.ko", "k/scsi_common.ko"]})
+    order = ms.load_order()
+    assert sorted(order) == sorted(ms.files)
+    for p, ds in ms.deps.items():
+        assert all(order.index(d) < order.index(p) for d in ds), (p, order)
+    dep = dict(l.split(":", 1) for l in ms.modules_dep().splitlines())
+    # depmod's format: the whole closure, the module to load first last
+    assert dep["k/ata_piix.ko"].split() == ["k/libata.ko", "k/scsi_mod.ko", "k/scsi_common.ko"]
+    assert dep["k/scsi_common.ko"] == ""
+    assert kmod.module_name("kernel/block/t10-pi.ko.xz") == "t10_pi"
+
+
+def test_init_loads_the_module_list_in_order(tmp_path):
+    """/init's load_modules, run by the host's sh with insmod and uname
+    stubbed: every line of modules.bhive is insmod'ed, in the file's order."""
+    text = INIT.read_text()
+    func = re.search(r"load_modules\(\) \{.*?\n\}\n", text, re.S).group(0)
+    root = tmp_path / "lib" / "modules" / "6.0-test"
+    root.mkdir(parents=True)
+    (root / "modules.bhive").write_text("kernel/a.ko\nkernel/b.ko\nkernel/c.ko\n")
+    script = (f'uname() {{ echo 6.0-test; }}\ninsmod() {{ echo "insmod $1" >> {tmp_path}/calls; }}\n'
+              + func.replace("/lib/modules", f"{tmp_path}/lib/modules").replace("/tmp/insmod.err", f"{tmp_path}/err")
+              + "load_modules\n")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    calls = (tmp_path / "calls").read_text().split("\n")[:-1]
+    assert calls == [f"insmod {root}/kernel/{m}.ko" for m in "abc"]
+    assert "bhive: modules loaded: a b c" in out.stdout
+
+
+def test_initramfs_carries_each_kit_kernels_disk_modules(online):
+    """The built initramfs has, for every kit kernel, ata_piix, libata,
+    scsi_mod, sd_mod (and ext4 with jbd2, mbcache, crc16 and crc32c where the
+    kernel builds them as modules), real ELF modules named as their modinfo
+    says, and a load list in which every module follows all its modinfo
+    dependencies."""
+    by = {e.name: e for e in cpio.parse(guestkit.build_initramfs().read_bytes())}
+    for name in guestkit.KERNELS:
+        k = guestkit.fetch_kernel(name)
+        base = f"lib/modules/{k.release}"
+        order = by[f"{base}/modules.bhive"].data.decode().split()
+        names = [kmod.module_name(p) for p in order]
+        want = {"ata_piix", "libata", "scsi_mod", "sd_mod"}
+        if "CONFIG_EXT4_FS=m" in k.config.read_text():
+            want |= {"ext4", "jbd2", "mbcache", "crc16", "crc32c_generic"}
+        assert want <= set(names), (name, names)
+        dep = dict(l.split(":", 1) for l in by[f"{base}/modules.dep"].data.decode().splitlines())
+        assert set(dep) == set(order)
+        for i, p in enumerate(order):
+            info = kmod.modinfo(by[f"{base}/{p}"].data)
+            assert info["name"] == [kmod.module_name(p)]
+            for d in kmod.depends(info):
+                assert d in names[:i], f"{name}: {p} needs {d} loaded before it: {names}"
+            assert set(dep[p].split()) <= set(order[:i])

@@ -526,3 +526,21 @@ def test_state_round_trip(parts):
     twin.tx_drained()
     assert console.out == b"w"
     assert bytes(rd(twin, RBR_THR) for _ in range(5)) == b"hello"
+
+
+def test_console_input_takes_only_what_fits_so_held_back_input_is_no_overrun(host_for):
+    """The console relay keeps the bytes the UART did not take and sends
+    them again; the host must not overrun on them (Linux turns LSR.OE into
+    a NUL, which makes agetty start the login prompt over)."""
+    from bhive.devices import DEVICE_TYPES
+
+    class Vm:
+        devices: dict = {}
+        cpus = 1
+    host = host_for(DEVICE_TYPES["uart"], {"console": False}, Vm())
+    assert host.console_input(b"root\n") == 1          # FIFOs off: one holding register
+    assert not host.model.regs.overrun and host.pio(0x3F8 + LSR, 1, False, 0) & LSR_OE == 0
+    assert host.pio(0x3F8, 1, False, 0) == ord("r")
+    host.pio(0x3F8 + 2, 1, True, 0x01)                  # FIFOs on
+    assert host.console_input(b"oot\n") == 4
+    assert bytes(host.pio(0x3F8, 1, False, 0) for _ in range(4)) == b"oot\n"
