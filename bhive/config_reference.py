@@ -50,6 +50,14 @@ SECTIONS = {
                    "`--initrd`, `-initrd`"),
         "append": ('""', "a string", "the kernel command line; `--append`, `-append`"),
     },
+    "drive": {                # [[drive]]: one table per disk, as QEMU's -drive
+        "file": ("-", "a path (relative to the config file)", "the raw image (required); `-drive file=`, `-hda`..`-hdd`"),
+        "format": ('"raw"', ", ".join(C.DRIVE_FORMATS), "the image format"),
+        "if": ('"ide"', ", ".join(C.DRIVE_INTERFACES), "the interface: the PIIX IDE controller"),
+        "index": ("the lowest free", "0..3", "primary master/slave, secondary master/slave (`-hda`..`-hdd`)"),
+        "readonly": ("false", "true, false", "the guest cannot write (the image gets a shared lock)"),
+        "snapshot": ("false", "true, false", "writes go to a throw-away overlay in the run directory; `-snapshot`"),
+    },
     "cpu": {
         "model": ('"max"', ", ".join(cpumodel.MODELS), "the CPU model, as QEMU names it; `-cpu` wins over this table"),
         "vendor": ("the model's", ", ".join(cpumodel.VENDORS), "the CPUID vendor string"),
@@ -99,7 +107,8 @@ def render() -> str:
            "device registry (`bhive/devices.py`); a test fails if this file and they disagree.",
            "A key not listed here is refused (one line, status 2).", ""]
     for section, keys in SECTIONS.items():
-        out += [f"## [{section}]", "", "| key | default | values | meaning |", "|---|---|---|---|"]
+        title = "[[drive]]" if section == "drive" else f"[{section}]"
+        out += [f"## {title}", "", "| key | default | values | meaning |", "|---|---|---|---|"]
         for key, (default, values, meaning) in keys.items():
             out.append(f"| `{key}` | {default} | {values} | {meaning} |")
         out.append("")

@@ -26,6 +26,7 @@ def test_every_accepted_key_is_documented_and_no_other():
     assert set(config_reference.SECTIONS["boot"]) == C._BOOT_KEYS
     assert set(config_reference.SECTIONS["msr"]) == C._MSR_KEYS
     assert set(config_reference.SECTIONS["cpu"]) == C._CPU_KEYS
+    assert set(config_reference.SECTIONS["drive"]) == C._DRIVE_KEYS
     from bhive.chaos import CHAOS_KEYS
     assert set(config_reference.SECTIONS["chaos"]) == CHAOS_KEYS
 

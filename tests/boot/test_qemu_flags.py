@@ -139,7 +139,7 @@ CLI_ERRORS = [
     (["-cdrom", "x.iso"], "-cdrom: a QEMU option bhive does not have"),
     (["-bios", "bios.bin"], "-bios: a QEMU option bhive does not have"),
     (["-machine", "q35"], "-machine: a QEMU option bhive does not have"),
-    (["-cpu", "max"], "-cpu: a QEMU option bhive does not have"),
+    (["-cpu", "pentium9"], "-cpu: unknown CPU model 'pentium9' (known: max, qemu64)"),
     (["-S"], "-S: a QEMU option bhive does not have"),
     (["-no-shutdown"], "-no-shutdown: a QEMU option bhive does not have"),
     (["-frobnicate"], "unrecognized arguments: -frobnicate"),
@@ -158,7 +158,7 @@ CLI_ERRORS = [
     (["-name", "bad name!"], "[vm] name: 'bad name!'"),
     (["-device", "e1000"], "-device e1000: bhive has no device 'e1000'"),
     (["-device", "isa-debug-exit,iobase=0xf4,color=red"], "isa-debug-exit has no property 'color'"),
-    (["-serial", "pty"], "-serial pty: not supported yet"),
+    (["-serial", "tcp:1234"], "serial: 'tcp:1234' is not one of stdio, null"),
     (["-m"], "argument -m/--memory: expected one argument"),
 ]
 
