@@ -497,6 +497,21 @@ void jit_account(cpu_t *c);                      /* after a longjmp out of nativ
 int jit_flush_needed(cpu_t *c);                  /* the code buffer is nearly full */
 void jit_reset(cpu_t *c);                        /* drop all native code (with the block cache) */
 void jit_stats(cpu_t *c, uint64_t *out);         /* blocks translated, fallbacks, code bytes */
+/* Native code outside 64-bit mode assumes flat 32-bit segments (jit.c):
+ * 32-bit code and stack, CS/DS/SS with base 0 and a 4 GiB limit of the right
+ * type, so an offset is the linear address and only the 4 GiB wrap is left
+ * to check, which the TLB probe does (an access across it spans two pages).
+ * Checked before native code is entered and after each instruction the
+ * interpreter runs for it (segment loads), never per access. */
+static inline int jit_flat32(const cpu_t *c)
+{
+    const uint64_t g4 = 1ULL << 32;
+    return c->csz == 4 && c->ssz == 4 && !c->long64 &&
+           (c->segbase[S_CS] | c->segbase[S_DS] | c->segbase[S_SS]) == 0 && c->seg[S_CS].limit == 0xffffffffu &&
+           c->seg_end[0][S_DS] == g4 && c->seg_end[1][S_DS] == g4 &&
+           c->seg_end[0][S_SS] == g4 && c->seg_end[1][S_SS] == g4;
+}
+static inline int jit_may_enter(const cpu_t *c) { return c->long64 || jit_flat32(c); }
 
 /* run.c */
 void block_cache_flush(cpu_t *c);                /* drop every decoded block and its native code */

@@ -1,5 +1,7 @@
 /*
- * The JIT: hot 64-bit-mode blocks translated to host x86-64 code.
+ * The JIT: hot 64-bit-mode blocks, and 32-bit blocks (protected mode, flat
+ * or paged, and compatibility mode) under flat segments, translated to
+ * host x86-64 code.
  *
  * Guest and host are the same ISA, so most integer instructions run as
  * themselves: the translator re-encodes each one with its register
@@ -228,7 +230,7 @@ static jit_ret_t jit_fallback(cpu_t *c, const insn_t *i, uint64_t hostflags, uin
     else c->jit->fallbacks++;
     if (unlikely(c->jit->fb_hist != NULL)) c->jit->fb_hist[(slow ? 1024 : 0) + (((i->map & 3) << 8) | i->op)]++;
     jit_ret_t r = { 0, 0 };
-    if (c->brk || c->nrip != rip + i->len || c->epoch != epoch) {
+    if (c->brk || c->nrip != rip + i->len || c->epoch != epoch || !jit_may_enter(c)) {
         c->rip = c->nrip;
         c->jit_budget -= (int64_t)(done + i->ninsn);
         r.exit = 1;
@@ -478,7 +480,7 @@ typedef struct {
 static int immz(int osz) { return osz == 2 ? 2 : 4; }
 
 /* Fill n for an instruction the host can run as itself, or return 0. */
-static int classify(const insn_t *d, native_t *n)
+static int classify(const insn_t *d, native_t *n, int long64)
 {
     memset(n, 0, sizeof(*n));
     int op = d->op, map = d->map & 0x7f, osz = d->osz, ext = d->ext;
@@ -498,7 +500,7 @@ static int classify(const insn_t *d, native_t *n)
             }
         }
         switch (op) {
-        case 0x63: n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->msize = osz == 8 ? 4 : osz; return 1;
+        case 0x63: if (!long64) return 0; n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->msize = osz == 8 ? 4 : osz; return 1;
         case 0x69: n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->imm = (uint8_t)immz(osz); return 1;
         case 0x6b: n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->imm = 1; return 1;
         case 0x80: case 0x81: case 0x83:
@@ -569,6 +571,7 @@ typedef struct {
     em_t e;
     cpu_t *c;
     uint64_t start;          /* the block's linear RIP */
+    int m32;                 /* 32-bit code under flat segments (jit_flat32), else 64-bit mode */
     uint64_t rip;            /* of the instruction being translated */
     uint32_t done;           /* instructions of the block before it */
     /* out-of-line stubs, emitted after the body */
@@ -870,28 +873,33 @@ static void emit_exit_indirect(tx_t *t, int reg, uint32_t count)
     jmp_to(e, j->exit_flags);
 }
 
-/* PUSH of the value in `reg` to [rsp-8]: the store first, RSP after it
+/* PUSH of the value in `reg` to [rsp-8] ([esp-4] in flat 32-bit code, ESP
+ * wrapping at 4 GiB as SS.B=1 makes it): the store first, RSP after it
  * (precise on #PF); `next`/`next_reg`: where the instruction goes on */
 static void emit_push(tx_t *t, const insn_t *d, int reg, struct stub *s, uint64_t next, int next_reg)
 {
     em_t *e = &t->e;
+    int w = t->m32 ? 4 : 8;
     if (reg != R8) mov_rr64(e, R8, reg);
-    ld64(e, RSI, GREG(R_RSP));
-    lea64(e, RSI, OM(RSI, -8));
-    emit_probe(t, 8, 1, s);
-    st64(e, OX(RSI, RDI, 0, 0), R8);
-    st64(e, GREG(R_RSP), RSI);
+    if (t->m32) { ld32(e, RSI, GREG(R_RSP)); lea32(e, RSI, OM(RSI, -4)); }
+    else { ld64(e, RSI, GREG(R_RSP)); lea64(e, RSI, OM(RSI, -8)); }
+    emit_probe(t, w, 1, s);
+    op1(e, w == 8, 0x89, R8, OX(RSI, RDI, 0, 0));
+    st64(e, GREG(R_RSP), RSI);                                 /* 32-bit: zero-extended, as sp_set() */
     emit_code_check(t, d, next, next_reg);
 }
 
-/* rax = [rsp]; rsp += 8 + extra */
+/* rax = [rsp]; rsp += 8 + extra (32-bit code: eax = [esp], 4 + extra) */
 static void emit_pop(tx_t *t, int extra, struct stub *s)
 {
     em_t *e = &t->e;
-    ld64(e, RSI, GREG(R_RSP));
-    emit_probe(t, 8, 0, s);
-    ld64(e, RAX, OX(RSI, RDI, 0, 0));
-    lea64(e, RSI, OM(RSI, 8 + extra));
+    int w = t->m32 ? 4 : 8;
+    if (t->m32) ld32(e, RSI, GREG(R_RSP));
+    else ld64(e, RSI, GREG(R_RSP));
+    emit_probe(t, w, 0, s);
+    op1(e, w == 8, 0x8b, RAX, OX(RSI, RDI, 0, 0));
+    if (t->m32) lea32(e, RSI, OM(RSI, 4 + extra));
+    else lea64(e, RSI, OM(RSI, 8 + extra));
     st64(e, GREG(R_RSP), RSI);
 }
 
@@ -917,14 +925,27 @@ static void emit_exit_to(tx_t *t, uint64_t rip, uint32_t count)
 static int emit_insn(tx_t *t, const insn_t *d, int last)
 {
     em_t *e = &t->e;
-    uint64_t next = t->rip + d->len;
+    int m32 = t->m32;
+    /* EIP wraps at 4 GiB; a branch with a 16-bit operand size truncates its target to 16 bits */
+    uint64_t next = m32 ? (uint32_t)(t->rip + d->len) : t->rip + d->len;
+    uint64_t ipmask = m32 ? szmask(d->osz) : ~0ULL;
     uint32_t count = t->done + d->ninsn;
-    int op = d->op, map = d->map & 0x7f, o64 = d->osz == 8;
+    int op = d->op, map = d->map & 0x7f;
+    int o64 = d->osz == (m32 ? 4 : 8);   /* the stack width: 8 bytes in 64-bit mode, 4 in flat 32-bit code */
     if (d->fn == h_nop) return 0;
+    /* flat 32-bit code: only DS and SS are known flat (jit_flat32), and
+     * 16-bit addressing is left to the interpreter */
+    if (m32 && d->mod != 3 && !(d->asz == 4 && (d->seg == S_DS || d->seg == S_SS))) goto interpret;
+    if (m32 && map == 0 && op >= 0x40 && op <= 0x4f) {       /* INC/DEC r16/r32 (REX prefixes in 64-bit mode) */
+        ld64(e, R9, GREG(op & 7));
+        enc(e, 0, 0, d->osz == 2, 0, (const uint8_t[]){ 0xff }, 1, op >= 0x48, OR(R9));   /* FF /0, FF /1 */
+        st_sized(e, d->osz, GREG(op & 7), R9);
+        return 0;
+    }
     if (d->ninsn == 2) {
         /* a macro-fused flag op + Jcc: the op natively, then the branch */
         native_t n;
-        if (!classify(d, &n) || (n.modrm && d->mod != 3)) {
+        if (!classify(d, &n, !t->m32) || (n.modrm && d->mod != 3)) {
             emit_fallback_inline(t, d);
             return 0;
         }
@@ -939,16 +960,16 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         uint8_t *taken = jcc32(e, op & 15);
         emit_exit(t, next, count);
         fix(taken, e->p);
-        emit_exit(t, next + d->imm, count);
+        emit_exit(t, (next + d->imm) & ipmask, count);
         return 1;
     }
     if (map == 0 && (op == 0xe9 || op == 0xeb) && o64) {    /* JMP rel */
-        emit_exit(t, next + d->imm, count);
+        emit_exit(t, (next + d->imm) & ipmask, count);
         return 1;
     }
     if (map == 0 && op == 0xe8 && o64) {                     /* CALL rel */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
-        uint64_t target = next + d->imm;
+        uint64_t target = (next + d->imm) & ipmask;
         mov_imm(e, R8, next);
         emit_push(t, d, R8, s, target, 0);
         emit_exit(t, target, count);
@@ -962,11 +983,11 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     }
     if (map == 0 && op == 0xff && o64 && (d->ext == 2 || d->ext == 4)) {   /* CALL/JMP r/m64 */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
-        if (d->mod == 3) ld64(e, R9, GREG(d->rm));
+        if (d->mod == 3) op1(e, !m32, 0x8b, R9, GREG(d->rm));
         else {
             emit_ea(t, d, 1);
-            emit_probe(t, 8, 0, s);
-            ld64(e, R9, OX(RSI, RDI, 0, 0));
+            emit_probe(t, m32 ? 4 : 8, 0, s);
+            op1(e, !m32, 0x8b, R9, OX(RSI, RDI, 0, 0));
         }
         if (d->ext == 2) { mov_imm(e, R8, next); emit_push(t, d, R8, s, 0, 1); }
         emit_exit_indirect(t, R9, count);
@@ -975,7 +996,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     if (map == 0 && ((op >= 0x50 && op <= 0x57) || op == 0x68 || op == 0x6a) && o64) {   /* PUSH r64 / imm */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
         if (op <= 0x57) ld64(e, R8, GREG(d->rm));
-        else mov_imm(e, R8, d->imm);
+        else mov_imm(e, R8, m32 ? (uint32_t)d->imm : d->imm);
         emit_push(t, d, R8, s, next, 0);
         s->cont = e->p;
         return 0;
@@ -1044,12 +1065,13 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         return 0;
     }
     native_t n;
-    if (classify(d, &n)) {
+    if (classify(d, &n, !t->m32)) {
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_native(t, d, &n, s);
         s->cont = e->p;
         return 0;
     }
+interpret:
     emit_fallback_inline(t, d);
     if (last) {
         emit_exit_to(t, next, count);
@@ -1095,10 +1117,12 @@ void *jit_compile(cpu_t *c, block_t *b)
 {
     struct jit *j = c->jit;
     b->hits = 0;   /* another linear address of the block waits its turn again */
-    if (!j || b->key != 8 || !c->long64) return NULL;
+    int m32 = b->key == 4 && jit_flat32(c);
+    if (!j || !(m32 || (b->key == 8 && c->long64))) return NULL;
     tx_t *t = malloc(sizeof(*t));
     if (!t) return NULL;
     t->c = c;
+    t->m32 = m32;
     t->e = (em_t){ j->buf + j->used, j->buf + JIT_BYTES - 64, 0 };
     t->start = t->rip = c->rip; t->done = 0; t->nst = 0;
     uint8_t *start = t->e.p;
