@@ -511,7 +511,17 @@ static inline int jit_flat32(const cpu_t *c)
            c->seg_end[0][S_DS] == g4 && c->seg_end[1][S_DS] == g4 &&
            c->seg_end[0][S_SS] == g4 && c->seg_end[1][S_SS] == g4;
 }
-static inline int jit_may_enter(const cpu_t *c) { return c->long64 || jit_flat32(c); }
+/* 16-bit code (real mode, 16-bit protected mode; not virtual-8086 mode)
+ * whose CS, DS, ES and SS allow 64 KiB: native code adds the segment base
+ * at run time and checks each access against the 64 KiB limit. */
+static inline int jit_seg16(const cpu_t *c)
+{
+    const uint64_t k64 = 1ULL << 16;
+    return c->csz == 2 && c->ssz == 2 && !c->long64 && !(c->rflags & F_VM) && c->seg[S_CS].limit == 0xffffu &&
+           c->seg_end[0][S_DS] == k64 && c->seg_end[1][S_DS] == k64 && c->seg_end[0][S_ES] == k64 &&
+           c->seg_end[1][S_ES] == k64 && c->seg_end[0][S_SS] == k64 && c->seg_end[1][S_SS] == k64;
+}
+static inline int jit_may_enter(const cpu_t *c) { return c->long64 || jit_flat32(c) || jit_seg16(c); }
 
 /* run.c */
 void block_cache_flush(cpu_t *c);                /* drop every decoded block and its native code */

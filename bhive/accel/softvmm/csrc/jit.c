@@ -567,18 +567,30 @@ static int classify(const insn_t *d, native_t *n, int long64)
     return 0;
 }
 
+#define STUB_FROM 6   /* jumps to one slow path: two probes (CALL m) with their 16-bit limit checks, DIV's */
 typedef struct {
     em_t e;
     cpu_t *c;
     uint64_t start;          /* the block's linear RIP */
-    int m32;                 /* 32-bit code under flat segments (jit_flat32), else 64-bit mode */
+    int m32;                 /* 32-bit code under flat segments (jit_flat32) */
+    int m16;                 /* 16-bit code under 64 KiB segments (jit_seg16) */
+    uint64_t csbase;         /* CS base the block runs under (16-bit code: RIP is IP) */
+    int seg_pending;         /* 16-bit code: the segment of the access emit_probe checks next, or -1 */
     uint64_t rip;            /* of the instruction being translated */
     uint32_t done;           /* instructions of the block before it */
     /* out-of-line stubs, emitted after the body */
-    struct stub { uint8_t kind, next_reg; const insn_t *i; uint64_t rip; uint32_t done; uint8_t *from[3]; uint8_t *cont; } st[2 * BLK_MAX + 8];
+    struct stub { uint8_t kind, next_reg; const insn_t *i; uint64_t rip; uint32_t done; uint8_t *from[STUB_FROM]; uint8_t *cont; } st[2 * BLK_MAX + 8];
     int nst;
 } tx_t;
 enum { ST_SLOWPATH, ST_FALLBACK, ST_CODEWRITE };
+
+static void stub_from(tx_t *t, struct stub *s, uint8_t *jump)
+{
+    int f = 0;
+    while (f < STUB_FROM && s->from[f]) f++;
+    if (f == STUB_FROM) { t->e.bad = 1; return; }
+    s->from[f] = jump;
+}
 
 static struct stub *new_stub(tx_t *t, int kind, const insn_t *i)
 {
@@ -591,9 +603,15 @@ static struct stub *new_stub(tx_t *t, int kind, const insn_t *i)
 
 /* the guest register behind a decoded register number (0x10|n = AH..BH) */
 static opnd_t greg(int r) { return (r & 0x10) ? OM(R15, (int32_t)(offsetof(cpu_t, r) + 8 * (r & 3) + 1)) : GREG(r); }
+/* 8- and 16-bit operands are loaded at their size: a load wider than the
+ * narrow store of the result before it would wait for that store to retire
+ * instead of forwarding from it.  32-bit ones whole: their results are
+ * stored as 64 bits, which keeps the upper half an instruction leaves alone
+ * (CMPXCHG r32 that fails to match). */
 static void load_greg(em_t *e, int host, int r, int sz)
 {
-    if ((r & 0x10) && sz == 1) movzx8(e, host, greg(r));
+    if (sz == 1) movzx8(e, host, greg(r));
+    else if (sz == 2) movzx16(e, host, GREG(r & 15));
     else ld64(e, host, GREG(r & 15));
 }
 
@@ -611,6 +629,8 @@ static void emit_ea(tx_t *t, const insn_t *d, int with_seg)
         else lea64(e, RSI, OX(base, index, d->scale, d->disp));
     }
     if (d->asz == 4) op1(e, 0, 0x89, RSI, OR(RSI));      /* mov esi, esi */
+    else if (d->asz == 2) movzx16(e, RSI, OR(RSI));      /* movzx esi, si */
+    if (t->m16) { if (with_seg) t->seg_pending = d->seg; return; }
     if (with_seg && (d->seg == S_FS || d->seg == S_GS)) {
         ld64(e, RAX, OM(R15, (int32_t)(offsetof(cpu_t, segbase) + 8 * d->seg)));
         lea64(e, RSI, OX(RSI, RAX, 0, 0));
@@ -622,6 +642,20 @@ static void emit_ea(tx_t *t, const insn_t *d, int with_seg)
 static void emit_probe(tx_t *t, int size, int write, struct stub *s)
 {
     em_t *e = &t->e;
+    if (t->seg_pending >= 0) {
+        /* 16-bit code: rsi is an offset into a segment with a 64 KiB limit
+         * (jit_seg16): past it, the interpreter raises #GP/#SS; else the
+         * base (whatever it is now) makes it linear, mod 4 GiB as lin_acc */
+        int seg = t->seg_pending;
+        t->seg_pending = -1;
+        lea64(e, RCX, OM(RSI, size - 1));
+        mov_imm(e, RAX, 16);
+        shrx64(e, RCX, RCX, RAX);
+        jrcxz_over_jmp(e);
+        stub_from(t, s, jmp32(e));
+        ld64(e, RAX, OM(R15, (int32_t)(offsetof(cpu_t, segbase) + 8 * seg)));
+        lea32(e, RSI, OX(RSI, RAX, 0, 0));
+    }
     rorx64(e, RAX, RSI, 12);
     rorx64(e, RCX, RSI, 20);
     lea64(e, RAX, OX(RAX, RCX, 0, 0));
@@ -637,9 +671,7 @@ static void emit_probe(tx_t *t, int size, int write, struct stub *s)
     ld64(e, RCX, OM(R10, write ? (int32_t)offsetof(jtlbe_t, jtag_w) : (int32_t)offsetof(jtlbe_t, jtag_r)));
     lea64(e, RCX, OX(RCX, RDX, 0, 0));
     jrcxz_over_jmp(e);
-    int f = 0;
-    while (f < 2 && s->from[f]) f++;                           /* CALL m64 probes twice */
-    s->from[f] = jmp32(e);
+    stub_from(t, s, jmp32(e));
     ld64(e, RDI, OM(R10, (int32_t)offsetof(jtlbe_t, addend)));
 }
 
@@ -668,8 +700,8 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
         emit_ea(t, d, 1);
         emit_probe(t, n->msize, (n->rm_use & U_W) != 0, s);
     }
-    if (n->imp & (IMP_RAX_R | IMP_RAX_W)) ld64(e, RAX, GREG(R_RAX));
-    if (n->imp & IMP_CL) ld64(e, RCX, GREG(R_RCX));
+    if (n->imp & (IMP_RAX_R | IMP_RAX_W)) load_greg(e, RAX, R_RAX, osz);
+    if (n->imp & IMP_CL) load_greg(e, RCX, R_RCX, 1);
     if (n->imp & (IMP_RDX_R | IMP_RDX_W)) ld64(e, RDX, GREG(R_RDX));
     /* a written-only operand needs no load: full-width results replace it,
      * 32-bit ones zero-extend, narrower ones are stored at their width */
@@ -760,9 +792,7 @@ static void emit_div(tx_t *t, const insn_t *d, struct stub *s)
     b1(e, 0xeb); uint8_t *over = e->p; b1(e, 0);
     for (int k = 0; k < 4; k++) fix8(slow[k], e->p);
     b1(e, 0x9d);                                               /* popfq */
-    int f = 0;
-    while (f < 2 && s->from[f]) f++;
-    s->from[f] = jmp32(e);
+    stub_from(t, s, jmp32(e));
     fix8(over, e->p);
 }
 
@@ -797,7 +827,7 @@ static void emit_exit(tx_t *t, uint64_t target, uint32_t count)
     em_t *e = &t->e;
     struct jit *j = t->c->jit;
     uint8_t *out1 = emit_budget(t, count, 1);
-    if (((target ^ t->start) & ~0xfffULL) == 0) {
+    if ((((target + t->csbase) ^ (t->start + t->csbase)) & ~0xfffULL) == 0) {
         /* A successor in this block's page: reached through the same
          * translation, and its bytes change only with this block's (whose
          * own stores leave native code at once), so it needs no epoch or
@@ -881,6 +911,18 @@ static void emit_push(tx_t *t, const insn_t *d, int reg, struct stub *s, uint64_
     em_t *e = &t->e;
     int w = t->m32 ? 4 : 8;
     if (reg != R8) mov_rr64(e, R8, reg);
+    if (t->m16) {   /* SP wraps at 64 KiB; r11 keeps it while rsi becomes SS.base + SP */
+        movzx16(e, RSI, GREG(R_RSP));
+        lea32(e, RSI, OM(RSI, -2));
+        movzx16(e, RSI, OR(RSI));
+        op1(e, 0, 0x89, RSI, OR(R11));
+        t->seg_pending = S_SS;
+        emit_probe(t, 2, 1, s);
+        st_sized(e, 2, OX(RSI, RDI, 0, 0), R8);
+        st_sized(e, 2, GREG(R_RSP), R11);
+        emit_code_check(t, d, next, next_reg);
+        return;
+    }
     if (t->m32) { ld32(e, RSI, GREG(R_RSP)); lea32(e, RSI, OM(RSI, -4)); }
     else { ld64(e, RSI, GREG(R_RSP)); lea64(e, RSI, OM(RSI, -8)); }
     emit_probe(t, w, 1, s);
@@ -894,6 +936,16 @@ static void emit_pop(tx_t *t, int extra, struct stub *s)
 {
     em_t *e = &t->e;
     int w = t->m32 ? 4 : 8;
+    if (t->m16) {   /* ax = [SS:SP]; SP += 2 + extra, mod 64 KiB */
+        movzx16(e, RSI, GREG(R_RSP));
+        op1(e, 0, 0x89, RSI, OR(R11));
+        t->seg_pending = S_SS;
+        emit_probe(t, 2, 0, s);
+        movzx16(e, RAX, OX(RSI, RDI, 0, 0));
+        lea32(e, R11, OM(R11, 2 + extra));
+        st_sized(e, 2, GREG(R_RSP), R11);
+        return;
+    }
     if (t->m32) ld32(e, RSI, GREG(R_RSP));
     else ld64(e, RSI, GREG(R_RSP));
     emit_probe(t, w, 0, s);
@@ -925,18 +977,24 @@ static void emit_exit_to(tx_t *t, uint64_t rip, uint32_t count)
 static int emit_insn(tx_t *t, const insn_t *d, int last)
 {
     em_t *e = &t->e;
-    int m32 = t->m32;
-    /* EIP wraps at 4 GiB; a branch with a 16-bit operand size truncates its target to 16 bits */
+    int m32 = t->m32, m16 = t->m16, legacy = m32 || m16;
+    /* EIP wraps at 4 GiB; a branch truncates its target to its operand size */
     uint64_t next = m32 ? (uint32_t)(t->rip + d->len) : t->rip + d->len;
-    uint64_t ipmask = m32 ? szmask(d->osz) : ~0ULL;
+    uint64_t ipmask = legacy ? szmask(d->osz) : ~0ULL;
     uint32_t count = t->done + d->ninsn;
     int op = d->op, map = d->map & 0x7f;
-    int o64 = d->osz == (m32 ? 4 : 8);   /* the stack width: 8 bytes in 64-bit mode, 4 in flat 32-bit code */
+    int sw = m16 ? 2 : m32 ? 4 : 8;      /* the stack width: 8 bytes in 64-bit mode, 4 in 32-bit, 2 in 16-bit code */
+    int o64 = d->osz == sw;
     if (d->fn == h_nop) return 0;
     /* flat 32-bit code: only DS and SS are known flat (jit_flat32), and
-     * 16-bit addressing is left to the interpreter */
+     * 16-bit addressing is left to the interpreter; 16-bit code: DS, ES
+     * and SS have 64 KiB limits (jit_seg16) */
     if (m32 && d->mod != 3 && !(d->asz == 4 && (d->seg == S_DS || d->seg == S_SS))) goto interpret;
-    if (m32 && map == 0 && op >= 0x40 && op <= 0x4f) {       /* INC/DEC r16/r32 (REX prefixes in 64-bit mode) */
+    if (m16 && d->mod != 3 && d->seg != S_DS && d->seg != S_SS && d->seg != S_ES) goto interpret;
+    /* 16-bit code: a rel32 branch (66 prefix) may leave the 64 KiB CS limit: #GP is the interpreter's */
+    if (m16 && d->osz != 2 && ((map == 0 && (op == 0xe8 || op == 0xe9 || (op >= 0x70 && op <= 0x7f))) ||
+                               (map == 1 && op >= 0x80 && op <= 0x8f))) goto interpret;
+    if (legacy && map == 0 && op >= 0x40 && op <= 0x4f) {    /* INC/DEC r16/r32 (REX prefixes in 64-bit mode) */
         ld64(e, R9, GREG(op & 7));
         enc(e, 0, 0, d->osz == 2, 0, (const uint8_t[]){ 0xff }, 1, op >= 0x48, OR(R9));   /* FF /0, FF /1 */
         st_sized(e, d->osz, GREG(op & 7), R9);
@@ -983,12 +1041,14 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     }
     if (map == 0 && op == 0xff && o64 && (d->ext == 2 || d->ext == 4)) {   /* CALL/JMP r/m64 */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
-        if (d->mod == 3) op1(e, !m32, 0x8b, R9, GREG(d->rm));
-        else {
+        opnd_t src = GREG(d->rm);
+        if (d->mod != 3) {
             emit_ea(t, d, 1);
-            emit_probe(t, m32 ? 4 : 8, 0, s);
-            op1(e, !m32, 0x8b, R9, OX(RSI, RDI, 0, 0));
+            emit_probe(t, sw, 0, s);
+            src = OX(RSI, RDI, 0, 0);
         }
+        if (sw == 2) movzx16(e, R9, src);
+        else op1(e, sw == 8, 0x8b, R9, src);
         if (d->ext == 2) { mov_imm(e, R8, next); emit_push(t, d, R8, s, 0, 1); }
         emit_exit_indirect(t, R9, count);
         return 1;
@@ -1004,7 +1064,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     if (map == 0 && op >= 0x58 && op <= 0x5f && o64) {      /* POP r64 */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_pop(t, 0, s);
-        st64(e, GREG(d->rm), RAX);                         /* after RSP: POP RSP loads the popped value */
+        st_sized(e, sw, GREG(d->rm), RAX);                 /* after RSP: POP RSP loads the popped value */
         s->cont = e->p;
         return 0;
     }
@@ -1060,7 +1120,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         s->cont = e->p;
         return 0;
     }
-    if (map == 0 && op == 0x8d && d->mod != 3 && d->osz >= 4) {   /* LEA */
+    if (map == 0 && op == 0x8d && d->mod != 3 && d->osz >= (m16 ? 2 : 4)) {   /* LEA */
         emit_lea(t, d);
         return 0;
     }
@@ -1088,7 +1148,7 @@ static void emit_stubs(tx_t *t)
         struct stub *s = &t->st[k];
         if (!s->from[0]) continue;       /* a stub no path jumps to */
         uint8_t *here = e->p;
-        for (int f = 0; f < 3; f++) fix(s->from[f], here);
+        for (int f = 0; f < STUB_FROM; f++) fix(s->from[f], here);
         b1(e, 0x9c); b1(e, 0x5a);                                  /* pushfq; pop rdx */
         mov_rr64(e, RDI, R15);
         if (s->kind != ST_CODEWRITE) {
@@ -1117,12 +1177,15 @@ void *jit_compile(cpu_t *c, block_t *b)
 {
     struct jit *j = c->jit;
     b->hits = 0;   /* another linear address of the block waits its turn again */
-    int m32 = b->key == 4 && jit_flat32(c);
-    if (!j || !(m32 || (b->key == 8 && c->long64))) return NULL;
+    int m32 = b->key == 4 && jit_flat32(c), m16 = b->key == 2 && jit_seg16(c);
+    if (!j || !(m32 || m16 || (b->key == 8 && c->long64))) return NULL;
     tx_t *t = malloc(sizeof(*t));
     if (!t) return NULL;
     t->c = c;
     t->m32 = m32;
+    t->m16 = m16;
+    t->csbase = m16 ? c->segbase[S_CS] : 0;
+    t->seg_pending = -1;
     t->e = (em_t){ j->buf + j->used, j->buf + JIT_BYTES - 64, 0 };
     t->start = t->rip = c->rip; t->done = 0; t->nst = 0;
     uint8_t *start = t->e.p;
