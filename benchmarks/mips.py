@@ -90,16 +90,13 @@ def run(runs: int = 5, bhive_insns: float = 3e9, interp_insns: float = 6e8,
         qemu_insns: float = 6e9, modes=None) -> list[dict]:
     """Per CPU mode and loop: softvmm with its JIT (the default), softvmm
     interpreting only (BHIVE_JIT=0), and QEMU TCG; median MIPS of `runs`
-    each.  The run lengths aim at a few seconds for each engine: bhive's
-    scale down where it interprets (16-bit code)."""
+    each."""
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for mode in modes or MODES:
-            native = MODES[mode]["MODE"] != 16
-            b_insns = bhive_insns if native else interp_insns
             for name, (loop, per_iter) in LOOPS.items():
-                b = [mips(wall_bhive, loop, per_iter, int(b_insns / per_iter), tmp, mode) for _ in range(runs)]
+                b = [mips(wall_bhive, loop, per_iter, int(bhive_insns / per_iter), tmp, mode) for _ in range(runs)]
                 i = [mips(wall_interpreter, loop, per_iter, int(interp_insns / per_iter), tmp, mode)
                      for _ in range(runs)]
                 q = [mips(wall_qemu, loop, per_iter, int(qemu_insns / per_iter), tmp, mode) for _ in range(runs)]

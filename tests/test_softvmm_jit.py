@@ -475,7 +475,7 @@ GDT32_ENTRIES = [
     0x00CF9B000000FFFF,              # 0x08: flat 32-bit code
     0x00CF93000000FFFF,              # 0x10: flat data
     0x00CF93030000FFFF,              # 0x18: data, base 0x30000, 4 GiB limit
-    0x004093000000FFFF,              # 0x20: data, base 0, limit 0xFFFF (byte granular)
+    0x004093020000FFFF,              # 0x20: data, base 0x20000, limit 0xFFFF (byte granular)
 ]
 PRELUDE32 = f"""
 bits 32
@@ -676,17 +676,18 @@ def test_native_32bit_code_computes_what_the_interpreter_does(name, mode):
 
 
 def test_32bit_native_code_is_not_entered_under_a_segment_that_is_not_flat():
-    """DS limited to 64 KiB (selector 0x20): a hot loop stores below the
-    limit, then one store beyond it must raise #GP at its instruction, as
-    the interpreter does -- native code, which checks no limits, must not
-    run while DS is not flat."""
-    m = machine32("""
+    """DS limited to 64 KiB (selector 0x20, base 0x20000): a hot loop
+    stores below the limit, then one store beyond it must raise #GP at its
+    instruction, as the interpreter does -- native code, which checks no
+    limits, must not run while DS is not flat.  ES (flat) puts the page
+    beyond the limit in the TLB first."""
+    m = machine32(f"""
         GATE 13, gp
         mov ax, 0x20
         mov ds, ax
         mov ecx, 40
         mov ebx, 0xfff0
-    l:  add eax, ecx
+    l:  add eax, [es:{DATA + 0x10:#x}]   ; linear 0x30000 is DS offset 0x10000
     st: mov [ebx], eax               ; #GP when EBX = 0x10000
         dec ecx
         jnz l
@@ -838,3 +839,187 @@ def test_32bit_code_that_rewrites_its_own_block(mode):
         hlt""", mode, jit=0)
     assert regs["RBX"] == sum(range(100))
     assert stats["jit_blocks"] > 0
+
+
+# ---- 16-bit code: real mode ------------------------------------------------------------------
+# Segments are not flat here: native code adds the segment's base at run time and checks each
+# access against the 64 KiB limit (jit_seg16 in cpu.h says every segment it uses has one).
+
+def run16(asm: str, jit: int) -> tuple[dict, bytes, dict]:
+    m = Machine(1, ram_size=2 << 20, options={"jit_threshold": jit})
+    m.write(0x8000, assemble("bits 16\n" + asm, 16, 0x8000))
+    m.real_mode()
+    e = m.run()
+    assert e.code == ExitCode.HLT, e
+    v = m.cpus[0]
+    regs = {r.name: v.vm_get_register(r) for r in GPRS[:8] + (VmReg.RFLAGS,)}
+    return regs, m.read(0x20000, 0x20000), v.stats()
+
+
+PROGRAMS16 = {
+    "alu, memory through DS, ES and SS, stack, calls": """
+        mov ax, 0x2000
+        mov ds, ax
+        mov ax, 0x3000
+        mov es, ax
+        mov ax, 0x1000
+        mov ss, ax
+        mov sp, 0xfff0
+        mov si, 0x1234
+        mov di, 0x0fed
+        mov cx, 300
+        mov bx, 0x100
+        mov bp, 0x40
+    l:  add si, di
+        adc di, si
+        inc dx
+        dec bp
+        xor ah, bl
+        mov [bx + si], di
+        add [bx + 8], si
+        add word [bp + di], 3        ; SS
+        sub [es:bx + di], cx
+        mov [es:0xfffe], cx          ; the last word of the segment
+        movzx eax, byte [bx + si + 1]
+        imul ax, si, 7
+        shl dx, cl
+        push cx
+        push 0x1234
+        pop ax
+        pop cx
+        call f
+        pushf
+        popf
+        lea ax, [bx + si + 7]
+        dec cx
+        jnz l
+        mov ax, sp
+        mov [0x10], ax
+        hlt
+    f:  add [bx + 16], cx
+        ret""",
+    "mul, div, 32-bit operands and addressing": """
+        mov ax, 0x2000
+        mov ds, ax
+        mov cx, 200
+        mov ebx, 0x9e3779b9
+    l:  mov ax, bx
+        mul cx
+        add bp, dx
+        mov ax, bx
+        xor dx, dx
+        div cx
+        add bp, ax
+        add ebx, ecx
+        rol ebx, 3
+        mov esi, ecx
+        and esi, 0xff
+        mov [esi*4 + 0x100], ebx     ; 32-bit addressing (67 prefix)
+        add edi, [esi*2 + 0x100]
+        dec cx
+        jnz l
+        hlt""",
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS16))
+def test_native_16bit_code_computes_what_the_interpreter_does(name):
+    ref, ref_mem, ref_stats = run16(PROGRAMS16[name], jit=-1)
+    got, got_mem, got_stats = run16(PROGRAMS16[name], jit=0)
+    assert ref_stats["jit_blocks"] == 0
+    assert got_stats["jit_blocks"] > 0, got_stats
+    assert got_stats["instructions"] == ref_stats["instructions"], (got_stats, ref_stats)
+    diff = {k: (hex(ref[k]), hex(got[k])) for k in ref if ref[k] != got[k]}
+    assert not diff, diff
+    assert got_mem == ref_mem
+
+
+@pytest.mark.parametrize("insn, vec", [("mov ax, [bx]", 13), ("add [bx], ax", 13), ("mov ax, [bp]", 12)])
+def test_the_64kib_limit_of_a_real_mode_segment_faults_in_native_code(insn, vec):
+    """A word at offset 0xFFFF runs past the 64 KiB limit: #GP through DS,
+    #SS through SS (BP), at that instruction's IP, after the loop ran
+    natively on the last whole word of the segment.  The segments' base is
+    not page-aligned, so the word is within one page: only the limit check
+    stands between it and the next segment's bytes."""
+    m = Machine(1, ram_size=2 << 20, options={"jit_threshold": 0})
+    code = assemble(f"""bits 16
+        mov ax, 0x1008               ; base 0x10080
+        mov ds, ax
+        mov ss, ax
+        mov sp, 0x8000
+        xor si, si
+        mov cx, 40
+        mov bx, 0xfffe
+        mov bp, bx
+    l:  add dx, cx
+    acc: {insn}
+        dec cx
+        jnz l
+        test si, si
+        jnz nofault                  ; the second pass ended without the fault
+        mov bx, 0xffff
+        mov bp, bx
+        mov cx, 1
+        inc si
+        jmp l
+    nofault:
+        hlt
+    handler:
+        mov bp, sp
+        mov dx, [bp]                 ; the IP the fault pushed
+        mov di, acc
+        hlt
+    """, 16, 0x8000)
+    m.write(0x8000, code)
+    handler = 0x8000 + code.index(bytes.fromhex("89e58b5600"))
+    m.write(vec * 4, struct.pack("<HH", handler & 0xFFFF, 0))     # IVT
+    m.real_mode()
+    v = m.cpus[0]
+    e = m.run()
+    assert e.code == ExitCode.HLT, e
+    assert v.stats()["jit_blocks"] > 0
+    assert v.vm_get_register(VmReg.RDI) & 0xFFFF == v.vm_get_register(VmReg.RDX) & 0xFFFF != 0
+
+
+def test_16bit_native_code_is_not_entered_under_a_segment_limit_below_64kib():
+    """Real mode keeps a segment's cached limit: DS allows 32 KiB here.  A
+    word at 0x8000 must raise #GP, as the interpreter does, although native
+    code (which checks against 64 KiB) ran the loop before, and ES, the
+    same memory with a 64 KiB limit, put the page in the TLB."""
+    m = Machine(1, ram_size=2 << 20, options={"jit_threshold": 0})
+    code = assemble("""bits 16
+        mov ax, 0x2000
+        mov ss, ax
+        mov sp, 0x100
+        mov ax, 0x1000               ; ES: DS's base, a 64 KiB limit
+        mov es, ax
+        xor si, si
+        mov cx, 40
+        mov bx, 0x7ffe
+    l:  add dx, [es:0x8010]
+    acc: mov ax, [bx]
+        dec cx
+        jnz l
+        test si, si
+        jnz nofault
+        mov bx, 0x8000
+        mov cx, 1
+        inc si
+        jmp l
+    nofault:
+        hlt
+    handler:
+        mov bp, sp
+        mov dx, [bp]
+        mov di, acc
+        hlt
+    """, 16, 0x8000)
+    m.write(0x8000, code)
+    handler = 0x8000 + code.index(bytes.fromhex("89e58b5600"))
+    m.write(13 * 4, struct.pack("<HH", handler & 0xFFFF, 0))
+    m.real_mode()
+    v = m.cpus[0]
+    v.vm_set_desc(VmReg.DS, SegDesc(0x10000, 0x7FFF, 0x93, 0x1000))
+    e = m.run()
+    assert e.code == ExitCode.HLT, e
+    assert v.vm_get_register(VmReg.RDI) & 0xFFFF == v.vm_get_register(VmReg.RDX) & 0xFFFF != 0
