@@ -1,7 +1,18 @@
 /*
- * The JIT: hot 64-bit-mode blocks, and 32-bit blocks (protected mode, flat
- * or paged, and compatibility mode) under flat segments, translated to
- * host x86-64 code.
+ * The JIT: hot blocks translated to host x86-64 code, in 64-bit mode and
+ * outside it:
+ *   - 32-bit code (protected mode with paging off or on, compatibility
+ *     mode) while CS, DS and SS are flat (jit_flat32, cpu.h): an offset is
+ *     the linear address, and the one limit left, the 4 GiB wrap, is an
+ *     access that spans two pages, which the TLB probe sends to the
+ *     interpreter.  Memory operands through ES/FS/GS, 16-bit addressing
+ *     and everything the interpreter does with segments stay with it.
+ *   - 16-bit code while DS, ES, SS and CS have 64 KiB limits (jit_seg16):
+ *     each access is checked against 64 KiB and the segment's current base
+ *     added at run time (real-mode code changes DS and ES all the time).
+ * Both conditions are checked by the dispatcher before it enters native
+ * code and after every instruction the interpreter runs for native code
+ * (jit_fallback: a segment load), never per instruction.
  *
  * Guest and host are the same ISA, so most integer instructions run as
  * themselves: the translator re-encodes each one with its register
