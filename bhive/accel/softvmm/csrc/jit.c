@@ -1006,7 +1006,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     if (m16 && d->osz != 2 && ((map == 0 && (op == 0xe8 || op == 0xe9 || (op >= 0x70 && op <= 0x7f))) ||
                                (map == 1 && op >= 0x80 && op <= 0x8f))) goto interpret;
     if (legacy && map == 0 && op >= 0x40 && op <= 0x4f) {    /* INC/DEC r16/r32 (REX prefixes in 64-bit mode) */
-        ld64(e, R9, GREG(op & 7));
+        load_greg(e, R9, op & 7, d->osz);
         enc(e, 0, 0, d->osz == 2, 0, (const uint8_t[]){ 0xff }, 1, op >= 0x48, OR(R9));   /* FF /0, FF /1 */
         st_sized(e, d->osz, GREG(op & 7), R9);
         return 0;
