@@ -711,14 +711,28 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
         emit_ea(t, d, 1);
         emit_probe(t, n->msize, (n->rm_use & U_W) != 0, s);
     }
-    if (n->imp & (IMP_RAX_R | IMP_RAX_W)) load_greg(e, RAX, R_RAX, osz);
+    /* 8- and 16-bit register operands: unless one of them is AH..BH, the
+     * whole register is loaded and stored, the host's narrow operation
+     * keeping its upper bits -- a narrow store followed by the next
+     * instruction's load of the register would not forward.  A written-only
+     * operand needs no load otherwise: full-width results replace it,
+     * 32-bit ones zero-extend, AH..BH are stored at their byte. */
+    int rmreg = d->rm, rmr = !mem && (n->modrm || n->ro);
+    int whole = !((n->reg_use && (d->reg & 0x10)) || (rmr && (rmreg & 0x10)));
+    if (n->imp & (IMP_RAX_R | IMP_RAX_W)) {
+        if (whole) ld64(e, RAX, GREG(R_RAX));
+        else load_greg(e, RAX, R_RAX, osz);
+    }
     if (n->imp & IMP_CL) load_greg(e, RCX, R_RCX, 1);
     if (n->imp & (IMP_RDX_R | IMP_RDX_W)) ld64(e, RDX, GREG(R_RDX));
-    /* a written-only operand needs no load: full-width results replace it,
-     * 32-bit ones zero-extend, narrower ones are stored at their width */
-    if (n->reg_use & U_R) load_greg(e, R8, d->reg, osz);
-    int rmreg = d->rm;
-    if (!mem && (n->rm_use & U_R) && (n->modrm || n->ro)) load_greg(e, R9, rmreg, n->rmsize);
+    if ((n->reg_use & U_R) || (whole && (n->reg_use & U_W) && osz <= 2)) {
+        if (whole) ld64(e, R8, GREG(d->reg & 15));
+        else load_greg(e, R8, d->reg, osz);
+    }
+    if (rmr && ((n->rm_use & U_R) || (whole && (n->rm_use & U_W) && n->rmsize <= 2))) {
+        if (whole) ld64(e, R9, GREG(rmreg & 15));
+        else load_greg(e, R9, rmreg, n->rmsize);
+    }
     /* the instruction itself */
     opnd_t rmop = mem ? OX(RSI, RDI, 0, 0) : OR(R9);
     int regf = n->reg_use ? R8 : d->ext;
@@ -744,16 +758,16 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
     case 8: b8(e, d->imm); break;
     }
     /* write back: implicit, then ModRM.reg, then r/m (the order the hardware's last write wins in) */
-    if (n->imp & IMP_RAX_W) st_sized(e, byteop && d->op != 0xf6 ? 1 : (d->op == 0xf6 ? 2 : osz), GREG(R_RAX), RAX);
-    if (n->imp & IMP_RDX_W) st_sized(e, osz, GREG(R_RDX), RDX);
+    if (n->imp & IMP_RAX_W)
+        st_sized(e, whole ? 8 : byteop && d->op != 0xf6 ? 1 : (d->op == 0xf6 ? 2 : osz), GREG(R_RAX), RAX);
+    if (n->imp & IMP_RDX_W) st_sized(e, whole ? 8 : osz, GREG(R_RDX), RDX);
     if (n->reg_use & U_W) {
-        int sz = osz;
         if (d->reg & 0x10) st_sized(e, 1, greg(d->reg), R8);
-        else st_sized(e, sz, GREG(d->reg & 15), R8);
+        else st_sized(e, whole && osz <= 2 ? 8 : osz, GREG(d->reg & 15), R8);
     }
-    if (!mem && (n->rm_use & U_W)) {
+    if (rmr && (n->rm_use & U_W)) {
         if (rmreg & 0x10) st_sized(e, 1, greg(rmreg), R9);
-        else st_sized(e, n->rmsize, GREG(rmreg & 15), R9);
+        else st_sized(e, whole && n->rmsize <= 2 ? 8 : n->rmsize, GREG(rmreg & 15), R9);
     }
     if (mem && (n->rm_use & U_W)) emit_code_check(t, d, t->rip + d->len, 0);
 }
@@ -1006,9 +1020,9 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     if (m16 && d->osz != 2 && ((map == 0 && (op == 0xe8 || op == 0xe9 || (op >= 0x70 && op <= 0x7f))) ||
                                (map == 1 && op >= 0x80 && op <= 0x8f))) goto interpret;
     if (legacy && map == 0 && op >= 0x40 && op <= 0x4f) {    /* INC/DEC r16/r32 (REX prefixes in 64-bit mode) */
-        load_greg(e, R9, op & 7, d->osz);
+        ld64(e, R9, GREG(op & 7));                             /* whole, as emit_native's narrow operands */
         enc(e, 0, 0, d->osz == 2, 0, (const uint8_t[]){ 0xff }, 1, op >= 0x48, OR(R9));   /* FF /0, FF /1 */
-        st_sized(e, d->osz, GREG(op & 7), R9);
+        st64(e, GREG(op & 7), R9);
         return 0;
     }
     if (d->ninsn == 2) {
