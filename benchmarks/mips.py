@@ -1,10 +1,14 @@
 """MIPS of softvmm under a whole bhive VM, against QEMU TCG on the same image.
 
 The guest (`guests/bench/loops.asm`) is a 64 KiB ROM: QEMU boots it with
-`-bios`, bhive loads it flat at 0xF0000 and starts at F000:FFF0.  Each loop
-iteration is a fixed number of instructions, so the instruction count of a
-run is known exactly; start-up cost cancels out by timing a long and a short
-run and dividing the difference in instructions by the difference in time.
+`-bios`, bhive loads it flat at 0xF0000 and starts at F000:FFF0.  It runs
+its loop in one CPU mode (MODES: 16-bit real, 32-bit flat, 32-bit paged,
+compatibility, 64-bit).  Each loop iteration is a fixed number of
+instructions, so the instruction count of a run is known exactly; start-up
+cost cancels out by timing a long and a short run and dividing the
+difference in instructions by the difference in time.
+
+    python benchmarks/mips.py [RUNS] [MODE...]   # e.g. mips.py 3 32-bit-flat
 """
 
 from __future__ import annotations
@@ -28,11 +32,19 @@ LOOPS = {  # name: (LOOP define, instructions per iteration)
     "memory (load, add to memory, 256 KiB set)": (2, 6),
     "branchy (LCG, data-dependent jz)": (3, 8),
 }
+MODES = {  # name: rom.inc defines
+    "16-bit real": {"MODE": 16},
+    "32-bit flat": {"MODE": 32},
+    "32-bit paged": {"MODE": 32, "PAGED": 1},
+    "compatibility": {"MODE": 33},
+    "64-bit": {"MODE": 64},
+}
 SHORT = 1000
 
 
-def image(loop: int, iterations: int) -> Path:
-    return build_nasm(REPO / "guests/bench/loops.asm", defines={"LOOP": loop, "ITERATIONS": iterations})
+def image(loop: int, iterations: int, mode: str = "64-bit") -> Path:
+    return build_nasm(REPO / "guests/bench/loops.asm",
+                      defines={"LOOP": loop, "ITERATIONS": iterations, **MODES[mode]})
 
 
 def wall_bhive(rom: Path, tmp: Path, jit: bool = True) -> float:
@@ -64,8 +76,8 @@ def wall_qemu(rom: Path, tmp: Path) -> float:
     return dt
 
 
-def mips(wall, loop: int, per_iter: int, long_iters: int, tmp: Path) -> float:
-    short_rom, long_rom = image(loop, SHORT), image(loop, long_iters)
+def mips(wall, loop: int, per_iter: int, long_iters: int, tmp: Path, mode: str = "64-bit") -> float:
+    short_rom, long_rom = image(loop, SHORT, mode), image(loop, long_iters, mode)
     t_short, t_long = wall(short_rom, tmp), wall(long_rom, tmp)
     return per_iter * (long_iters - SHORT) / max(t_long - t_short, 1e-6) / 1e6
 
@@ -75,23 +87,31 @@ def wall_interpreter(rom: Path, tmp: Path) -> float:
 
 
 def run(runs: int = 5, bhive_insns: float = 3e9, interp_insns: float = 6e8,
-        qemu_insns: float = 6e9) -> list[dict]:
-    """Per loop: softvmm with its JIT (the default), softvmm interpreting
-    only (BHIVE_JIT=0), and QEMU TCG; median MIPS of `runs` each."""
+        qemu_insns: float = 6e9, modes=None) -> list[dict]:
+    """Per CPU mode and loop: softvmm with its JIT (the default), softvmm
+    interpreting only (BHIVE_JIT=0), and QEMU TCG; median MIPS of `runs`
+    each."""
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for name, (loop, per_iter) in LOOPS.items():
-            b = [mips(wall_bhive, loop, per_iter, int(bhive_insns / per_iter), tmp) for _ in range(runs)]
-            i = [mips(wall_interpreter, loop, per_iter, int(interp_insns / per_iter), tmp) for _ in range(runs)]
-            q = [mips(wall_qemu, loop, per_iter, int(qemu_insns / per_iter), tmp) for _ in range(runs)]
-            rows.append({"loop": name, "bhive": statistics.median(b), "interpreter": statistics.median(i),
-                         "qemu": statistics.median(q), "bhive_runs": b, "interpreter_runs": i, "qemu_runs": q})
+        for mode in modes or MODES:
+            for name, (loop, per_iter) in LOOPS.items():
+                b = [mips(wall_bhive, loop, per_iter, int(bhive_insns / per_iter), tmp, mode) for _ in range(runs)]
+                i = [mips(wall_interpreter, loop, per_iter, int(interp_insns / per_iter), tmp, mode)
+                     for _ in range(runs)]
+                q = [mips(wall_qemu, loop, per_iter, int(qemu_insns / per_iter), tmp, mode) for _ in range(runs)]
+                rows.append({"mode": mode, "loop": name, "bhive": statistics.median(b),
+                             "interpreter": statistics.median(i), "qemu": statistics.median(q),
+                             "bhive_runs": b, "interpreter_runs": i, "qemu_runs": q})
     return rows
 
 
 if __name__ == "__main__":
-    for row in run(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
-        print(f"{row['loop']:45s} bhive {row['bhive']:8.1f} MIPS (interpreter {row['interpreter']:.1f})   "
-              f"QEMU TCG {row['qemu']:8.1f} MIPS   "
+    unknown = [m for m in sys.argv[2:] if m not in MODES]
+    if unknown:
+        print(f"mips.py: unknown mode {unknown[0]!r} (modes: {', '.join(MODES)})", file=sys.stderr)
+        sys.exit(2)
+    for row in run(int(sys.argv[1]) if len(sys.argv) > 1 else 3, modes=sys.argv[2:] or None):
+        print(f"{row['mode']:14s} {row['loop']:45s} bhive {row['bhive']:8.1f} MIPS "
+              f"(interpreter {row['interpreter']:.1f})   QEMU TCG {row['qemu']:8.1f} MIPS   "
               f"ratio {row['bhive'] / row['qemu']:.2f}")

@@ -9,6 +9,8 @@ the wall time of the launch and of the process's end, and reads the
 run directory's logs for the moments in between:
 
     spawn      the supervisor spawned its first process
+    loaded     the image was in guest RAM (for Linux: the kernel decompressed,
+               or found in the cache of decompressed kernels, and copied)
     actors     the last device actor said Hello
     vcpu0      vcpu0 logged `started` (its first guest instruction follows)
     boot-ok    `BOOT-OK cpus=N` reached stdout (Linux only)
@@ -40,7 +42,7 @@ if str(REPO) not in sys.path:
 from bhive.guestkit import bootrun  # noqa: E402
 from bhive.rundir import RunDir  # noqa: E402
 
-PHASES = ("spawn", "actors", "vcpu0", "boot-ok", "exit-write", "stopped", "exit", "teardown")
+PHASES = ("spawn", "loaded", "actors", "vcpu0", "boot-ok", "exit-write", "stopped", "exit", "teardown")
 _LINE = re.compile(r"^(\S+Z) (\w+)\[\d+\] (\S+)(.*)$")
 
 
@@ -62,6 +64,8 @@ def log_moments(vm: str) -> dict[str, float]:
                 out["spawn"] = min(out["spawn"], t)
             elif role == "supervisor" and event == "hello" and "role=vcpu" not in rest:
                 out["actors"] = max(out.get("actors", 0.0), t)
+            elif role == "supervisor" and event == "loaded":
+                out["loaded"] = t
             elif role == "supervisor" and event == "stopped":
                 out["stopped"] = t
             elif role == "vcpu0" and event == "started":

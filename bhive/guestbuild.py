@@ -21,8 +21,9 @@ class GuestBuildError(RuntimeError):
     pass
 
 
-def cache_dir() -> Path:
-    d = Path(os.environ.get("BHIVE_CACHE", REPO / ".cache")) / "guests"
+def cache_dir(kind: str = "guests") -> Path:
+    """$BHIVE_CACHE/<kind> (default .cache/ in the repository), created."""
+    d = Path(os.environ.get("BHIVE_CACHE", REPO / ".cache")) / kind
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -155,7 +155,7 @@ def place_bios(cfg: VmConfig, ram: memoryview) -> None:
 
 
 def load_linux(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
-    """A bzImage: payload decompressed here, vmlinux entered at startup_64
+    """A bzImage: payload decompressed here (or found in the cache), vmlinux entered at startup_64
     (the 64-bit boot protocol), ACPI tables in the BIOS area."""
     from . import linux
     if len(cfg.initrd) > 1:
@@ -167,7 +167,8 @@ def load_linux(cfg: VmConfig, data: bytes, ram: memoryview) -> BootState:
     try:
         image = linux.parse_bzimage(data)
         initrd = cfg.initrd[0].read_bytes() if cfg.initrd else b""
-        plan = linux.plan_load(image, cfg.memory, cfg.append, initrd, acpi_rsdp_addr=rsdp,
+        vmlinux = linux.parse_vmlinux(linux.cached_vmlinux(image))   # decompressed once per kernel
+        plan = linux.plan_load(image, cfg.memory, cfg.append, initrd, acpi_rsdp_addr=rsdp, vmlinux=vmlinux,
                                reserved=[(FIRMWARE_BASE, FIRMWARE_SIZE)] if firmware else [])
         plan.copy_into(ram, ram_slots(cfg.memory))
     except (linux.BzImageError, linux.ElfError, ValueError) as exc:

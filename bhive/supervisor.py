@@ -251,6 +251,7 @@ class Supervisor:
             raise
         finally:
             ram.close()
+        self.log("loaded", kind=self.cfg.boot_kind)
         self._finish_spawns(deferred)
         info = self.rundir.read_json("supervisor.json")
         info["boot"] = boot.to_json()

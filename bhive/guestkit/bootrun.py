@@ -109,6 +109,8 @@ def bhive_argv(kernel, initrd, smp: int = 1, memory_mb: int = 1024, append: str 
 
 def qemu_argv(kernel, initrd, smp: int = 1, memory_mb: int = 1024, append: str = TEST_APPEND,
               qemu: str = QEMU) -> list[str]:
+    """QEMU TCG booting `kernel`: a bzImage, or an uncompressed vmlinux, which
+    QEMU enters through its PVH note (bhive.linux.vmlinux_file gives one)."""
     return [qemu, "-accel", "tcg", "-m", str(memory_mb), "-smp", str(smp), "-nographic", "-no-reboot",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]

@@ -249,3 +249,34 @@ def test_bad_images():
         parse_bzimage(bytes(8192))
     with pytest.raises(BzImageError):
         bz.compression(b"\0\0\0\0")
+
+
+# -- the cache of decompressed kernels ------------------------------------------
+
+class _Image:
+    """What cached_vmlinux asks of a BzImage: the payload and its decompression."""
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.decompressions = 0
+
+    def vmlinux(self) -> bytes:
+        self.decompressions += 1
+        return decompress(self.payload)
+
+
+def test_decompressed_kernel_is_cached_by_payload_content(tmp_path, monkeypatch):
+    from bhive.linux import cached_vmlinux, vmlinux_file
+    from bhive.linux.cache import vmlinux_path
+    monkeypatch.setenv("BHIVE_CACHE", str(tmp_path))
+    xz = _with_size(lzma.compress(RAW, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32), RAW)
+    first = _Image(xz)
+    assert cached_vmlinux(first) == RAW and first.decompressions == 1
+    path = vmlinux_path(first)
+    assert path.parent == tmp_path / "vmlinux" and path.read_bytes() == RAW
+    again = _Image(xz)                                  # a later launch: same content, no decompression
+    assert cached_vmlinux(again) == RAW and again.decompressions == 0
+    assert vmlinux_file(again) == path and again.decompressions == 0
+    other = _Image(_with_size(gzip.compress(RAW + b"x"), RAW + b"x"))   # other content: its own entry
+    assert vmlinux_path(other) != path
+    assert cached_vmlinux(other) == RAW + b"x" and other.decompressions == 1
+    assert sorted(p.name for p in (tmp_path / "vmlinux").iterdir()) == sorted([path.name, vmlinux_path(other).name])

@@ -523,6 +523,31 @@ void jit_account(cpu_t *c);                      /* after a longjmp out of nativ
 int jit_flush_needed(cpu_t *c);                  /* the code buffer is nearly full */
 void jit_reset(cpu_t *c);                        /* drop all native code (with the block cache) */
 void jit_stats(cpu_t *c, uint64_t *out);         /* blocks translated, fallbacks, code bytes */
+/* Native code outside 64-bit mode assumes flat 32-bit segments (jit.c):
+ * 32-bit code and stack, CS/DS/SS with base 0 and a 4 GiB limit of the right
+ * type, so an offset is the linear address and only the 4 GiB wrap is left
+ * to check, which the TLB probe does (an access across it spans two pages).
+ * Checked before native code is entered and after each instruction the
+ * interpreter runs for it (segment loads), never per access. */
+static inline int jit_flat32(const cpu_t *c)
+{
+    const uint64_t g4 = 1ULL << 32;
+    return c->csz == 4 && c->ssz == 4 && !c->long64 &&
+           (c->segbase[S_CS] | c->segbase[S_DS] | c->segbase[S_SS]) == 0 && c->seg[S_CS].limit == 0xffffffffu &&
+           c->seg_end[0][S_DS] == g4 && c->seg_end[1][S_DS] == g4 &&
+           c->seg_end[0][S_SS] == g4 && c->seg_end[1][S_SS] == g4;
+}
+/* 16-bit code (real mode, 16-bit protected mode; not virtual-8086 mode)
+ * whose CS, DS, ES and SS allow 64 KiB: native code adds the segment base
+ * at run time and checks each access against the 64 KiB limit. */
+static inline int jit_seg16(const cpu_t *c)
+{
+    const uint64_t k64 = 1ULL << 16;
+    return c->csz == 2 && c->ssz == 2 && !c->long64 && !(c->rflags & F_VM) && c->seg[S_CS].limit == 0xffffu &&
+           c->seg_end[0][S_DS] == k64 && c->seg_end[1][S_DS] == k64 && c->seg_end[0][S_ES] == k64 &&
+           c->seg_end[1][S_ES] == k64 && c->seg_end[0][S_SS] == k64 && c->seg_end[1][S_SS] == k64;
+}
+static inline int jit_may_enter(const cpu_t *c) { return c->long64 || jit_flat32(c) || jit_seg16(c); }
 
 /* run.c */
 void block_cache_flush(cpu_t *c);                /* drop every decoded block and its native code */

@@ -1,5 +1,18 @@
 /*
- * The JIT: hot 64-bit-mode blocks translated to host x86-64 code.
+ * The JIT: hot blocks translated to host x86-64 code, in 64-bit mode and
+ * outside it:
+ *   - 32-bit code (protected mode with paging off or on, compatibility
+ *     mode) while CS, DS and SS are flat (jit_flat32, cpu.h): an offset is
+ *     the linear address, and the one limit left, the 4 GiB wrap, is an
+ *     access that spans two pages, which the TLB probe sends to the
+ *     interpreter.  Memory operands through ES/FS/GS, 16-bit addressing
+ *     and everything the interpreter does with segments stay with it.
+ *   - 16-bit code while DS, ES, SS and CS have 64 KiB limits (jit_seg16):
+ *     each access is checked against 64 KiB and the segment's current base
+ *     added at run time (real-mode code changes DS and ES all the time).
+ * Both conditions are checked by the dispatcher before it enters native
+ * code and after every instruction the interpreter runs for native code
+ * (jit_fallback: a segment load), never per instruction.
  *
  * Guest and host are the same ISA, so most integer instructions run as
  * themselves: the translator re-encodes each one with its register
@@ -228,7 +241,7 @@ static jit_ret_t jit_fallback(cpu_t *c, const insn_t *i, uint64_t hostflags, uin
     else c->jit->fallbacks++;
     if (unlikely(c->jit->fb_hist != NULL)) c->jit->fb_hist[(slow ? 1024 : 0) + (((i->map & 3) << 8) | i->op)]++;
     jit_ret_t r = { 0, 0 };
-    if (c->brk || c->nrip != rip + i->len || c->epoch != epoch) {
+    if (c->brk || c->nrip != rip + i->len || c->epoch != epoch || !jit_may_enter(c)) {
         c->rip = c->nrip;
         c->jit_budget -= (int64_t)(done + i->ninsn);
         r.exit = 1;
@@ -478,7 +491,7 @@ typedef struct {
 static int immz(int osz) { return osz == 2 ? 2 : 4; }
 
 /* Fill n for an instruction the host can run as itself, or return 0. */
-static int classify(const insn_t *d, native_t *n)
+static int classify(const insn_t *d, native_t *n, int long64)
 {
     memset(n, 0, sizeof(*n));
     int op = d->op, map = d->map & 0x7f, osz = d->osz, ext = d->ext;
@@ -498,7 +511,7 @@ static int classify(const insn_t *d, native_t *n)
             }
         }
         switch (op) {
-        case 0x63: n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->msize = osz == 8 ? 4 : osz; return 1;
+        case 0x63: if (!long64) return 0; n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->msize = osz == 8 ? 4 : osz; return 1;
         case 0x69: n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->imm = (uint8_t)immz(osz); return 1;
         case 0x6b: n->modrm = 1; n->reg_use = U_W; n->rm_use = U_R; n->imm = 1; return 1;
         case 0x80: case 0x81: case 0x83:
@@ -565,17 +578,30 @@ static int classify(const insn_t *d, native_t *n)
     return 0;
 }
 
+#define STUB_FROM 6   /* jumps to one slow path: two probes (CALL m) with their 16-bit limit checks, DIV's */
 typedef struct {
     em_t e;
     cpu_t *c;
     uint64_t start;          /* the block's linear RIP */
+    int m32;                 /* 32-bit code under flat segments (jit_flat32) */
+    int m16;                 /* 16-bit code under 64 KiB segments (jit_seg16) */
+    uint64_t csbase;         /* CS base the block runs under (16-bit code: RIP is IP) */
+    int seg_pending;         /* 16-bit code: the segment of the access emit_probe checks next, or -1 */
     uint64_t rip;            /* of the instruction being translated */
     uint32_t done;           /* instructions of the block before it */
     /* out-of-line stubs, emitted after the body */
-    struct stub { uint8_t kind, next_reg; const insn_t *i; uint64_t rip; uint32_t done; uint8_t *from[3]; uint8_t *cont; } st[2 * BLK_MAX + 8];
+    struct stub { uint8_t kind, next_reg; const insn_t *i; uint64_t rip; uint32_t done; uint8_t *from[STUB_FROM]; uint8_t *cont; } st[2 * BLK_MAX + 8];
     int nst;
 } tx_t;
 enum { ST_SLOWPATH, ST_FALLBACK, ST_CODEWRITE };
+
+static void stub_from(tx_t *t, struct stub *s, uint8_t *jump)
+{
+    int f = 0;
+    while (f < STUB_FROM && s->from[f]) f++;
+    if (f == STUB_FROM) { t->e.bad = 1; return; }
+    s->from[f] = jump;
+}
 
 static struct stub *new_stub(tx_t *t, int kind, const insn_t *i)
 {
@@ -588,9 +614,15 @@ static struct stub *new_stub(tx_t *t, int kind, const insn_t *i)
 
 /* the guest register behind a decoded register number (0x10|n = AH..BH) */
 static opnd_t greg(int r) { return (r & 0x10) ? OM(R15, (int32_t)(offsetof(cpu_t, r) + 8 * (r & 3) + 1)) : GREG(r); }
+/* 8- and 16-bit operands are loaded at their size: a load wider than the
+ * narrow store of the result before it would wait for that store to retire
+ * instead of forwarding from it.  32-bit ones whole: their results are
+ * stored as 64 bits, which keeps the upper half an instruction leaves alone
+ * (CMPXCHG r32 that fails to match). */
 static void load_greg(em_t *e, int host, int r, int sz)
 {
-    if ((r & 0x10) && sz == 1) movzx8(e, host, greg(r));
+    if (sz == 1) movzx8(e, host, greg(r));
+    else if (sz == 2) movzx16(e, host, GREG(r & 15));
     else ld64(e, host, GREG(r & 15));
 }
 
@@ -608,6 +640,8 @@ static void emit_ea(tx_t *t, const insn_t *d, int with_seg)
         else lea64(e, RSI, OX(base, index, d->scale, d->disp));
     }
     if (d->asz == 4) op1(e, 0, 0x89, RSI, OR(RSI));      /* mov esi, esi */
+    else if (d->asz == 2) movzx16(e, RSI, OR(RSI));      /* movzx esi, si */
+    if (t->m16) { if (with_seg) t->seg_pending = d->seg; return; }
     if (with_seg && (d->seg == S_FS || d->seg == S_GS)) {
         ld64(e, RAX, OM(R15, (int32_t)(offsetof(cpu_t, segbase) + 8 * d->seg)));
         lea64(e, RSI, OX(RSI, RAX, 0, 0));
@@ -619,6 +653,20 @@ static void emit_ea(tx_t *t, const insn_t *d, int with_seg)
 static void emit_probe(tx_t *t, int size, int write, struct stub *s)
 {
     em_t *e = &t->e;
+    if (t->seg_pending >= 0) {
+        /* 16-bit code: rsi is an offset into a segment with a 64 KiB limit
+         * (jit_seg16): past it, the interpreter raises #GP/#SS; else the
+         * base (whatever it is now) makes it linear, mod 4 GiB as lin_acc */
+        int seg = t->seg_pending;
+        t->seg_pending = -1;
+        lea64(e, RCX, OM(RSI, size - 1));
+        mov_imm(e, RAX, 16);
+        shrx64(e, RCX, RCX, RAX);
+        jrcxz_over_jmp(e);
+        stub_from(t, s, jmp32(e));
+        ld64(e, RAX, OM(R15, (int32_t)(offsetof(cpu_t, segbase) + 8 * seg)));
+        lea32(e, RSI, OX(RSI, RAX, 0, 0));
+    }
     rorx64(e, RAX, RSI, 12);
     rorx64(e, RCX, RSI, 20);
     lea64(e, RAX, OX(RAX, RCX, 0, 0));
@@ -634,9 +682,7 @@ static void emit_probe(tx_t *t, int size, int write, struct stub *s)
     ld64(e, RCX, OM(R10, write ? (int32_t)offsetof(jtlbe_t, jtag_w) : (int32_t)offsetof(jtlbe_t, jtag_r)));
     lea64(e, RCX, OX(RCX, RDX, 0, 0));
     jrcxz_over_jmp(e);
-    int f = 0;
-    while (f < 2 && s->from[f]) f++;                           /* CALL m64 probes twice */
-    s->from[f] = jmp32(e);
+    stub_from(t, s, jmp32(e));
     ld64(e, RDI, OM(R10, (int32_t)offsetof(jtlbe_t, addend)));
 }
 
@@ -665,14 +711,28 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
         emit_ea(t, d, 1);
         emit_probe(t, n->msize, (n->rm_use & U_W) != 0, s);
     }
-    if (n->imp & (IMP_RAX_R | IMP_RAX_W)) ld64(e, RAX, GREG(R_RAX));
-    if (n->imp & IMP_CL) ld64(e, RCX, GREG(R_RCX));
+    /* 8- and 16-bit register operands: unless one of them is AH..BH, the
+     * whole register is loaded and stored, the host's narrow operation
+     * keeping its upper bits -- a narrow store followed by the next
+     * instruction's load of the register would not forward.  A written-only
+     * operand needs no load otherwise: full-width results replace it,
+     * 32-bit ones zero-extend, AH..BH are stored at their byte. */
+    int rmreg = d->rm, rmr = !mem && (n->modrm || n->ro);
+    int whole = !((n->reg_use && (d->reg & 0x10)) || (rmr && (rmreg & 0x10)));
+    if (n->imp & (IMP_RAX_R | IMP_RAX_W)) {
+        if (whole) ld64(e, RAX, GREG(R_RAX));
+        else load_greg(e, RAX, R_RAX, osz);
+    }
+    if (n->imp & IMP_CL) load_greg(e, RCX, R_RCX, 1);
     if (n->imp & (IMP_RDX_R | IMP_RDX_W)) ld64(e, RDX, GREG(R_RDX));
-    /* a written-only operand needs no load: full-width results replace it,
-     * 32-bit ones zero-extend, narrower ones are stored at their width */
-    if (n->reg_use & U_R) load_greg(e, R8, d->reg, osz);
-    int rmreg = d->rm;
-    if (!mem && (n->rm_use & U_R) && (n->modrm || n->ro)) load_greg(e, R9, rmreg, n->rmsize);
+    if ((n->reg_use & U_R) || (whole && (n->reg_use & U_W) && osz <= 2)) {
+        if (whole) ld64(e, R8, GREG(d->reg & 15));
+        else load_greg(e, R8, d->reg, osz);
+    }
+    if (rmr && ((n->rm_use & U_R) || (whole && (n->rm_use & U_W) && n->rmsize <= 2))) {
+        if (whole) ld64(e, R9, GREG(rmreg & 15));
+        else load_greg(e, R9, rmreg, n->rmsize);
+    }
     /* the instruction itself */
     opnd_t rmop = mem ? OX(RSI, RDI, 0, 0) : OR(R9);
     int regf = n->reg_use ? R8 : d->ext;
@@ -698,16 +758,16 @@ static void emit_native(tx_t *t, const insn_t *d, const native_t *n, struct stub
     case 8: b8(e, d->imm); break;
     }
     /* write back: implicit, then ModRM.reg, then r/m (the order the hardware's last write wins in) */
-    if (n->imp & IMP_RAX_W) st_sized(e, byteop && d->op != 0xf6 ? 1 : (d->op == 0xf6 ? 2 : osz), GREG(R_RAX), RAX);
-    if (n->imp & IMP_RDX_W) st_sized(e, osz, GREG(R_RDX), RDX);
+    if (n->imp & IMP_RAX_W)
+        st_sized(e, whole ? 8 : byteop && d->op != 0xf6 ? 1 : (d->op == 0xf6 ? 2 : osz), GREG(R_RAX), RAX);
+    if (n->imp & IMP_RDX_W) st_sized(e, whole ? 8 : osz, GREG(R_RDX), RDX);
     if (n->reg_use & U_W) {
-        int sz = osz;
         if (d->reg & 0x10) st_sized(e, 1, greg(d->reg), R8);
-        else st_sized(e, sz, GREG(d->reg & 15), R8);
+        else st_sized(e, whole && osz <= 2 ? 8 : osz, GREG(d->reg & 15), R8);
     }
-    if (!mem && (n->rm_use & U_W)) {
+    if (rmr && (n->rm_use & U_W)) {
         if (rmreg & 0x10) st_sized(e, 1, greg(rmreg), R9);
-        else st_sized(e, n->rmsize, GREG(rmreg & 15), R9);
+        else st_sized(e, whole && n->rmsize <= 2 ? 8 : n->rmsize, GREG(rmreg & 15), R9);
     }
     if (mem && (n->rm_use & U_W)) emit_code_check(t, d, t->rip + d->len, 0);
 }
@@ -757,9 +817,7 @@ static void emit_div(tx_t *t, const insn_t *d, struct stub *s)
     b1(e, 0xeb); uint8_t *over = e->p; b1(e, 0);
     for (int k = 0; k < 4; k++) fix8(slow[k], e->p);
     b1(e, 0x9d);                                               /* popfq */
-    int f = 0;
-    while (f < 2 && s->from[f]) f++;
-    s->from[f] = jmp32(e);
+    stub_from(t, s, jmp32(e));
     fix8(over, e->p);
 }
 
@@ -794,7 +852,7 @@ static void emit_exit(tx_t *t, uint64_t target, uint32_t count)
     em_t *e = &t->e;
     struct jit *j = t->c->jit;
     uint8_t *out1 = emit_budget(t, count, 1);
-    if (((target ^ t->start) & ~0xfffULL) == 0) {
+    if ((((target + t->csbase) ^ (t->start + t->csbase)) & ~0xfffULL) == 0) {
         /* A successor in this block's page: reached through the same
          * translation, and its bytes change only with this block's (whose
          * own stores leave native code at once), so it needs no epoch or
@@ -870,28 +928,55 @@ static void emit_exit_indirect(tx_t *t, int reg, uint32_t count)
     jmp_to(e, j->exit_flags);
 }
 
-/* PUSH of the value in `reg` to [rsp-8]: the store first, RSP after it
+/* PUSH of the value in `reg` to [rsp-8] ([esp-4] in flat 32-bit code, ESP
+ * wrapping at 4 GiB as SS.B=1 makes it): the store first, RSP after it
  * (precise on #PF); `next`/`next_reg`: where the instruction goes on */
 static void emit_push(tx_t *t, const insn_t *d, int reg, struct stub *s, uint64_t next, int next_reg)
 {
     em_t *e = &t->e;
+    int w = t->m32 ? 4 : 8;
     if (reg != R8) mov_rr64(e, R8, reg);
-    ld64(e, RSI, GREG(R_RSP));
-    lea64(e, RSI, OM(RSI, -8));
-    emit_probe(t, 8, 1, s);
-    st64(e, OX(RSI, RDI, 0, 0), R8);
-    st64(e, GREG(R_RSP), RSI);
+    if (t->m16) {   /* SP wraps at 64 KiB; r11 keeps it while rsi becomes SS.base + SP */
+        movzx16(e, RSI, GREG(R_RSP));
+        lea32(e, RSI, OM(RSI, -2));
+        movzx16(e, RSI, OR(RSI));
+        op1(e, 0, 0x89, RSI, OR(R11));
+        t->seg_pending = S_SS;
+        emit_probe(t, 2, 1, s);
+        st_sized(e, 2, OX(RSI, RDI, 0, 0), R8);
+        st_sized(e, 2, GREG(R_RSP), R11);
+        emit_code_check(t, d, next, next_reg);
+        return;
+    }
+    if (t->m32) { ld32(e, RSI, GREG(R_RSP)); lea32(e, RSI, OM(RSI, -4)); }
+    else { ld64(e, RSI, GREG(R_RSP)); lea64(e, RSI, OM(RSI, -8)); }
+    emit_probe(t, w, 1, s);
+    op1(e, w == 8, 0x89, R8, OX(RSI, RDI, 0, 0));
+    st64(e, GREG(R_RSP), RSI);                                 /* 32-bit: zero-extended, as sp_set() */
     emit_code_check(t, d, next, next_reg);
 }
 
-/* rax = [rsp]; rsp += 8 + extra */
+/* rax = [rsp]; rsp += 8 + extra (32-bit code: eax = [esp], 4 + extra) */
 static void emit_pop(tx_t *t, int extra, struct stub *s)
 {
     em_t *e = &t->e;
-    ld64(e, RSI, GREG(R_RSP));
-    emit_probe(t, 8, 0, s);
-    ld64(e, RAX, OX(RSI, RDI, 0, 0));
-    lea64(e, RSI, OM(RSI, 8 + extra));
+    int w = t->m32 ? 4 : 8;
+    if (t->m16) {   /* ax = [SS:SP]; SP += 2 + extra, mod 64 KiB */
+        movzx16(e, RSI, GREG(R_RSP));
+        op1(e, 0, 0x89, RSI, OR(R11));
+        t->seg_pending = S_SS;
+        emit_probe(t, 2, 0, s);
+        movzx16(e, RAX, OX(RSI, RDI, 0, 0));
+        lea32(e, R11, OM(R11, 2 + extra));
+        st_sized(e, 2, GREG(R_RSP), R11);
+        return;
+    }
+    if (t->m32) ld32(e, RSI, GREG(R_RSP));
+    else ld64(e, RSI, GREG(R_RSP));
+    emit_probe(t, w, 0, s);
+    op1(e, w == 8, 0x8b, RAX, OX(RSI, RDI, 0, 0));
+    if (t->m32) lea32(e, RSI, OM(RSI, 4 + extra));
+    else lea64(e, RSI, OM(RSI, 8 + extra));
     st64(e, GREG(R_RSP), RSI);
 }
 
@@ -917,14 +1002,33 @@ static void emit_exit_to(tx_t *t, uint64_t rip, uint32_t count)
 static int emit_insn(tx_t *t, const insn_t *d, int last)
 {
     em_t *e = &t->e;
-    uint64_t next = t->rip + d->len;
+    int m32 = t->m32, m16 = t->m16, legacy = m32 || m16;
+    /* EIP wraps at 4 GiB; a branch truncates its target to its operand size */
+    uint64_t next = m32 ? (uint32_t)(t->rip + d->len) : t->rip + d->len;
+    uint64_t ipmask = legacy ? szmask(d->osz) : ~0ULL;
     uint32_t count = t->done + d->ninsn;
-    int op = d->op, map = d->map & 0x7f, o64 = d->osz == 8;
+    int op = d->op, map = d->map & 0x7f;
+    int sw = m16 ? 2 : m32 ? 4 : 8;      /* the stack width: 8 bytes in 64-bit mode, 4 in 32-bit, 2 in 16-bit code */
+    int o64 = d->osz == sw;
     if (d->fn == h_nop) return 0;
+    /* flat 32-bit code: only DS and SS are known flat (jit_flat32), and
+     * 16-bit addressing is left to the interpreter; 16-bit code: DS, ES
+     * and SS have 64 KiB limits (jit_seg16) */
+    if (m32 && d->mod != 3 && !(d->asz == 4 && (d->seg == S_DS || d->seg == S_SS))) goto interpret;
+    if (m16 && d->mod != 3 && d->seg != S_DS && d->seg != S_SS && d->seg != S_ES) goto interpret;
+    /* 16-bit code: a rel32 branch (66 prefix) may leave the 64 KiB CS limit: #GP is the interpreter's */
+    if (m16 && d->osz != 2 && ((map == 0 && (op == 0xe8 || op == 0xe9 || (op >= 0x70 && op <= 0x7f))) ||
+                               (map == 1 && op >= 0x80 && op <= 0x8f))) goto interpret;
+    if (legacy && map == 0 && op >= 0x40 && op <= 0x4f) {    /* INC/DEC r16/r32 (REX prefixes in 64-bit mode) */
+        ld64(e, R9, GREG(op & 7));                             /* whole, as emit_native's narrow operands */
+        enc(e, 0, 0, d->osz == 2, 0, (const uint8_t[]){ 0xff }, 1, op >= 0x48, OR(R9));   /* FF /0, FF /1 */
+        st64(e, GREG(op & 7), R9);
+        return 0;
+    }
     if (d->ninsn == 2) {
         /* a macro-fused flag op + Jcc: the op natively, then the branch */
         native_t n;
-        if (!classify(d, &n) || (n.modrm && d->mod != 3)) {
+        if (!classify(d, &n, !t->m32) || (n.modrm && d->mod != 3)) {
             emit_fallback_inline(t, d);
             return 0;
         }
@@ -939,16 +1043,16 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         uint8_t *taken = jcc32(e, op & 15);
         emit_exit(t, next, count);
         fix(taken, e->p);
-        emit_exit(t, next + d->imm, count);
+        emit_exit(t, (next + d->imm) & ipmask, count);
         return 1;
     }
     if (map == 0 && (op == 0xe9 || op == 0xeb) && o64) {    /* JMP rel */
-        emit_exit(t, next + d->imm, count);
+        emit_exit(t, (next + d->imm) & ipmask, count);
         return 1;
     }
     if (map == 0 && op == 0xe8 && o64) {                     /* CALL rel */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
-        uint64_t target = next + d->imm;
+        uint64_t target = (next + d->imm) & ipmask;
         mov_imm(e, R8, next);
         emit_push(t, d, R8, s, target, 0);
         emit_exit(t, target, count);
@@ -962,12 +1066,14 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     }
     if (map == 0 && op == 0xff && o64 && (d->ext == 2 || d->ext == 4)) {   /* CALL/JMP r/m64 */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
-        if (d->mod == 3) ld64(e, R9, GREG(d->rm));
-        else {
+        opnd_t src = GREG(d->rm);
+        if (d->mod != 3) {
             emit_ea(t, d, 1);
-            emit_probe(t, 8, 0, s);
-            ld64(e, R9, OX(RSI, RDI, 0, 0));
+            emit_probe(t, sw, 0, s);
+            src = OX(RSI, RDI, 0, 0);
         }
+        if (sw == 2) movzx16(e, R9, src);
+        else op1(e, sw == 8, 0x8b, R9, src);
         if (d->ext == 2) { mov_imm(e, R8, next); emit_push(t, d, R8, s, 0, 1); }
         emit_exit_indirect(t, R9, count);
         return 1;
@@ -975,7 +1081,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     if (map == 0 && ((op >= 0x50 && op <= 0x57) || op == 0x68 || op == 0x6a) && o64) {   /* PUSH r64 / imm */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
         if (op <= 0x57) ld64(e, R8, GREG(d->rm));
-        else mov_imm(e, R8, d->imm);
+        else mov_imm(e, R8, m32 ? (uint32_t)d->imm : d->imm);
         emit_push(t, d, R8, s, next, 0);
         s->cont = e->p;
         return 0;
@@ -983,7 +1089,7 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
     if (map == 0 && op >= 0x58 && op <= 0x5f && o64) {      /* POP r64 */
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_pop(t, 0, s);
-        st64(e, GREG(d->rm), RAX);                         /* after RSP: POP RSP loads the popped value */
+        st_sized(e, sw, GREG(d->rm), RAX);                 /* after RSP: POP RSP loads the popped value */
         s->cont = e->p;
         return 0;
     }
@@ -1039,17 +1145,18 @@ static int emit_insn(tx_t *t, const insn_t *d, int last)
         s->cont = e->p;
         return 0;
     }
-    if (map == 0 && op == 0x8d && d->mod != 3 && d->osz >= 4) {   /* LEA */
+    if (map == 0 && op == 0x8d && d->mod != 3 && d->osz >= (m16 ? 2 : 4)) {   /* LEA */
         emit_lea(t, d);
         return 0;
     }
     native_t n;
-    if (classify(d, &n)) {
+    if (classify(d, &n, !t->m32)) {
         struct stub *s = new_stub(t, ST_SLOWPATH, d);
         emit_native(t, d, &n, s);
         s->cont = e->p;
         return 0;
     }
+interpret:
     emit_fallback_inline(t, d);
     if (last) {
         emit_exit_to(t, next, count);
@@ -1066,7 +1173,7 @@ static void emit_stubs(tx_t *t)
         struct stub *s = &t->st[k];
         if (!s->from[0]) continue;       /* a stub no path jumps to */
         uint8_t *here = e->p;
-        for (int f = 0; f < 3; f++) fix(s->from[f], here);
+        for (int f = 0; f < STUB_FROM; f++) fix(s->from[f], here);
         b1(e, 0x9c); b1(e, 0x5a);                                  /* pushfq; pop rdx */
         mov_rr64(e, RDI, R15);
         if (s->kind != ST_CODEWRITE) {
@@ -1095,10 +1202,15 @@ void *jit_compile(cpu_t *c, block_t *b)
 {
     struct jit *j = c->jit;
     b->hits = 0;   /* another linear address of the block waits its turn again */
-    if (!j || b->key != 8 || !c->long64) return NULL;
+    int m32 = b->key == 4 && jit_flat32(c), m16 = b->key == 2 && jit_seg16(c);
+    if (!j || !(m32 || m16 || (b->key == 8 && c->long64))) return NULL;
     tx_t *t = malloc(sizeof(*t));
     if (!t) return NULL;
     t->c = c;
+    t->m32 = m32;
+    t->m16 = m16;
+    t->csbase = m16 ? c->segbase[S_CS] : 0;
+    t->seg_pending = -1;
     t->e = (em_t){ j->buf + j->used, j->buf + JIT_BYTES - 64, 0 };
     t->start = t->rip = c->rip; t->done = 0; t->nst = 0;
     uint8_t *start = t->e.p;

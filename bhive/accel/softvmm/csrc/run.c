@@ -507,7 +507,7 @@ int svm_run(svm_cpu_t *c, svm_exit_t *out)
                 /* hot enough: translate it (jit.c) */
                 if (unlikely(!code) && c->jit && ++b->hits >= c->jit_threshold)
                     code = jit_compile(c, b);
-                if (code) site = jit_exec(c, code);
+                if (code && jit_may_enter(c)) site = jit_exec(c, code);
                 else exec_block(c, b, BLK_MAX);
                 if (unlikely(c->icount >= c->prof_next)) profile_sample(c);
                 if (unlikely(c->brk) || chain == 256 ||
