@@ -239,14 +239,6 @@ def _file(spec: str, base_dir: Path, where: str) -> Path:
     return path
 
 
-def _bhyve_missing() -> str | None:
-    """bhyve needs FreeBSD's vmm (vmm.ko: /dev/vmmctl, or /dev/vmm on
-    older releases); None if it is there."""
-    if os.path.exists("/dev/vmmctl") or os.path.isdir("/dev/vmm"):
-        return None
-    return "bhyve needs FreeBSD's vmm (vmm.ko, /dev/vmmctl), which this host does not have"
-
-
 def _drives(tables: list[tuple[str, dict, Path]], snapshot_all: bool) -> list[DriveConfig]:
     """Validate drive tables, each (where, table, base directory): explicit
     indexes first, then the others on the lowest free index in order."""
@@ -361,9 +353,10 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     accel_name = _typed(vm.get("accel", "softvmm"), str, "[vm] accel")
     if accel_name not in accel.NAMES:
         raise ConfigError(f"[vm] accel: unknown accelerator {accel_name!r} (known: {', '.join(accel.NAMES)})")
-    if accel_name == "bhyve" and (why := _bhyve_missing()):
-        raise ConfigError(f"[vm] accel: {why}")
-    no_reboot = _typed(vm.get("no_reboot", False), bool, "[vm] no_reboot")
+    if accel_name == "bhyve":          # a host without vmm.ko is a config error, before anything starts
+        ok, why = accel.get("bhyve").available()
+        if not ok:
+            raise ConfigError(f"[vm] accel: bhyve is not available here: {why}")
 
     boot = {**boot, **{k: v for k, v in (boot_overrides or {}).items() if v is not None}}
     kind = _typed(boot.get("kind", "kernel" if "kernel" in boot else "flat"), str, "[boot] kind")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import pytest
 
 from bhive import cli, config
@@ -180,4 +182,5 @@ def test_bhyve_without_vmm(bhive, tmp_path):
     proc = bhive.run("run", cfg, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.decode().strip().splitlines() == [
-        "bhive: error: [vm] accel: bhyve needs FreeBSD's vmm (vmm.ko, /dev/vmmctl), which this host does not have"]
+        f"bhive: error: [vm] accel: bhyve is not available here: vmm.ko is FreeBSD's hypervisor and this host "
+        f"runs {sys.platform}"]
