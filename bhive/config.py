@@ -135,6 +135,7 @@ class VmConfig:
     no_reboot: bool = False     # QEMU's -no-reboot: a guest reset ends the VM
     serial: str = "stdio"       # COM1's other end: stdio, null, file:PATH, unix:PATH,server[,nowait], pty
     on_vcpu_loss: str = "continue"
+    triple_fault: str = "stop"  # "stop": the VM ends (status 3); "reset": the PC's reset line, as QEMU
     chaos: dict | None = None   # a [chaos] table (bhive.chaos.Plan as JSON): `bhive run` starts a chaos run
     drives: list[DriveConfig] = field(default_factory=list)   # by index
 
@@ -146,7 +147,9 @@ class VmConfig:
 
 
 _TOP = {"vm", "boot", "msr", "devices", "drive", "cpu", "chaos"}
-_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial", "on_vcpu_loss"}
+_VM_KEYS = {"name", "cpus", "memory", "accel", "exit_transport", "watchdog", "no_reboot", "serial", "on_vcpu_loss",
+            "triple_fault"}
+TRIPLE_FAULT_ACTIONS = ("stop", "reset")
 _CPU_KEYS = {"model", "vendor", "features"}
 # What a vCPU process that dies does to the VM ([vm] on_vcpu_loss):
 # "continue" (a SIGKILLed vCPU is a dead core, the others go on; any
@@ -394,6 +397,9 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
     if isinstance(watchdog, bool) or not isinstance(watchdog, (int, float)) or watchdog < 0:
         raise ConfigError(f"[vm] watchdog: {watchdog!r} must be a number of seconds (0: none)")
     no_reboot = _typed(vm.get("no_reboot", False), bool, "[vm] no_reboot")
+    triple_fault = _typed(vm.get("triple_fault", "stop"), str, "[vm] triple_fault")
+    if triple_fault not in TRIPLE_FAULT_ACTIONS:
+        raise ConfigError(f"[vm] triple_fault: {triple_fault!r} is not one of {', '.join(TRIPLE_FAULT_ACTIONS)}")
     serial = check_serial(_typed(vm.get("serial", "stdio"), str, "[vm] serial"), base_dir)
     on_vcpu_loss = _typed(vm.get("on_vcpu_loss", "continue"), str, "[vm] on_vcpu_loss")
     if on_vcpu_loss == "restart":
@@ -410,7 +416,8 @@ def from_dict(raw: dict, base_dir: Path, default_name: str = "vm",
                    image=image, load_address=load_address, entry=entry,
                    unknown_msr=unknown_msr, source=source, exit_transport=exit_transport,
                    kernel=kernel, initrd=initrd, initrd_args=initrd_args, append=append,
-                   watchdog=float(watchdog), no_reboot=no_reboot, serial=serial, on_vcpu_loss=on_vcpu_loss)
+                   watchdog=float(watchdog), no_reboot=no_reboot, serial=serial, on_vcpu_loss=on_vcpu_loss,
+                   triple_fault=triple_fault)
     cfg.drives = _drives([(f"[[drive]] #{n}", t, base_dir) for n, t in enumerate(drive_tables, 1)] +
                          [(where, t, base_dir) for where, t in drives or []], snapshot)
     owners: dict[int, str] = {}
@@ -505,6 +512,7 @@ def to_json(cfg: VmConfig) -> dict:
         "initrd_args": cfg.initrd_args,
         "append": cfg.append, "watchdog": cfg.watchdog, "cpu": cfg.cpu, "no_reboot": cfg.no_reboot,
         "serial": cfg.serial, "on_vcpu_loss": cfg.on_vcpu_loss, "chaos": cfg.chaos,
+        "triple_fault": cfg.triple_fault,
         "drives": [{"file": str(d.file), "format": d.format, "interface": d.interface, "index": d.index,
                     "readonly": d.readonly, "snapshot": d.snapshot} for d in cfg.drives],
         "devices": {n: {"type": d.type, "options": d.options, "ports": d.port_spans,
@@ -530,4 +538,5 @@ def from_json(data: dict) -> VmConfig:
                     watchdog=data.get("watchdog", 0.0), cpu=data.get("cpu", {"model": "max"}),
                     no_reboot=data.get("no_reboot", False), serial=data.get("serial", "stdio"),
                     on_vcpu_loss=data.get("on_vcpu_loss", "continue"), chaos=data.get("chaos"),
+                    triple_fault=data.get("triple_fault", "stop"),
                     drives=[DriveConfig(**{**d, "file": Path(d["file"])}) for d in data.get("drives", [])])

@@ -36,6 +36,9 @@ SECTIONS = {
         "no_reboot": ("false", "true, false", "a guest reset ends the VM (status 0) instead of rebooting it; "
                       "`-no-reboot`"),
         "serial": ('"stdio"', ", ".join(C.SERIAL_BACKENDS), "COM1's other end; `-serial`"),
+        "triple_fault": ('"stop"', ", ".join(C.TRIPLE_FAULT_ACTIONS),
+                         "a triple fault ends the VM (status 3), or resets it as a PC's chipset does "
+                         "(a reboot; with `no_reboot`, the end, status 0)"),
         "on_vcpu_loss": ('"continue"', ", ".join(C.VCPU_LOSS_POLICIES),
                          "a vCPU process that dies: the others go on, or the VM ends (status 4) naming it"),
     },

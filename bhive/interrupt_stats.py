@@ -11,7 +11,11 @@ second and at exit, so they outlive the VM):
   destination vCPU process), and what they had to drop.
 
 Rows: one per (controller, pin, vector); columns CPU0..CPUn-1 (received),
-then what the controller sent and dropped.
+then what the controller sent and dropped.  Then the interrupts no device
+raised, as each CPU's local APIC counted what it took (IRR -> ISR): `LOC`,
+the vector of that CPU's timer LVT, and `IPI`, every other vector (sent by
+another CPU's ICR, or by a CPU to itself), as /proc/interrupts has LOC, RES,
+CAL and TLB.
 """
 
 from __future__ import annotations
@@ -46,9 +50,16 @@ def interrupt_stats(rd: RunDir, cpus: int | None = None) -> dict:
     sent: dict[tuple[str, int, int], int] = defaultdict(int)  # (chip, pin, vector) -> delivered
     dropped: dict[tuple[str, int, int], int] = defaultdict(int)
     level_eois: dict[int, list[int]] = defaultdict(lambda: [0] * cpus)
+    accepted: dict[int, list[int]] = defaultdict(lambda: [0] * cpus)   # vector -> taken, per CPU
+    timer_vectors: dict[int, set[int]] = defaultdict(set)               # vector -> CPUs timing with it
     for f in files:
         if "cpu" in f:
             cpu = f["cpu"]
+            if cpu < cpus:
+                for vector, n in f.get("accepted", {}).items():
+                    accepted[int(vector)][cpu] += n
+                if f.get("timer_vector"):
+                    timer_vectors[f["timer_vector"]].add(cpu)
             for key, n in f.get("vectors", {}).items():
                 source, vector, kind = key.split(";")
                 if kind in ("self", "extint") and cpu < cpus:
@@ -85,6 +96,12 @@ def interrupt_stats(rd: RunDir, cpus: int | None = None) -> dict:
             "dropped": sum(n for (r, p, v), n in dropped.items() if r == source and v == vector),
             "level_eois": list(level_eois.get(vector, [0] * cpus)),
         })
+    device_vectors = {v for _, v in keys}
+    for vector in sorted(set(accepted) - device_vectors):
+        kind = "LOC" if vector in timer_vectors else "IPI"
+        rows.append({"source": "lapic", "chip": kind, "label": kind, "vector": vector, "pins": [],
+                     "per_cpu": accepted[vector], "other": 0, "sent": 0, "dropped": 0,
+                     "level_eois": [0] * cpus})
     return {"vm": rd.name, "cpus": cpus, "rows": rows}
 
 
@@ -93,7 +110,12 @@ def format_table(stats: dict) -> str:
     cpus = stats["cpus"]
     lines = ["      " + "".join(f"{'CPU' + str(i):>11}" for i in range(cpus))]
     for row in stats["rows"]:
-        label = ",".join(map(str, row["pins"])) or "-"
+        label = row.get("label") or ",".join(map(str, row["pins"])) or "-"
+        if row["source"] == "lapic":
+            lines.append(f"{label:>5}:" + "".join(f"{n:>11}" for n in row["per_cpu"])
+                         + f"  {'LAPIC':<8} vec 0x{row['vector']:02x}  "
+                         + ("local timer" if label == "LOC" else "inter-processor interrupts"))
+            continue
         extra = f"sent={row['sent']}"
         if row["dropped"]:
             extra += f" dropped={row['dropped']}"

@@ -216,13 +216,16 @@ class ControlThread(threading.Thread):
         return "self" if dest == self.worker.vcpuid else ("broadcast" if dest == 0xFF else f"apic{dest}")
 
     def write_stats(self) -> None:
-        """Per-vector counts of the MSIs this process injected (bhive stats)."""
+        """Per-vector counts of the MSIs this process injected and of the
+        vectors its CPU took, with its timer's vector (bhive stats)."""
         self.last_stats = time.monotonic()
         w = self.worker
+        counts = getattr(w.vcpu, "lapic_counts", None)
+        accepted, timer_vector = counts() if counts else ({}, 0)
         try:
             w.rundir.write_json(f"stats-{w.role}.json", {
                 "role": w.role, "cpu": w.vcpuid, "msis": self.msis, "vectors": dict(self.vectors),
-                "level_eois": dict(w.level_eois)})
+                "level_eois": dict(w.level_eois), "accepted": accepted, "timer_vector": timer_vector})
         except OSError:
             pass
 
@@ -430,6 +433,16 @@ class VcpuWorker:
                 pass
         return regs
 
+    def reset_line(self, detail: str) -> int:
+        """A shutdown cycle, as a PC's chipset turns it into a reset: the
+        supervisor reboots the VM (or ends it, -no-reboot) and stops this
+        process with the others; until then this CPU runs nothing."""
+        self.log("triple-fault", detail=detail, action="reset", **self.dump_registers())
+        self.event("reset", 0, detail)
+        while not self.stopping:
+            time.sleep(0.01)
+        return 0
+
     def fatal(self, kind: str, detail: str) -> int:
         self.log(kind, detail=detail, **self.dump_registers())
         self.event(kind, STATUS_GUEST_CRASH, detail)
@@ -506,6 +519,8 @@ class VcpuWorker:
                 continue
             elif code == ExitCode.SUSPENDED:
                 how = SuspendHow(ex.how)
+                if how == SuspendHow.TRIPLEFAULT and self.cfg.triple_fault == "reset":
+                    return self.reset_line(f"triple fault at rip={ex.rip:#x}")
                 if how == SuspendHow.TRIPLEFAULT:
                     return self.fatal("triple-fault", f"triple fault at rip={ex.rip:#x}")
                 self.event("suspended", 0, how.name.lower())

@@ -3,9 +3,11 @@ output reaches the terminal, Ctrl-A x quits."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
+import signal
 import sys
 import time
 
@@ -18,6 +20,32 @@ def spawn_on_pty(*args):
         os.chdir(REPO)
         os.execv(sys.executable, [sys.executable, "-m", "bhive", *args])
     return pid, fd
+
+
+@contextlib.contextmanager
+def vm_on_pty(*args):
+    """`bhive ARGS` on a pty: (pid, fd).  However the test ends, the fd is
+    closed and a process still running is killed (one already reaped by
+    exit_status is left alone: its pid may be another's by now)."""
+    pid, fd = spawn_on_pty(*args)
+    try:
+        yield pid, fd
+    finally:
+        os.close(fd)
+        try:
+            running = os.waitpid(pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            running = False
+        if running:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def quit_console(fd, pid, timeout: float = 60) -> None:
+    """Ctrl-A x: the VM stops and `bhive run` exits with status 0."""
+    os.write(fd, b"\x01x")
+    read_until(fd, b"exit status 0", timeout=timeout)
+    assert exit_status(pid) == 0
 
 
 def read_until(fd, needle: bytes, timeout: float = 60) -> bytes:

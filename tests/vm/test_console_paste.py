@@ -12,7 +12,7 @@ import select
 import time
 
 from support import run_dir
-from test_console import exit_status, read_until, spawn_on_pty
+from test_console import quit_console, read_until, vm_on_pty
 from test_linux_boot import BOOT_TIMEOUT, kit  # noqa: F401  (the fixture)
 
 PASTE_LINES = 1024          # 1024 lines of 64 bytes: 64 KiB
@@ -45,8 +45,7 @@ def test_a_64k_paste_arrives_whole_without_overrun(kit):  # noqa: F811
     alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
     data = b"".join(bytes(rng.choice(alphabet) for _ in range(LINE - 1)) + b"\n" for _ in range(PASTE_LINES))
     assert len(data) == 64 * 1024
-    pid, fd = spawn_on_pty("run", "--name", "lx-paste")
-    try:
+    with vm_on_pty("run", "--name", "lx-paste") as (pid, fd):
         read_until(fd, b"BOOT-OK", timeout=BOOT_TIMEOUT)
         read_until(fd, b"# ", timeout=120)
         time.sleep(0.5)
@@ -61,15 +60,7 @@ def test_a_64k_paste_arrives_whole_without_overrun(kit):  # noqa: F811
         assert f"{len(data)}\r\n".encode() in out, out[-2000:]
         assert hashlib.md5(data).hexdigest().encode() in out, out[-2000:]
         assert b"input overrun" not in out
-        os.write(fd, b"\x01x")
-        read_until(fd, b"exit status 0", timeout=60)
-        assert exit_status(pid) == 0
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+        quit_console(fd, pid, timeout=60)
     uart_log = (run_dir("lx-paste") / "logs" / "uart.log").read_text()
     assert "serial_rx_overrun" not in uart_log
     assert "input overrun" not in (run_dir("lx-paste") / "logs" / "console.log").read_text(errors="replace")

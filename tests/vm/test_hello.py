@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from support import run_dir
+from support import run_dir, wait_for
 
 GREETING = re.compile(rb"Hello from bhive vCPU (\d+) of (\d+)\r?\n")
 
@@ -51,6 +51,25 @@ def test_unclaimed_port_reads_all_ones(bhive, tmp_path, vm_config):
     assert proc.returncode == (7 << 1) | 1, proc.stderr  # 0x55 if not 0xFFFF
     log = (run_dir("float") / "logs" / "vcpu0.log").read_text()
     assert "unclaimed-port port=0x2e8" in log
+
+
+def test_triple_fault_resets_the_vm_when_configured(bhive, tmp_path, vm_config):
+    """[vm] triple_fault = "reset": the shutdown cycle becomes the reset
+    line, as a PC's chipset makes it: the VM reboots (the guest starts over:
+    its banner again), and with -no-reboot it ends with status 0."""
+    src = tmp_path / "crashloop.asm"
+    src.write_text("bits 16\norg 0x8000\nmov dx, 0x3f8\nmov al, 'B'\nout dx, al\n"
+                   "lidt [idt]\nud2\nidt: dw 0\ndd 0\n")
+    cfg = vm_config(src, devices=("uart",))
+    cfg.write_text(cfg.read_text().replace("[vm]\n", '[vm]\ntriple_fault = "reset"\n', 1))
+    proc = bhive.run("run", cfg, "--name", "tf-once", "-no-reboot", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"guest reset (no reboot): triple fault at rip=" in proc.stderr, proc.stderr
+    assert bhive.run("run", cfg, "--name", "tf-loop", "--detach").returncode == 0
+    console = run_dir("tf-loop") / "logs" / "console.log"
+    wait_for(lambda: console.exists() and console.read_bytes().count(b"B") >= 3, 60, what="three boots")
+    assert bhive.run("stop", "tf-loop").returncode == 0
+    assert "reboot" in (run_dir("tf-loop") / "logs" / "supervisor.log").read_text()
 
 
 def test_triple_fault_ends_the_run(bhive, tmp_path, vm_config):

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 from support import REPO, run_dir
-from test_console import exit_status, read_until, spawn_on_pty
+from test_console import exit_status, read_until, vm_on_pty
 from test_linux_boot import BOOT_TIMEOUT, kit  # noqa: F401  (the fixture)
 
 TICK = re.compile(rb"T=(\d+\.\d+)")
@@ -46,8 +46,7 @@ def quiet_for(fd, seconds: float) -> bytes:
 
 
 def test_pause_stops_the_guest_and_its_clock_follows_wall_time(kit, bhive):  # noqa: F811
-    pid, fd = spawn_on_pty("run", "--name", "lx-pause")
-    try:
+    with vm_on_pty("run", "--name", "lx-pause") as (pid, fd):
         read_until(fd, b"BOOT-OK", timeout=BOOT_TIMEOUT)
         read_until(fd, b"# ", timeout=120)
         time.sleep(0.5)
@@ -69,12 +68,6 @@ def test_pause_stops_the_guest_and_its_clock_follows_wall_time(kit, bhive):  # n
         os.write(fd, b"\x03\x01x")
         read_until(fd, b"exit status 0", timeout=60)
         assert exit_status(pid) == 0
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 def test_wait_ps_a_rm_prune(bhive):

@@ -10,7 +10,7 @@ import os
 import time
 
 from support import REPO, run_dir, wait_for
-from test_console import exit_status, read_until, spawn_on_pty
+from test_console import exit_status, quit_console, read_until, vm_on_pty
 from test_linux_boot import BOOT_TIMEOUT, kit  # noqa: F401  (the fixture)
 
 
@@ -21,8 +21,7 @@ def shell(fd) -> None:
 
 
 def test_reboot_comes_back_to_a_shell(kit):  # noqa: F811
-    pid, fd = spawn_on_pty("run", "--name", "lx-reboot")
-    try:
+    with vm_on_pty("run", "--name", "lx-reboot") as (pid, fd):
         shell(fd)
         os.write(fd, b"reboot -f\r")
         out = read_until(fd, b"rebooting", timeout=120)
@@ -30,33 +29,18 @@ def test_reboot_comes_back_to_a_shell(kit):  # noqa: F811
         shell(fd)                                           # BOOT-OK a second time
         os.write(fd, b"echo $((6 * 7))-after-reboot\r")
         read_until(fd, b"42-after-reboot", timeout=60)
-        os.write(fd, b"\x01x")
-        read_until(fd, b"exit status 0", timeout=60)
-        assert exit_status(pid) == 0
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+        quit_console(fd, pid, timeout=60)
     log = (run_dir("lx-reboot") / "logs" / "console.log").read_bytes()
     assert log.count(b"BOOT-OK") == 2 and b"rebooting" in log       # one history across the reboot
 
 
 def test_no_reboot_ends_the_vm_on_a_reset(kit):  # noqa: F811
-    pid, fd = spawn_on_pty("run", "--name", "lx-noreboot", "-no-reboot")
-    try:
+    with vm_on_pty("run", "--name", "lx-noreboot", "-no-reboot") as (pid, fd):
         shell(fd)
         os.write(fd, b"reboot -f\r")
         out = read_until(fd, b"exit status 0", timeout=120)
         assert b"guest reset (no reboot)" in out and b"rebooting" not in out, out[-2000:]
         assert exit_status(pid) == 0
-    finally:
-        os.close(fd)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 PORT92_GUEST = REPO / "guests" / "reset" / "port92.asm"

@@ -117,6 +117,10 @@ class ApicWatcher(threading.Thread):
 class WholeVmVcpu:
     """Mixed into KvmVcpu (see accel.py): the parts that differ for whole VMs."""
 
+    def lapic_counts(self) -> tuple[dict[int, int], int]:
+        """What this CPU's local APIC took, by vector (bhive stats)."""
+        return self.apic.lapic_counts()
+
     def _whole_apic(self, apic_vm) -> None:
         """Before the KVM vCPU exists (its CPUID comes from this APIC's model)."""
         from ..softvmm import ffi as svm_ffi, lib as svm_lib

@@ -135,6 +135,12 @@ class SoftVcpu(Vcpu):
                         "chain_epoch", "jit_blocks", "jit_fallbacks", "jit_code_bytes"), cache))
         return out
 
+    def lapic_counts(self) -> tuple[dict[int, int], int]:
+        """({vector: times this CPU took it}, the timer LVT's vector)."""
+        counts, timer = ffi.new("uint32_t[256]"), ffi.new("uint32_t *")
+        lib.svm_lapic_counts(self._c, counts, timer)
+        return {v: n for v, n in enumerate(counts) if n}, timer[0]
+
     def jit_report(self) -> None:
         """With BHIVE_JIT_STATS=1: the JIT's fallbacks by opcode, on stderr."""
         lib.svm_jit_report(self._c)

@@ -227,7 +227,9 @@ typedef struct lapic {
     uint32_t pad1;
     uint64_t timer_next;   /* host TSC of the next expiry, LAPIC_NEVER when disarmed */
     uint64_t tsc_deadline; /* IA32_TSC_DEADLINE (guest TSC), 0 = disarmed */
+    uint32_t accepted[256];/* vectors this CPU took (IRR -> ISR), by the owner: bhive stats' per-CPU rows */
 } lapic_t;
+_Static_assert(sizeof(lapic_t) <= 4096, "a local APIC has one LAPIC_STRIDE of the platform shm");
 #define LAPIC_NEVER (~0ULL)
 enum { LS_OFF = 0, LS_WAIT_SIPI = 1, LS_RUN = 2 };
 #define LAPIC_STRIDE 4096

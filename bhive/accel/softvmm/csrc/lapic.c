@@ -217,6 +217,7 @@ void lapic_accept(cpu_t *c, int vec)
     lapic_t *l = c->lapic;
     __atomic_fetch_and(&l->irr[vec >> 5], ~(1u << (vec & 31)), __ATOMIC_SEQ_CST);
     l->isr[vec >> 5] |= 1u << (vec & 31);
+    l->accepted[vec]++;
 }
 
 /* ---- timer (SDM 11.5.4) -------------------------------------------------------- */
@@ -534,4 +535,14 @@ int svm_lapic_wait(struct svm_cpu *c, int64_t max_ns)
 void svm_lapic_nudge(struct svm_cpu *c)
 {
     syscall(SYS_futex, &c->lapic->event, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* bhive stats: how often this CPU took each vector (IRR -> ISR; the owner
+ * counts, a reader in another thread sees a count at most one behind) and
+ * the vector its timer LVT names, so the local timer gets its own row. */
+void svm_lapic_counts(struct svm_cpu *c, uint32_t *accepted, uint32_t *timer_vector)
+{
+    lapic_t *l = c->lapic;
+    for (int v = 0; v < 256; v++) accepted[v] = __atomic_load_n(&l->accepted[v], __ATOMIC_RELAXED);
+    *timer_vector = l->lvt[LVT_TIMER] & 0xff;
 }

@@ -88,6 +88,7 @@ uint32_t svm_lapic_read(struct svm_cpu *c, uint32_t off);
 int svm_lapic_write(struct svm_cpu *c, uint32_t off, uint32_t value);
 void svm_lapic_local_irq(struct svm_vm *vm, int vcpuid, int pin, int extint_vec);
 uint64_t svm_lapic_timer_poll(struct svm_cpu *c);
+void svm_lapic_counts(struct svm_cpu *c, uint32_t *accepted256, uint32_t *timer_vector);
 /* An accelerator that runs guest code itself (kvm) with this local APIC
  * (lapic.c): what arrived, consumed, as SVM_EV_* bits; vectors[0] = the
  * SIPI vector, vectors[1] = the interrupt accepted when can_intr (IRR ->
