@@ -196,6 +196,20 @@ def test_image_layout(image):
     assert head[:4] == b"\x28\xb5\x2f\xfd" or head == b"070701", head
 
 
+def test_image_names_from_the_cli_and_configs(image):
+    for what, want in (("image", image.disk), ("kernel", image.vmlinuz), ("initrd", image.initrd)):
+        out = subprocess.run([sys.executable, "-m", "bhive.guestkit", "path", what, image.name], cwd=REPO_DIR,
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == str(want), out.stderr
+    out = subprocess.run([sys.executable, "-m", "bhive.guestkit", "image", image.name], cwd=REPO_DIR,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == str(image.disk)
+    from bhive import config
+    assert config._asset(f"guestkit:{image.name}", REPO_DIR, "boot.kernel") == image.vmlinuz
+    assert config._asset(f"guestkit:{image.name}-initrd", REPO_DIR, "boot.initrd") == image.initrd
+    assert config._asset(f"guestkit:{image.name}-disk", REPO_DIR, "drive.file") == image.disk
+
+
 @needs_disk_tools
 def test_image_contents(image):
     """On the ext4 file system: the same kernel and initrd in /boot, root
