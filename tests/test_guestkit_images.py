@@ -282,3 +282,37 @@ def test_sustained_io_survives_a_reboot(vmm, smp, tmp_path):
             assert diskrun.disk_errors(con) == []
             assert con.poweroff(timeout=300) == 0
     assert img.disk.stat().st_mtime < disk.stat().st_mtime     # the cached image was never the one written
+
+
+# -- the busybox initramfs's disk modules, on a real IDE controller -------------
+
+@pytest.mark.parametrize("vmm", VMMS)
+@pytest.mark.parametrize("kernel", ["trixie-generic", "bookworm-cloud"])
+def test_busybox_initramfs_sees_the_ide_disk_in_dma_mode(kernel, vmm, tmp_path):
+    """The kit kernel with the busybox initramfs and a blank 64 MiB disk:
+    /init's insmods bring ata_piix up, /dev/sda appears with the disk's
+    size, the drive runs a DMA mode, nothing in the log about lost
+    interrupts or ATA errors."""
+    why = diskrun.tool_available(vmm)
+    if why:
+        pytest.skip(why)
+    ok, reason = debian.mirror_reachable()
+    if not ok and not (guestkit.cache_root() / "kernels" / kernel / "modules" / "modules.dep").is_file():
+        pytest.skip(f"the kit is not cached and the mirror is unreachable: {reason}")
+    disk = tmp_path / "blank.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    k, initrd = guestkit.kernel_path(kernel), guestkit.build_initramfs()
+    append = "console=ttyS0 panic=-1"
+    argv = (diskrun.qemu_argv(k, initrd, disk, 2, 512, append=append) if vmm == "qemu"
+            else diskrun.bhive_argv(k, initrd, disk, 2, 512, append=append, name=f"bb-disk-{kernel}"))
+    with console.GuestConsole(argv, transcript=tmp_path / "console.log") as con:
+        con.expect(b"bhive: modules loaded:", 600)
+        con.wait_shell(timeout=120)
+        assert "ata_piix" in con.run("cut -d' ' -f1 /proc/modules", check=True).output.split()
+        r = con.run("for i in $(seq 50); do [ -e /sys/block/sda ] && break; sleep 0.2; done; "
+                    "cat /sys/block/sda/size", check=True)
+        assert int(r.output) == (64 << 20) // 512
+        disks = [d for d in diskrun.ata_devices(con) if d.kind == "ata"]
+        assert len(disks) == 1 and disks[0].dma, disks
+        assert diskrun.disk_errors(con) == []
