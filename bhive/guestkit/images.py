@@ -37,6 +37,7 @@ name are removed once the new one is complete.  The mirror is the host's
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -285,10 +286,22 @@ def build_image(name: str, rebuild: bool = False) -> Image:
         if img:
             return img
     _need_tools()
-    mode = choose_mode()
-    key = recipe_key(name)
     final = image_dir(name)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # one build of an image at a time (two test runs sharing a cache): the
+    # second waits, then finds the first one's image
+    with open(final.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not rebuild:
+            img = cached_image(name)
+            if img:
+                return img
+        return _build_locked(name, final)
+
+
+def _build_locked(name: str, final: Path) -> Image:
+    mode = choose_mode()
+    key = recipe_key(name)
     for stale in final.parent.glob(f"build-{name}-*"):       # what a failed or killed build left
         shutil.rmtree(stale, ignore_errors=True)
     t0 = time.monotonic()
