@@ -6,9 +6,8 @@
 #   cpio, dpkg-deb, zstd, debian-archive-keyring     the guest kit (Debian kernels, busybox)
 #   qemu-system-x86                                  the peer: QEMU TCG, for comparisons
 #   acpica-tools                                     iasl, to check our ACPI tables
-#   mmdebstrap, e2fsprogs, fdisk                     the guest kit's Debian disk images (mmdebstrap,
-#                                                    mkfs.ext4 -d, sfdisk; with mmdebstrap's
-#                                                    recommends: fakechroot for hosts that cannot mount)
+#   mmdebstrap, fakechroot, e2fsprogs, fdisk         the guest kit's Debian disk images (mmdebstrap,
+#                                                    mkfs.ext4 -d, sfdisk; fakechroot where nothing may mount)
 set -euo pipefail
 
 need=()
@@ -29,6 +28,7 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v iasl >/dev/null || need+=(acpica-tools)   # disassembles our DSDT in tests
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v fakechroot >/dev/null || need+=(fakechroot fakeroot)   # mmdebstrap where nothing may mount
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sfdisk >/dev/null || need+=(fdisk)
 

@@ -16,7 +16,8 @@ is only what commands print.  Each command is bracketed by markers the
 guest computes (`$((7*N))`), so neither an echo of the command line nor a
 stray line can be mistaken for them.  Every timeout raises ConsoleError
 with the console's last lines; the whole transcript is written to
-`transcript` (a path) if one was given, and is kept in `.transcript`.
+`transcript` (a path) if one was given (as it arrives, then cleaned up at
+the end), and is kept in `.transcript`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class GuestConsole:
         self.pos = 0                # where the next expect() starts looking
         self.t0 = 0.0
         self._n = 0
+        self._live = None           # the transcript file while the VMM runs
 
     # -- process ------------------------------------------------------------
     def start(self) -> "GuestConsole":
@@ -82,6 +84,9 @@ class GuestConsole:
         finally:
             os.close(slave)
         self.fd = master
+        if self.transcript_path:            # written as it comes, to watch a slow guest
+            self.transcript_path.parent.mkdir(parents=True, exist_ok=True)
+            self._live = open(self.transcript_path, "wb")
         return self
 
     def __enter__(self) -> "GuestConsole":
@@ -139,6 +144,10 @@ class GuestConsole:
         return _lines(self.buf)
 
     def save_transcript(self) -> None:
+        """Rewrite the transcript file with "\r\n" made "\n"."""
+        if self._live:
+            self._live.close()
+            self._live = None
         if self.transcript_path:
             self.transcript_path.parent.mkdir(parents=True, exist_ok=True)
             self.transcript_path.write_text(self.transcript)
@@ -165,6 +174,9 @@ class GuestConsole:
         if not chunk:
             return False
         self.buf += chunk
+        if self._live:
+            self._live.write(chunk)
+            self._live.flush()
         return True
 
     def send(self, data: str | bytes) -> None:

@@ -92,7 +92,7 @@ def depends(info: dict[str, list[str]]) -> list[str]:
 class ModuleSet:
     release: str                    # uname -r
     files: dict[str, bytes]         # path under lib/modules/<release>/ -> the module, uncompressed
-    deps: dict[str, list[str]]      # path -> the paths it depends on directly
+    deps: dict[str, list[str]]      # path -> the paths it depends on (directly, or its closure)
 
     def load_order(self) -> list[str]:
         """Every module after all it depends on (a depth-first topological
@@ -218,6 +218,6 @@ def read(src: Path, release: str) -> ModuleSet:
         p, _, rest = line.partition(":")
         files[p] = (src / p).read_bytes()
         deps[p] = rest.split()
-    # modules.dep lists the whole closure; keep only the direct edges' effect
-    # (the order is the same either way)
+    # modules.dep lists each module's whole closure, not only its direct
+    # dependencies: load_order() and modules_dep() come out the same from it
     return ModuleSet(release, files, deps)

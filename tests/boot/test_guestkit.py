@@ -292,3 +292,16 @@ def test_initramfs_carries_each_kit_kernels_disk_modules(online):
             for d in kmod.depends(info):
                 assert d in names[:i], f"{name}: {p} needs {d} loaded before it: {names}"
             assert set(dep[p].split()) <= set(order[:i])
+
+
+@pytest.mark.parametrize("cmdline,loads", [("console=ttyS0", True), ("console=ttyS0 bhive.test=1", False),
+                                           ("console=ttyS0 bhive.test=1 bhive.modules=1", True),
+                                           ("console=ttyS0 bhive.modules=0", False)])
+def test_init_decides_when_to_load_modules(cmdline, loads):
+    """Interactive boots load the disk modules; BOOT-OK-and-power-off test
+    boots only when asked (bhive.modules=1); bhive.modules=0 never."""
+    text = INIT.read_text()
+    block = re.search(r'case " \$\(cat /proc/cmdline\) " in\n.*?\nesac\n', text, re.S).group(0)
+    script = "load_modules() { echo load; }\n" + block.replace("$(cat /proc/cmdline)", cmdline)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert (out.stdout.strip() == "load") == loads, out
