@@ -470,9 +470,17 @@ static int mtrr_fixed_index(uint32_t msr)
     return -1;
 }
 static int mem_type_ok(unsigned t) { return t == 0 || t == 1 || t == 4 || t == 5 || t == 6; }
-/* IA32_ARCH_CAPABILITIES (CPUID.7.EDX[29]): RDCL_NO, IBRS_ALL, SKIP_L1DFL_VMENTRY,
- * SSB_NO, MDS_NO, PSCHANGE_MC_NO, TAA_NO -- softvmm does not speculate. */
-#define ARCH_CAP_VAL ((1ULL << 0) | (1ULL << 1) | (1ULL << 3) | (1ULL << 4) | (1ULL << 5) | (1ULL << 6) | (1ULL << 8))
+/* IA32_ARCH_CAPABILITIES (CPUID.7.EDX[29]) -- softvmm does not speculate, so
+ * every "not affected" bit is true: RDCL_NO (0), IBRS_ALL (1),
+ * SKIP_L1DFL_VMENTRY (3), SSB_NO (4), MDS_NO (5), PSCHANGE_MC_NO (6), TAA_NO
+ * (8), SBDR_SSDP_NO (13), FBSDP_NO (14), PSDP_NO (15), BHI_NO (20), PBRSB_NO
+ * (24), GDS_NO (26), RFDS_NO (27), and ITS_NO (62), the bit a VMM synthesizes
+ * for Indirect Target Selection.  Without ITS_NO a virtualised Intel guest
+ * assumes it may be affected: Linux 6.12 then builds ITS thunks, and its
+ * set_memory_rw() of module text trips its own W^X check (a WARNING). */
+#define ARCH_CAP_VAL ((1ULL << 0) | (1ULL << 1) | (1ULL << 3) | (1ULL << 4) | (1ULL << 5) | (1ULL << 6) | \
+                      (1ULL << 8) | (1ULL << 13) | (1ULL << 14) | (1ULL << 15) | (1ULL << 20) | (1ULL << 24) | \
+                      (1ULL << 26) | (1ULL << 27) | (1ULL << 62))
 
 int msr_read(cpu_t *c, uint32_t msr, uint64_t *v)
 {
