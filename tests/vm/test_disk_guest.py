@@ -68,6 +68,7 @@ dmesg | grep -E "ata[0-9]|ata_piix|sd 0:"
 cpus=$(grep -c '^processor' /proc/cpuinfo)
 echo "BOOT-OK cpus=$cpus"
 cat /proc/interrupts
+stty "$(stty -g)"      # TCSADRAIN: the serial driver sends all of the above before the VM ends
 /bin/bhive-exit
 poweroff -f
 """
