@@ -145,6 +145,26 @@ class ChannelActorClient(ActorClient):
         return self._send(MmioRequest(self.source, 0, gpa, size, is_write, data))
 
 
+class MsiReplayFilter:
+    """Drops an MSI that a restarted controller replays: the same sender,
+    number, address and data as the last one this process took from it
+    (its predecessor sent it, then died before committing that it had).
+    A different MSI under a number already seen is taken: a replay that
+    went another way must not cost the guest an interrupt."""
+
+    def __init__(self):
+        self.last: dict[str, tuple[int, int, int]] = {}
+        self.dropped = 0
+
+    def accept(self, msg: Msi) -> bool:
+        key = (msg.seq, msg.addr, msg.data)
+        if msg.seq and self.last.get(msg.source) == key:
+            self.dropped += 1
+            return False
+        self.last[msg.source] = key
+        return True
+
+
 class ControlThread(threading.Thread):
     """Supervisor link and MSI receiver of one vCPU process."""
 
@@ -163,6 +183,7 @@ class ControlThread(threading.Thread):
         self.events.bind(f"inproc://events-{worker.role}")
         self.msis = 0
         self.vectors: dict[str, int] = {}     # "source;vector;mode" -> MSIs injected by this process
+        self.replays = MsiReplayFilter()
         self.last_stats = 0.0
 
     def run(self) -> None:
@@ -196,6 +217,9 @@ class ControlThread(threading.Thread):
                     w.log("bad-message", error=str(exc))
                     continue
                 if isinstance(msg, Msi):
+                    if not self.replays.accept(msg):
+                        w.log("msi-replay-dropped", source=msg.source, seq=msg.seq, data=msg.data)
+                        continue
                     self.msis += 1
                     w.vm.vm_lapic_msi(msg.addr, msg.data)
                     key = f"{msg.source};{msg.data & 0xFF};{self._kind(msg.addr, msg.data)}"

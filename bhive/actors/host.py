@@ -126,11 +126,12 @@ class DeviceHost:
     def state(self) -> dict:
         """What is committed after each request: the model's state, the
         levels of this actor's lines, the sequence number of its last line
-        change and its MSI delivery counts."""
+        change its MSI delivery counts and the number of its last MSI."""
         out = {"model": self.model.state(), "lines": [irq.level for irq in self.lines],
                "irq_seq": self._irq_bus.seq if self._irq_bus is not None else 0}
         if self.msi_out is not None:
             out["deliveries"] = self.msi_out.deliveries
+            out["msi_seq"] = self.msi_out.seq
         return out
 
     def restore(self, state: dict) -> None:
@@ -144,6 +145,7 @@ class DeviceHost:
         self.model = self.build_model(state["model"])
         if self.msi_out is not None:
             self.msi_out.deliveries = dict(state["deliveries"])
+            self.msi_out.seq = state.get("msi_seq", 0)
         for irq, level in zip(self.lines, state["lines"]):
             irq.level = level
         if self._irq_bus is not None:

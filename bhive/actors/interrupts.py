@@ -170,6 +170,7 @@ class MsiOut:
             self.socks.append(sock)
         self.dropped = 0
         self.deliveries: dict[str, int] = {}
+        self.seq = 0                  # MSIs generated, committed with the host's state (schema.Msi)
         self.stats_written = 0.0
 
     def send_msi(self, addr: int, data: int, pin: int = -1) -> int | None:
@@ -181,7 +182,8 @@ class MsiOut:
         return cpu
 
     def _send(self, addr: int, data: int) -> int | None:
-        raw = schema.encode(Msi(addr, data, self.runtime.role))
+        self.seq += 1
+        raw = schema.encode(Msi(addr, data, self.runtime.role, self.seq))
         dest = (addr >> 12) & 0xFF
         if not addr & MSI_ADDR_DEST_LOGICAL and dest != 0xFF:
             order = [dest] if dest < self.ncpus else []

@@ -127,14 +127,20 @@ class MmioResponse:
 
 # --- Interrupts ----------------------------------------------------------
 
-@message(MsgType.MSI)
+@message(MsgType.MSI, version=2)
 class Msi:
-    """An MSI towards a vCPU process, injected there with vm_lapic_msi."""
+    """An MSI towards a vCPU process, injected there with vm_lapic_msi.
+
+    `seq` numbers the sender's MSIs and is committed with its state: a
+    controller killed after sending but before committing replays the same
+    MSI under the same number, and the vCPU process drops it (one edge,
+    one interrupt, as on a wire)."""
 
     TYPE: ClassVar[MsgType]
     addr: int          # 0xFEE00000 | dest_id << 12 | dest_mode << 2
     data: int          # vector | delivery_mode << 8 | level << 14 | trigger << 15
     source: str        # the actor that sent it (for stats and logs)
+    seq: int = 0       # the sender's MSI count (0: unnumbered, never dropped)
 
 
 @message(MsgType.IRQ_LINE, version=2)
