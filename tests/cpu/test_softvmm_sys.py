@@ -484,8 +484,10 @@ def test_msrs_mtrr_pat_spec_ctrl():
         mov ecx, 0x10a
         rdmsr
         mov r10d, eax                   ; ARCH_CAPABILITIES
+        mov r12d, edx                   ; its high half: ITS_NO is bit 62
         mov ecx, 0x48
         mov eax, 1
+        xor edx, edx                    ; SPEC_CTRL's high half is reserved (#GP)
         wrmsr
         rdmsr
         mov r11d, eax
@@ -496,3 +498,4 @@ def test_msrs_mtrr_pat_spec_ctrl():
     assert e.code == ExitCode.HLT, e
     assert reg(m, VmReg.R8) == 0x508 and reg(m, VmReg.R9) == 0xC06
     assert reg(m, VmReg.R10) & 1 and reg(m, VmReg.R11) == 1
+    assert reg(m, VmReg.R12) & (1 << 30)                       # ITS_NO (bit 62)
