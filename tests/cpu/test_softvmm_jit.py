@@ -167,16 +167,23 @@ PROGRAMS = {
 }
 
 
-@pytest.mark.parametrize("name", list(PROGRAMS))
-def test_native_code_computes_what_the_interpreter_does(name):
-    ref, ref_mem, ref_stats = run_program(PROGRAMS[name], jit=-1)
-    got, got_mem, got_stats = run_program(PROGRAMS[name], jit=0)
+def assert_native_matches_interpreter(run) -> None:
+    """run(jit) -> (registers, memory, stats): interpreted only (jit=-1) and
+    translated from the first run (jit=0) must end identically, with the
+    same instruction count, and the second must have run native blocks."""
+    ref, ref_mem, ref_stats = run(-1)
+    got, got_mem, got_stats = run(0)
     assert ref_stats["jit_blocks"] == 0
     assert got_stats["jit_blocks"] > 0, got_stats
     assert got_stats["instructions"] == ref_stats["instructions"], (got_stats, ref_stats)
     diff = {k: (hex(ref[k]), hex(got[k])) for k in ref if ref[k] != got[k]}
     assert not diff, diff
     assert got_mem == ref_mem
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_native_code_computes_what_the_interpreter_does(name):
+    assert_native_matches_interpreter(lambda jit: run_program(PROGRAMS[name], jit=jit))
 
 
 def test_a_fault_in_the_middle_of_a_native_block_is_precise():
@@ -661,14 +668,7 @@ PROGRAMS32 = {
 @pytest.mark.parametrize("mode", ["flat", "paged", "compat"])
 @pytest.mark.parametrize("name", list(PROGRAMS32))
 def test_native_32bit_code_computes_what_the_interpreter_does(name, mode):
-    ref, ref_mem, ref_stats = run32(PROGRAMS32[name], mode, jit=-1)
-    got, got_mem, got_stats = run32(PROGRAMS32[name], mode, jit=0)
-    assert ref_stats["jit_blocks"] == 0
-    assert got_stats["jit_blocks"] > 0, got_stats
-    assert got_stats["instructions"] == ref_stats["instructions"], (got_stats, ref_stats)
-    diff = {k: (hex(ref[k]), hex(got[k])) for k in ref if ref[k] != got[k]}
-    assert not diff, diff
-    assert got_mem == ref_mem
+    assert_native_matches_interpreter(lambda jit: run32(PROGRAMS32[name], mode, jit=jit))
 
 
 def test_32bit_native_code_is_not_entered_under_a_segment_that_is_not_flat():
@@ -920,14 +920,7 @@ PROGRAMS16 = {
 
 @pytest.mark.parametrize("name", list(PROGRAMS16))
 def test_native_16bit_code_computes_what_the_interpreter_does(name):
-    ref, ref_mem, ref_stats = run16(PROGRAMS16[name], jit=-1)
-    got, got_mem, got_stats = run16(PROGRAMS16[name], jit=0)
-    assert ref_stats["jit_blocks"] == 0
-    assert got_stats["jit_blocks"] > 0, got_stats
-    assert got_stats["instructions"] == ref_stats["instructions"], (got_stats, ref_stats)
-    diff = {k: (hex(ref[k]), hex(got[k])) for k in ref if ref[k] != got[k]}
-    assert not diff, diff
-    assert got_mem == ref_mem
+    assert_native_matches_interpreter(lambda jit: run16(PROGRAMS16[name], jit=jit))
 
 
 @pytest.mark.parametrize("insn, vec", [("mov ax, [bx]", 13), ("add [bx], ax", 13), ("mov ax, [bp]", 12)])
